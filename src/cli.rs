@@ -1,0 +1,74 @@
+//! Command-line surface: global options and one small function per subcommand.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigSource, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "trading-sync",
+    version,
+    about = "Keeps trading analytics in PostgreSQL true, in real time, from Redis events"
+)]
+pub struct Cli {
+    /// Configuration file (default ./config.toml, which may be absent).
+    #[arg(long, global = true, env = "TRADING_SYNC_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Log output format; overrides log.format.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the database if missing and apply pending schema migrations.
+    Migrate,
+    /// Validate the configuration and print the effective settings, secrets masked.
+    CheckConfig,
+}
+
+impl Cli {
+    pub fn config_source(&self) -> ConfigSource {
+        match &self.config {
+            Some(path) => ConfigSource {
+                path: path.clone(),
+                required: true,
+            },
+            None => ConfigSource {
+                path: PathBuf::from("config.toml"),
+                required: false,
+            },
+        }
+    }
+}
+
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let outcome = crate::db::migrate::migrate(&config.database)
+        .await
+        .context("while migrating the database")?;
+    if outcome.applied.is_empty() {
+        tracing::info!(
+            waited_for_lock = outcome.waited_for_lock,
+            "schema is current; nothing to apply"
+        );
+    } else {
+        tracing::info!(
+            applied = outcome.applied.len(),
+            migrations = %outcome.applied.join(", "),
+            database_created = outcome.database_created,
+            "schema migrated"
+        );
+    }
+    Ok(())
+}
+
+pub fn check_config(config: &Config) {
+    print!("{}", config.to_masked_toml());
+}

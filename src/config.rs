@@ -1,0 +1,495 @@
+//! Typed configuration: built-in defaults, then the TOML file, then the environment.
+//!
+//! Owns loading, validation and the masked rendering `check-config` prints. It must not open a
+//! connection: everything here is checkable offline.
+//!
+//! Precedence (later wins): [`Config::default`] → the TOML file → `TRADING_SYNC__SECTION__KEY`
+//! variables → `DATABASE_URL` / `REDIS_URL` (the names every PostgreSQL and Redis tool already
+//! understands) → `DATABASE_URL_FILE` / `REDIS_URL_FILE`. Secrets may come from files
+//! (`database.password_file`, `redis.password_file`, `*_URL_FILE`); a relative secret path is
+//! resolved against `$CREDENTIALS_DIRECTORY`, so systemd's `LoadCredential=` works unchanged.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration could not be used. Every message names the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Parse(Box<figment::Error>),
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    fn invalid(key: &str, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub redis: RedisConfig,
+    pub sync: SyncConfig,
+    pub indicators: IndicatorsConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// libpq-style URL of the trading_system database; its password is a secret.
+    pub url: String,
+    /// File holding the password; overrides one in `url` so the URL itself can be public.
+    pub password_file: Option<PathBuf>,
+    /// Database `migrate` connects to when the target database does not exist yet.
+    pub maintenance_db: String,
+    /// Connections kept by the daemon's pool.
+    pub pool_size: usize,
+    /// How long a connection attempt may take before startup reports the host unreachable.
+    pub connect_timeout_ms: u64,
+    /// Queries slower than this are logged and counted (the seed's DatabaseMonitoring).
+    pub slow_query_ms: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: "postgres://postgres@127.0.0.1:5432/trading_system".into(),
+            password_file: None,
+            maintenance_db: "postgres".into(),
+            pool_size: 8,
+            connect_timeout_ms: 5_000,
+            slow_query_ms: 1_000,
+        }
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://` or `rediss://` URL; its password is a secret.
+    pub url: String,
+    /// File holding the Redis password (AUTH); overrides one in `url`.
+    pub password_file: Option<PathBuf>,
+    /// Channel prefix: channels are `<prefix>:trades`, `<prefix>:positions`, `<prefix>:market_data`.
+    pub channel_prefix: String,
+    /// Cap of the reconnect backoff.
+    pub reconnect_max_backoff_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379/0".into(),
+            password_file: None,
+            channel_prefix: "data_sync".into(),
+            reconnect_max_backoff_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    /// A transaction applies at most this many events.
+    pub batch_max_events: usize,
+    /// A batch is committed at the latest this long after its first event arrived.
+    pub batch_max_wait_ms: u64,
+    /// Bytes of received, not yet committed messages held in memory before reading pauses.
+    pub queue_max_bytes: usize,
+    /// Larger messages are dead-lettered without being parsed.
+    pub max_message_bytes: usize,
+    /// performance_metrics.date is the trade's date in this zone.
+    pub exchange_timezone: String,
+    /// On SIGTERM, how long the queue may take to drain before the rest is logged and left.
+    pub drain_deadline_ms: u64,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            batch_max_events: 5_000,
+            batch_max_wait_ms: 5,
+            queue_max_bytes: 64 * 1024 * 1024,
+            max_message_bytes: 64 * 1024,
+            exchange_timezone: "America/New_York".into(),
+            drain_deadline_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IndicatorsConfig {
+    /// Whether the daemon runs the indicator job at all.
+    pub enabled: bool,
+    /// Five-field cron expression, evaluated in `timezone`.
+    pub schedule: String,
+    pub timezone: String,
+    /// Run once at start to catch up on bars that arrived while the daemon was down.
+    pub run_at_start: bool,
+    /// Recompute a symbol seconds after a `market_data_updated` event for a yahoo bar.
+    pub on_market_data: bool,
+    /// Quiet period that folds a burst of bar events into one run.
+    pub debounce_ms: u64,
+}
+
+impl Default for IndicatorsConfig {
+    fn default() -> Self {
+        IndicatorsConfig {
+            enabled: true,
+            schedule: "0 17 * * 1-5".into(),
+            timezone: "America/New_York".into(),
+            run_at_start: true,
+            on_market_data: true,
+            debounce_ms: 2_000,
+        }
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Serve /metrics, /healthz and /readyz.
+    pub enabled: bool,
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            listen: "127.0.0.1:9187".into(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// journald under systemd, text otherwise.
+    #[default]
+    Auto,
+    Text,
+    Json,
+    Journald,
+}
+
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// tracing filter used when RUST_LOG is unset.
+    pub filter: Option<String>,
+}
+
+/// Where the file comes from: an explicit path must exist; the default `./config.toml` may be absent.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    pub path: PathBuf,
+    pub required: bool,
+}
+
+impl Config {
+    /// Loads defaults → file → environment and validates the result.
+    pub fn load(source: &ConfigSource) -> Result<Config, ConfigError> {
+        if source.required && !source.path.exists() {
+            return Err(ConfigError::invalid(
+                "--config",
+                format!("{} does not exist", source.path.display()),
+            ));
+        }
+        // Toml::file (not file_exact) because the default path may legitimately be absent.
+        let mut config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file(&source.path))
+            .merge(Env::prefixed("TRADING_SYNC__").split("__"))
+            .extract()
+            .map_err(|e| ConfigError::Parse(Box::new(e)))?;
+        for (var, target) in [("DATABASE_URL", 0), ("REDIS_URL", 1)] {
+            if let Ok(v) = std::env::var(var) {
+                *config.url_mut(target) = v;
+            }
+        }
+        for (var, target) in [("DATABASE_URL_FILE", 0), ("REDIS_URL_FILE", 1)] {
+            if let Ok(path) = std::env::var(var) {
+                *config.url_mut(target) = read_secret(Path::new(&path), var)?;
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn url_mut(&mut self, which: u8) -> &mut String {
+        if which == 0 {
+            &mut self.database.url
+        } else {
+            &mut self.redis.url
+        }
+    }
+
+    /// Every check that can be made without a network: URLs, ranges, time zones, cron.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let pg = tokio_postgres::Config::from_str(&self.database.url).map_err(|e| {
+            ConfigError::invalid("database.url", format!("not a PostgreSQL URL: {e}"))
+        })?;
+        if !self.database.url.starts_with("postgres://")
+            && !self.database.url.starts_with("postgresql://")
+        {
+            return Err(ConfigError::invalid(
+                "database.url",
+                "must start with postgres:// or postgresql://",
+            ));
+        }
+        if pg.get_dbname().is_none_or(str::is_empty) {
+            return Err(ConfigError::invalid(
+                "database.url",
+                "names no database (add /trading_system)",
+            ));
+        }
+        if let Some(p) = &self.database.password_file {
+            read_secret(p, "database.password_file")?;
+        }
+        if let Some(p) = &self.redis.password_file {
+            read_secret(p, "redis.password_file")?;
+        }
+        let redis_url = url::Url::parse(&self.redis.url)
+            .map_err(|e| ConfigError::invalid("redis.url", format!("not a URL: {e}")))?;
+        if !matches!(
+            redis_url.scheme(),
+            "redis" | "rediss" | "unix" | "redis+unix"
+        ) {
+            return Err(ConfigError::invalid(
+                "redis.url",
+                format!(
+                    "scheme `{}` is not redis:// or rediss://",
+                    redis_url.scheme()
+                ),
+            ));
+        }
+        if self.redis.channel_prefix.is_empty()
+            || self
+                .redis
+                .channel_prefix
+                .contains(['*', '?', '[', ']', ' '])
+        {
+            return Err(ConfigError::invalid(
+                "redis.channel_prefix",
+                "must be non-empty and contain no glob characters or spaces",
+            ));
+        }
+        range("database.pool_size", self.database.pool_size, 1, 512)?;
+        range(
+            "database.connect_timeout_ms",
+            self.database.connect_timeout_ms,
+            100,
+            600_000,
+        )?;
+        range(
+            "database.slow_query_ms",
+            self.database.slow_query_ms,
+            1,
+            3_600_000,
+        )?;
+        range(
+            "redis.reconnect_max_backoff_ms",
+            self.redis.reconnect_max_backoff_ms,
+            10,
+            600_000,
+        )?;
+        range(
+            "sync.batch_max_events",
+            self.sync.batch_max_events,
+            1,
+            100_000,
+        )?;
+        range(
+            "sync.batch_max_wait_ms",
+            self.sync.batch_max_wait_ms,
+            1,
+            60_000,
+        )?;
+        range(
+            "sync.max_message_bytes",
+            self.sync.max_message_bytes,
+            256,
+            16 << 20,
+        )?;
+        range(
+            "sync.drain_deadline_ms",
+            self.sync.drain_deadline_ms,
+            0,
+            3_600_000,
+        )?;
+        if self.sync.queue_max_bytes < self.sync.max_message_bytes {
+            return Err(ConfigError::invalid(
+                "sync.queue_max_bytes",
+                format!(
+                    "{} is smaller than sync.max_message_bytes ({}): one message could never fit",
+                    self.sync.queue_max_bytes, self.sync.max_message_bytes
+                ),
+            ));
+        }
+        self.exchange_tz()?;
+        self.indicators_tz()?;
+        self.indicator_schedule()?;
+        range(
+            "indicators.debounce_ms",
+            self.indicators.debounce_ms,
+            0,
+            3_600_000,
+        )?;
+        self.http_listen()?;
+        if let Some(filter) = &self.log.filter {
+            tracing_subscriber::EnvFilter::try_new(filter)
+                .map_err(|e| ConfigError::invalid("log.filter", e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    pub fn exchange_tz(&self) -> Result<chrono_tz::Tz, ConfigError> {
+        parse_tz("sync.exchange_timezone", &self.sync.exchange_timezone)
+    }
+
+    pub fn indicators_tz(&self) -> Result<chrono_tz::Tz, ConfigError> {
+        parse_tz("indicators.timezone", &self.indicators.timezone)
+    }
+
+    pub fn indicator_schedule(&self) -> Result<croner::Cron, ConfigError> {
+        croner::Cron::from_str(&self.indicators.schedule).map_err(|e| {
+            ConfigError::invalid(
+                "indicators.schedule",
+                format!(
+                    "`{}` is not a cron expression: {e}",
+                    self.indicators.schedule
+                ),
+            )
+        })
+    }
+
+    pub fn http_listen(&self) -> Result<SocketAddr, ConfigError> {
+        self.http.listen.parse().map_err(|e| {
+            ConfigError::invalid(
+                "http.listen",
+                format!("`{}` is not host:port: {e}", self.http.listen),
+            )
+        })
+    }
+
+    /// The PostgreSQL connection settings with the password file applied.
+    pub fn pg_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
+        self.database.pg_config()
+    }
+
+    /// The effective settings as TOML with every secret replaced by `********`.
+    pub fn to_masked_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.database.url = mask_url(&shown.database.url);
+        shown.redis.url = mask_url(&shown.redis.url);
+        toml_string(&shown)
+    }
+}
+
+impl DatabaseConfig {
+    pub fn pg_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
+        let mut pg = tokio_postgres::Config::from_str(&self.url)
+            .map_err(|e| ConfigError::invalid("database.url", e.to_string()))?;
+        if let Some(p) = &self.password_file {
+            pg.password(read_secret(p, "database.password_file")?);
+        }
+        pg.connect_timeout(std::time::Duration::from_millis(self.connect_timeout_ms));
+        if pg.get_application_name().is_none() {
+            pg.application_name("trading-sync");
+        }
+        Ok(pg)
+    }
+}
+
+impl RedisConfig {
+    /// The Redis URL with the password file applied.
+    pub fn effective_url(&self) -> Result<String, ConfigError> {
+        let Some(p) = &self.password_file else {
+            return Ok(self.url.clone());
+        };
+        let password = read_secret(p, "redis.password_file")?;
+        let mut url = url::Url::parse(&self.url)
+            .map_err(|e| ConfigError::invalid("redis.url", e.to_string()))?;
+        url.set_password(Some(&password))
+            .map_err(|()| ConfigError::invalid("redis.url", "cannot carry a password"))?;
+        Ok(url.to_string())
+    }
+}
+
+// Debug must never print a secret: these configs end up in logs through `?config`.
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_masked_toml())
+    }
+}
+
+fn range<T: PartialOrd + fmt::Display + Copy>(
+    key: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{value} is outside {min}..={max}"),
+        ));
+    }
+    Ok(())
+}
+
+fn parse_tz(key: &str, name: &str) -> Result<chrono_tz::Tz, ConfigError> {
+    name.parse()
+        .map_err(|_| ConfigError::invalid(key, format!("`{name}` is not an IANA time zone")))
+}
+
+/// Reads a secret file; a relative path is looked up in systemd's credentials directory.
+fn read_secret(path: &Path, key: &str) -> Result<String, ConfigError> {
+    let resolved = match std::env::var_os("CREDENTIALS_DIRECTORY") {
+        Some(dir) if path.is_relative() => Path::new(&dir).join(path),
+        _ => path.to_path_buf(),
+    };
+    let text = std::fs::read_to_string(&resolved).map_err(|e| {
+        ConfigError::invalid(key, format!("cannot read {}: {e}", resolved.display()))
+    })?;
+    let secret = text.trim_end_matches(['\n', '\r']).to_owned();
+    if secret.is_empty() {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{} is empty", resolved.display()),
+        ));
+    }
+    Ok(secret)
+}
+
+/// Replaces the password of a URL, if it has one, by `********`.
+pub fn mask_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("********"));
+            url.to_string()
+        }
+        Ok(_) => raw.to_owned(),
+        Err(_) => "<unparseable URL>".to_owned(),
+    }
+}
+
+fn toml_string(config: &Config) -> String {
+    toml::to_string_pretty(config).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+}

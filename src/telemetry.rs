@@ -1,0 +1,56 @@
+//! Logging: human text on a terminal, JSON lines when asked, journald-native fields under systemd.
+//!
+//! Owns the global subscriber and nothing else; the rest of the crate only emits `tracing` events
+//! with fields (channel, event_type, trade_id, symbol…) so that `journalctl -o json | jq` can filter.
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber. `RUST_LOG` wins over the config's filter; `info` otherwise.
+pub fn init(format: LogFormat, configured_filter: Option<&str>) -> anyhow::Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(from_env) if !from_env.is_empty() => EnvFilter::try_new(from_env)?,
+        _ => EnvFilter::try_new(configured_filter.unwrap_or("info"))?,
+    };
+    let format = match format {
+        // systemd sets JOURNAL_STREAM when stdout/stderr are connected to the journal.
+        LogFormat::Auto if std::env::var_os("JOURNAL_STREAM").is_some() => LogFormat::Journald,
+        LogFormat::Auto => LogFormat::Text,
+        other => other,
+    };
+    let layer = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Journald => match tracing_journald::layer() {
+            Ok(journald) => journald
+                .with_syslog_identifier("trading-sync".into())
+                .boxed(),
+            // No journald socket (a container, a test): text is better than nothing.
+            Err(_) => text_layer(),
+        },
+        LogFormat::Text | LogFormat::Auto => text_layer(),
+    };
+    tracing_subscriber::registry()
+        .with(layer.with_filter(filter))
+        .try_init()?;
+    Ok(())
+}
+
+fn text_layer<S>() -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .boxed()
+}

@@ -1,0 +1,193 @@
+//! `check-config` through the real binary: precedence, masking, and one clear error per bad key.
+
+use std::io::Write;
+use std::process::{Command, Output};
+
+fn check_config(file: Option<&str>, env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_trading-sync"));
+    let dir = tempdir();
+    if let Some(body) = file {
+        let path = dir.join("config.toml");
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
+        cmd.arg("--config").arg(path);
+    }
+    // The developer's own environment must not leak into what is being checked.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TRADING_SYNC") || k.ends_with("_URL") || k.ends_with("_URL_FILE") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.current_dir(&dir)
+        .arg("check-config")
+        .envs(env.iter().copied());
+    let output = cmd.output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    output
+}
+
+fn tempdir() -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "ts-check-config-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn assert_rejected(o: &Output, key: &str) {
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "accepted; stdout: {}", stdout(o));
+    assert!(
+        stderr.to_lowercase().contains(&key.to_lowercase()),
+        "message does not name `{key}`: {stderr}"
+    );
+}
+
+#[test]
+fn defaults_apply_without_a_file() {
+    let o = check_config(None, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = stdout(&o);
+    assert!(out.contains("batch_max_events = 5000"), "{out}");
+    assert!(out.contains("schedule = \"0 17 * * 1-5\""), "{out}");
+}
+
+#[test]
+fn file_then_environment_then_database_url() {
+    let file = "[database]\nurl = \"postgres://file@127.0.0.1/from_file\"\npool_size = 3\n[sync]\nbatch_max_events = 100\n";
+    let o = check_config(Some(file), &[]);
+    assert!(stdout(&o).contains("pool_size = 3"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("from_file"));
+
+    let o = check_config(
+        Some(file),
+        &[
+            ("TRADING_SYNC__DATABASE__POOL_SIZE", "5"),
+            ("DATABASE_URL", "postgres://env@127.0.0.1/from_env"),
+        ],
+    );
+    let out = stdout(&o);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("pool_size = 5"), "{out}");
+    assert!(
+        out.contains("from_env") && !out.contains("from_file"),
+        "{out}"
+    );
+    assert!(out.contains("batch_max_events = 100"), "{out}");
+}
+
+#[test]
+fn secrets_are_masked() {
+    let o = check_config(
+        None,
+        &[
+            (
+                "DATABASE_URL",
+                "postgres://app:hunter2@127.0.0.1/trading_system",
+            ),
+            ("REDIS_URL", "redis://:swordfish@127.0.0.1:6379/0"),
+        ],
+    );
+    let out = stdout(&o);
+    assert!(o.status.success());
+    assert!(
+        !out.contains("hunter2") && !out.contains("swordfish"),
+        "{out}"
+    );
+    assert!(out.contains("app:********@"), "{out}");
+}
+
+#[test]
+fn secrets_come_from_files_and_credentials_directory() {
+    let dir = tempdir();
+    std::fs::write(
+        dir.join("db_url"),
+        "postgres://u:fromfile@127.0.0.1/trading_system\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("db_password"), "s3cret\n").unwrap();
+    let o = check_config(
+        Some("[database]\npassword_file = \"db_password\"\n"),
+        &[
+            ("DATABASE_URL_FILE", dir.join("db_url").to_str().unwrap()),
+            ("CREDENTIALS_DIRECTORY", dir.to_str().unwrap()),
+        ],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        !out.contains("fromfile") && !out.contains("s3cret"),
+        "{out}"
+    );
+
+    let o = check_config(
+        Some("[database]\npassword_file = \"/nonexistent/pw\"\n"),
+        &[],
+    );
+    assert_rejected(&o, "database.password_file");
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_their_name() {
+    assert_rejected(
+        &check_config(Some("[sync]\nbatch_max_event = 3\n"), &[]),
+        "batch_max_event",
+    );
+    assert_rejected(
+        &check_config(Some("[nosuchsection]\na = 1\n"), &[]),
+        "nosuchsection",
+    );
+    assert_rejected(
+        &check_config(None, &[("TRADING_SYNC__REDIS__PASWORD", "x")]),
+        "redis.pasword",
+    );
+}
+
+#[test]
+fn bad_values_are_rejected_with_their_key() {
+    let cases: &[(&str, &str)] = &[
+        ("[database]\nurl = \"mysql://x/y\"\n", "database.url"),
+        (
+            "[database]\nurl = \"postgres://127.0.0.1\"\n",
+            "database.url",
+        ),
+        ("[redis]\nurl = \"http://127.0.0.1\"\n", "redis.url"),
+        ("[redis]\nurl = \"not a url\"\n", "redis.url"),
+        ("[database]\npool_size = 0\n", "database.pool_size"),
+        ("[sync]\nbatch_max_events = 0\n", "sync.batch_max_events"),
+        ("[sync]\nqueue_max_bytes = 1000\n", "sync.queue_max_bytes"),
+        (
+            "[sync]\nexchange_timezone = \"Mars/Olympus\"\n",
+            "sync.exchange_timezone",
+        ),
+        (
+            "[indicators]\nschedule = \"61 * * * *\"\n",
+            "indicators.schedule",
+        ),
+        ("[http]\nlisten = \"localhost\"\n", "http.listen"),
+        ("[sync]\nbatch_max_events = \"many\"\n", "batch_max_events"),
+        ("[log]\nformat = \"xml\"\n", "format"),
+    ];
+    for (file, key) in cases {
+        assert_rejected(&check_config(Some(file), &[]), key);
+    }
+}
+
+#[test]
+fn an_explicit_config_path_must_exist() {
+    let o = Command::new(env!("CARGO_BIN_EXE_trading-sync"))
+        .args(["--config", "/nonexistent/trading-sync.toml", "check-config"])
+        .output()
+        .unwrap();
+    assert_rejected(&o, "/nonexistent/trading-sync.toml");
+}

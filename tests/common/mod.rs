@@ -1,0 +1,250 @@
+//! Test harness: every test gets its own database cloned from a migrated template, so tests run
+//! in parallel against the real PostgreSQL and leave nothing behind.
+//!
+//! The template `ts_tpl_<hash of migrations/>` is built once (under an advisory lock, so parallel
+//! test binaries agree) and reused until the migrations change; templates of other hashes and
+//! databases of test processes that died are dropped when a new template is built.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+
+use tokio_postgres::NoTls;
+use trading_sync::config::DatabaseConfig;
+
+/// Any admin URL of the cluster under test; its database part is replaced per test.
+pub fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+
+/// The URL of `database` on the test cluster.
+pub fn database_url(database: &str) -> String {
+    let mut url = url::Url::parse(&admin_url()).expect("TEST_DATABASE_URL is a URL");
+    url.set_path(database);
+    url.to_string()
+}
+
+/// A name no other test of any process uses: `<prefix>_<pid>_<n>`.
+pub fn unique_name(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn database_config(database: &str) -> DatabaseConfig {
+    DatabaseConfig {
+        url: database_url(database),
+        ..DatabaseConfig::default()
+    }
+}
+
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+/// A fresh, migrated database of its own, dropped (WITH FORCE) when this value is dropped.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub client: tokio_postgres::Client,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let template = template();
+        let name = unique_name("ts_test");
+        let admin = connect(&admin_url()).await;
+        // CREATE DATABASE cannot run inside a multi-statement batch (PITFALLS.md).
+        admin
+            .batch_execute(&format!(
+                "CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("cannot clone {template}: {e}"));
+        let url = database_url(&name);
+        let client = connect(&url).await;
+        TestDb { name, url, client }
+    }
+
+    pub fn config(&self) -> DatabaseConfig {
+        database_config(&self.name)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        drop_database_blocking(self.name.clone());
+    }
+}
+
+/// Drops a database from a thread of its own: Drop cannot await, and the test's runtime may be
+/// shutting down.
+pub fn drop_database_blocking(name: String) {
+    let handle = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let admin = connect(&admin_url()).await;
+            let _ = admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .await;
+        });
+    });
+    let _ = handle.join();
+}
+
+/// The template's name, building it on first use in this process.
+fn template() -> String {
+    static TEMPLATE: OnceLock<String> = OnceLock::new();
+    TEMPLATE
+        .get_or_init(|| {
+            std::thread::spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime")
+                    .block_on(build_template())
+            })
+            .join()
+            .expect("building the template database panicked")
+        })
+        .clone()
+}
+
+const TEMPLATE_LOCK_KEY: i64 = 0x7473_7465_7374_7470;
+
+async fn build_template() -> String {
+    let template = format!("ts_tpl_{:016x}", migrations_hash());
+    let admin = connect(&admin_url()).await;
+    admin
+        .execute("SELECT pg_advisory_lock($1)", &[&TEMPLATE_LOCK_KEY])
+        .await
+        .expect("template lock");
+    let exists = admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&template])
+        .await
+        .expect("pg_database")
+        .is_some();
+    if !exists {
+        clean_stale(&admin, &template).await;
+        // Built under another name and renamed when complete, so a crash mid-way leaves no
+        // half-migrated template that later runs would trust.
+        let building = format!("{template}_building");
+        admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS \"{building}\" WITH (FORCE)"
+            ))
+            .await
+            .expect("drop half-built template");
+        trading_sync::db::migrate::migrate(&database_config(&building))
+            .await
+            .unwrap_or_else(|e| panic!("migrating the template failed: {e}"));
+        admin
+            .batch_execute(&format!(
+                "ALTER DATABASE \"{building}\" RENAME TO \"{template}\""
+            ))
+            .await
+            .expect("rename template");
+        admin
+            .batch_execute(&format!("ALTER DATABASE \"{template}\" IS_TEMPLATE true"))
+            .await
+            .expect("mark template");
+    }
+    admin
+        .execute("SELECT pg_advisory_unlock($1)", &[&TEMPLATE_LOCK_KEY])
+        .await
+        .expect("template unlock");
+    template
+}
+
+/// Drops templates of other migration sets and databases left by test processes that died.
+async fn clean_stale(admin: &tokio_postgres::Client, keep: &str) {
+    let rows = admin
+        .query(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'ts\\_tpl\\_%' OR datname LIKE 'ts\\_test\\_%'",
+            &[],
+        )
+        .await
+        .expect("list databases");
+    for row in rows {
+        let name: String = row.get(0);
+        let stale = if name.starts_with("ts_tpl_") {
+            name != keep
+        } else {
+            name.split('_')
+                .nth(2)
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        };
+        if stale {
+            let _ = admin
+                .batch_execute(&format!("ALTER DATABASE \"{name}\" IS_TEMPLATE false"))
+                .await;
+            let _ = admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .await;
+        }
+    }
+}
+
+/// FNV-1a over the migration files' names and contents: stable across runs and toolchains.
+fn migrations_hash() -> u64 {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .expect("migrations/")
+        .map(|e| e.expect("dir entry").path())
+        .collect();
+    entries.sort();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for path in entries {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let body = std::fs::read(&path).expect("migration file");
+        for byte in name.as_bytes().iter().chain(body.iter()) {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+/// Polls `check` until it returns Some, or panics after `timeout` with `what` — tests never
+/// sleep for a fixed time to synchronise.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Drops the named database when it goes out of scope, for tests that create one themselves.
+pub struct DropDatabase(pub String);
+
+impl Drop for DropDatabase {
+    fn drop(&mut self) {
+        drop_database_blocking(self.0.clone());
+    }
+}
