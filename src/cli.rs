@@ -32,6 +32,8 @@ pub enum Command {
     Migrate,
     /// Validate the configuration and print the effective settings, secrets masked.
     CheckConfig,
+    /// Run the daemon: apply Redis data_sync events to PostgreSQL until SIGTERM/SIGINT.
+    Run,
 }
 
 impl Cli {
@@ -71,4 +73,10 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
 
 pub fn check_config(config: &Config) {
     print!("{}", config.to_masked_toml());
+}
+
+pub async fn run(config: &Config) -> anyhow::Result<()> {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    crate::daemon::cancel_on_signals(shutdown.clone())?;
+    crate::daemon::run(config, shutdown, Default::default(), || {}).await
 }

@@ -26,6 +26,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     .context("while setting up logging")?;
     match cli.command {
         Command::Migrate => cli::migrate(&config).await,
+        Command::Run => cli::run(&config).await,
         Command::CheckConfig => {
             cli::check_config(&config);
             Ok(())

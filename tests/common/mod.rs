@@ -248,3 +248,125 @@ impl Drop for DropDatabase {
         drop_database_blocking(self.0.clone());
     }
 }
+
+/// A running daemon on its own database and its own Redis channel prefix.
+pub struct App {
+    pub db: TestDb,
+    pub config: trading_sync::config::Config,
+    pub shutdown: tokio_util::sync::CancellationToken,
+    pub state: std::sync::Arc<trading_sync::daemon::DaemonState>,
+    pub handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub redis: redis::aio::MultiplexedConnection,
+}
+
+impl App {
+    pub fn channel(&self, suffix: &str) -> String {
+        format!("{}:{suffix}", self.config.redis.channel_prefix)
+    }
+
+    pub async fn publish(&mut self, suffix: &str, payload: impl AsRef<[u8]>) {
+        let channel = self.channel(suffix);
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg(payload.as_ref())
+            .query_async(&mut self.redis)
+            .await
+            .expect("PUBLISH");
+    }
+
+    /// Stops the daemon and returns how `run` ended.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.handle.await.expect("daemon task panicked")
+    }
+
+    pub async fn scalar_i64(&self, sql: &str) -> i64 {
+        self.db.client.query_one(sql, &[]).await.unwrap().get(0)
+    }
+}
+
+/// Starts `run` in-process with `tweak` applied to a test configuration; returns once every
+/// subscription is confirmed.
+pub async fn spawn_app(tweak: impl FnOnce(&mut trading_sync::config::Config)) -> App {
+    let db = TestDb::new().await;
+    let mut config = trading_sync::config::Config::default();
+    config.database = db.config();
+    config.redis.url = redis_url();
+    config.redis.channel_prefix = unique_name("ts_test");
+    config.redis.reconnect_max_backoff_ms = 200;
+    config.indicators.enabled = false;
+    config.http.enabled = false;
+    tweak(&mut config);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let state = std::sync::Arc::new(trading_sync::daemon::DaemonState::default());
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let handle = {
+        let (config, shutdown, state) = (config.clone(), shutdown.clone(), state.clone());
+        tokio::spawn(async move {
+            trading_sync::daemon::run(&config, shutdown, state, move || {
+                let _ = ready_tx.send(());
+            })
+            .await
+        })
+    };
+    if ready_rx.await.is_err() {
+        let ended = handle.await.expect("daemon task panicked");
+        panic!("daemon stopped before it was ready: {ended:?}");
+    }
+    let redis = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    App {
+        db,
+        config,
+        shutdown,
+        state,
+        handle,
+        redis,
+    }
+}
+
+/// JSON exactly as Python's `json.dumps` writes it (", " and ": " separators, non-ASCII escaped),
+/// which is what the seed's publishers send.
+pub fn python_dumps(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let items: Vec<String> = map
+                .iter()
+                .map(|(k, v)| format!("{}: {}", python_string(k), python_dumps(v)))
+                .collect();
+            format!("{{{}}}", items.join(", "))
+        }
+        Value::Array(items) => {
+            let items: Vec<String> = items.iter().map(python_dumps).collect();
+            format!("[{}]", items.join(", "))
+        }
+        Value::String(s) => python_string(s),
+        other => other.to_string(),
+    }
+}
+
+fn python_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || (c as u32) > 0x7e => {
+                let mut buf = [0u16; 2];
+                for unit in c.encode_utf16(&mut buf) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}

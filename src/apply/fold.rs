@@ -1,0 +1,222 @@
+//! Pure batch planning: decode a batch of raw messages and fold it into per-key deltas.
+//!
+//! Everything the writer sends to PostgreSQL is decided here, without I/O, so that the rules
+//! (dedupe by trade_id, last writer wins, newer price wins, sorted keys) are unit- and
+//! property-tested. Order inside a batch never matters: every fold is commutative.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+
+use crate::events::{
+    decode, ChannelKind, DecodeError, DecodeLimits, Event, MarketDataUpdated, PositionUpdated,
+    TradeExecuted,
+};
+use crate::ingest::queue::Inbound;
+
+/// A message that cannot be applied, with everything the dead-letter table records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub channel: ChannelKind,
+    pub payload: Vec<u8>,
+    pub error: String,
+    /// Short stable label for metrics ("not_json", "database", …).
+    pub kind: &'static str,
+    pub event_type: Option<String>,
+    pub trade_id: Option<String>,
+}
+
+impl DeadLetter {
+    pub fn from_decode(message: &Inbound, error: &DecodeError) -> Self {
+        DeadLetter {
+            channel: message.channel,
+            payload: message.payload.clone(),
+            error: error.to_string(),
+            kind: error.kind(),
+            event_type: error.event_type().map(str::to_owned),
+            trade_id: error.trade_id().map(str::to_owned),
+        }
+    }
+}
+
+/// What one batch asks of the database.
+#[derive(Debug, Default)]
+pub struct BatchPlan {
+    /// Unique by trade_id, sorted by it (the ledger insert's lock order).
+    pub trades: Vec<TradeExecuted>,
+    /// The newest snapshot per (account, symbol).
+    pub positions: BTreeMap<(String, String), PositionUpdated>,
+    /// The newest bar per symbol.
+    pub marks: BTreeMap<String, MarketDataUpdated>,
+    /// Symbols with a new yahoo bar, for the indicator job.
+    pub yahoo_symbols: BTreeSet<String>,
+    pub dead_letters: Vec<DeadLetter>,
+    /// Trades whose trade_id appeared earlier in the same batch.
+    pub duplicates_in_batch: u64,
+    /// Valid events per channel, for the received/applied metrics.
+    pub valid: [u64; 3],
+}
+
+pub fn channel_index(channel: ChannelKind) -> usize {
+    match channel {
+        ChannelKind::Trades => 0,
+        ChannelKind::Positions => 1,
+        ChannelKind::MarketData => 2,
+    }
+}
+
+pub fn plan(messages: &[Inbound], limits: &DecodeLimits) -> BatchPlan {
+    let mut plan = BatchPlan::default();
+    let mut seen: HashSet<String> = HashSet::new();
+    for message in messages {
+        match decode(message.channel, &message.payload, limits) {
+            Err(error) => plan
+                .dead_letters
+                .push(DeadLetter::from_decode(message, &error)),
+            Ok(event) => {
+                plan.valid[channel_index(message.channel)] += 1;
+                match event {
+                    Event::Trade(trade) => {
+                        if seen.insert(trade.trade_id.clone()) {
+                            plan.trades.push(trade);
+                        } else {
+                            plan.duplicates_in_batch += 1;
+                        }
+                    }
+                    Event::Position(position) => {
+                        let key = (position.account_id.clone(), position.symbol.clone());
+                        match plan.positions.get(&key) {
+                            // "Not older than" wins, so an equal as_of later in the batch wins too.
+                            Some(kept) if kept.as_of > position.as_of => {}
+                            _ => {
+                                plan.positions.insert(key, position);
+                            }
+                        }
+                    }
+                    Event::MarketData(bar) => {
+                        if bar.data_source == "yahoo" {
+                            plan.yahoo_symbols.insert(bar.symbol.clone());
+                        }
+                        match plan.marks.get(&bar.symbol) {
+                            Some(kept) if kept.timestamp >= bar.timestamp => {}
+                            _ => {
+                                plan.marks.insert(bar.symbol.clone(), bar);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    plan.trades.sort_by(|a, b| a.trade_id.cmp(&b.trade_id));
+    plan
+}
+
+/// Sum of the trades of one (account, symbol).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PortfolioDelta {
+    pub trade_count: i64,
+    pub net_quantity: Decimal,
+    pub total_value: Decimal,
+    pub realized_pnl: Decimal,
+    pub commission: Decimal,
+    pub last_trade_at: Option<DateTime<Utc>>,
+}
+
+/// Sum of the trades of one (strategy, exchange-local day).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MetricsDelta {
+    pub total_trades: i64,
+    pub winning_trades: i64,
+    pub realized_pnl: Decimal,
+    /// Sum of traded quantities.
+    pub volume: Decimal,
+    /// Sum of |total_value|.
+    pub notional: Decimal,
+    pub commission: Decimal,
+}
+
+impl PortfolioDelta {
+    pub fn add_trade(&mut self, trade: &TradeExecuted) {
+        self.merge(&PortfolioDelta {
+            trade_count: 1,
+            net_quantity: trade.signed_quantity(),
+            total_value: trade.total_value,
+            realized_pnl: trade.realized_pnl,
+            commission: trade.commission,
+            last_trade_at: Some(trade.executed_at),
+        });
+    }
+
+    pub fn merge(&mut self, other: &PortfolioDelta) {
+        self.trade_count += other.trade_count;
+        self.net_quantity += other.net_quantity;
+        self.total_value += other.total_value;
+        self.realized_pnl += other.realized_pnl;
+        self.commission += other.commission;
+        self.last_trade_at = self.last_trade_at.max(other.last_trade_at);
+    }
+}
+
+impl MetricsDelta {
+    pub fn add_trade(&mut self, trade: &TradeExecuted) {
+        self.merge(&MetricsDelta {
+            total_trades: 1,
+            winning_trades: i64::from(trade.is_win),
+            realized_pnl: trade.realized_pnl,
+            volume: trade.quantity.unwrap_or_default(),
+            notional: trade.total_value.abs(),
+            commission: trade.commission,
+        });
+    }
+
+    pub fn merge(&mut self, other: &MetricsDelta) {
+        self.total_trades += other.total_trades;
+        self.winning_trades += other.winning_trades;
+        self.realized_pnl += other.realized_pnl;
+        self.volume += other.volume;
+        self.notional += other.notional;
+        self.commission += other.commission;
+    }
+}
+
+/// Deltas keyed and sorted: BTreeMap order is the lock order of the upserts, identical in every
+/// instance, so concurrent writers cannot deadlock on these rows.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Folded {
+    pub portfolio: BTreeMap<(String, String), PortfolioDelta>,
+    pub metrics: BTreeMap<(String, NaiveDate), MetricsDelta>,
+}
+
+impl Folded {
+    pub fn add<'a>(&mut self, trades: impl IntoIterator<Item = &'a TradeExecuted>) {
+        for trade in trades {
+            self.portfolio
+                .entry((trade.account_id.clone(), trade.symbol.clone()))
+                .or_default()
+                .add_trade(trade);
+            if let Some(strategy) = &trade.strategy {
+                self.metrics
+                    .entry((strategy.clone(), trade.trade_date))
+                    .or_default()
+                    .add_trade(trade);
+            }
+        }
+    }
+
+    pub fn merge(&mut self, other: &Folded) {
+        for (k, v) in &other.portfolio {
+            self.portfolio.entry(k.clone()).or_default().merge(v);
+        }
+        for (k, v) in &other.metrics {
+            self.metrics.entry(k.clone()).or_default().merge(v);
+        }
+    }
+}
+
+pub fn fold<'a>(trades: impl IntoIterator<Item = &'a TradeExecuted>) -> Folded {
+    let mut folded = Folded::default();
+    folded.add(trades);
+    folded
+}

@@ -1,0 +1,269 @@
+//! The SQL of one batch, run in one transaction: dead letters, the trade-id ledger, the folded
+//! upserts, position snapshots and marks to market.
+//!
+//! Each statement is a multi-row UNNEST over arrays in key order, so a batch costs a fixed
+//! handful of round trips whatever its size, and concurrent instances lock rows in the same
+//! order. A trade's effect and its ledger row commit together: that is the exactly-once.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+
+use super::fold::{fold, BatchPlan, DeadLetter};
+
+/// Records trade ids; returns those not seen before (conflicts are duplicates).
+const INSERT_LEDGER: &str = "\
+INSERT INTO analytics.applied_trades (trade_id, account_id, symbol, strategy, executed_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+ON CONFLICT (trade_id) DO NOTHING
+RETURNING trade_id";
+
+const UPSERT_PORTFOLIO: &str = "\
+INSERT INTO analytics.portfolio_summary AS ps
+    (account_id, symbol, trade_count, net_quantity, total_value, realized_pnl, commission, last_trade_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::numeric[], $5::numeric[],
+                     $6::numeric[], $7::numeric[], $8::timestamptz[])
+ON CONFLICT (account_id, symbol) DO UPDATE SET
+    trade_count   = ps.trade_count + EXCLUDED.trade_count,
+    net_quantity  = ps.net_quantity + EXCLUDED.net_quantity,
+    total_value   = ps.total_value + EXCLUDED.total_value,
+    realized_pnl  = ps.realized_pnl + EXCLUDED.realized_pnl,
+    commission    = ps.commission + EXCLUDED.commission,
+    last_trade_at = GREATEST(ps.last_trade_at, EXCLUDED.last_trade_at)";
+
+const UPSERT_METRICS: &str = "\
+INSERT INTO analytics.performance_metrics AS pm
+    (strategy, date, total_trades, winning_trades, realized_pnl, volume, notional, commission)
+SELECT * FROM unnest($1::text[], $2::date[], $3::int8[], $4::int8[], $5::numeric[],
+                     $6::numeric[], $7::numeric[], $8::numeric[])
+ON CONFLICT (strategy, date) DO UPDATE SET
+    total_trades   = pm.total_trades + EXCLUDED.total_trades,
+    winning_trades = pm.winning_trades + EXCLUDED.winning_trades,
+    realized_pnl   = pm.realized_pnl + EXCLUDED.realized_pnl,
+    volume         = pm.volume + EXCLUDED.volume,
+    notional       = pm.notional + EXCLUDED.notional,
+    commission     = pm.commission + EXCLUDED.commission";
+
+/// Last writer wins by as_of; a field the snapshot leaves out keeps its previous value.
+const UPSERT_POSITIONS: &str = "\
+INSERT INTO analytics.portfolio_summary AS ps
+    (account_id, symbol, quantity, avg_price, position_realized_pnl,
+     reported_market_value, reported_unrealized_pnl, position_as_of)
+SELECT * FROM unnest($1::text[], $2::text[], $3::numeric[], $4::numeric[], $5::numeric[],
+                     $6::numeric[], $7::numeric[], $8::timestamptz[])
+ON CONFLICT (account_id, symbol) DO UPDATE SET
+    quantity                = COALESCE(EXCLUDED.quantity, ps.quantity),
+    avg_price               = COALESCE(EXCLUDED.avg_price, ps.avg_price),
+    position_realized_pnl   = COALESCE(EXCLUDED.position_realized_pnl, ps.position_realized_pnl),
+    reported_market_value   = COALESCE(EXCLUDED.reported_market_value, ps.reported_market_value),
+    reported_unrealized_pnl = COALESCE(EXCLUDED.reported_unrealized_pnl, ps.reported_unrealized_pnl),
+    position_as_of          = EXCLUDED.position_as_of
+WHERE ps.position_as_of IS NULL OR ps.position_as_of <= EXCLUDED.position_as_of";
+
+/// market_value and unrealized_pnl are generated columns: setting the price re-marks the row.
+const MARK_TO_MARKET: &str = "\
+UPDATE analytics.portfolio_summary AS ps
+SET last_price = u.close, last_price_at = u.ts
+FROM unnest($1::text[], $2::timestamptz[], $3::numeric[]) AS u(symbol, ts, close)
+WHERE ps.symbol = u.symbol AND (ps.last_price_at IS NULL OR ps.last_price_at < u.ts)";
+
+const INSERT_DEAD_LETTERS: &str = "\
+INSERT INTO analytics.dead_letters (channel, payload, error, event_type, trade_id)
+SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::text[], $5::text[])";
+
+/// The batch statements, prepared once per connection: a batch then costs one round trip per
+/// statement instead of two.
+pub struct Statements {
+    ledger: tokio_postgres::Statement,
+    portfolio: tokio_postgres::Statement,
+    metrics: tokio_postgres::Statement,
+    positions: tokio_postgres::Statement,
+    mark: tokio_postgres::Statement,
+    dead_letters: tokio_postgres::Statement,
+}
+
+impl Statements {
+    pub async fn prepare(client: &tokio_postgres::Client) -> Result<Self, tokio_postgres::Error> {
+        Ok(Statements {
+            ledger: client.prepare(INSERT_LEDGER).await?,
+            portfolio: client.prepare(UPSERT_PORTFOLIO).await?,
+            metrics: client.prepare(UPSERT_METRICS).await?,
+            positions: client.prepare(UPSERT_POSITIONS).await?,
+            mark: client.prepare(MARK_TO_MARKET).await?,
+            dead_letters: client.prepare(INSERT_DEAD_LETTERS).await?,
+        })
+    }
+}
+
+/// What a committed batch did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub new_trades: u64,
+    /// Trades already in the ledger (replays, another instance, a retried commit).
+    pub ledger_duplicates: u64,
+    pub positions: u64,
+    pub marks: u64,
+    pub dead_letters: u64,
+}
+
+/// Applies a plan in one transaction. Any error rolls everything back, so a retry is safe.
+pub async fn apply(
+    client: &mut tokio_postgres::Client,
+    stmts: &Statements,
+    plan: &BatchPlan,
+) -> Result<Applied, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let mut applied = Applied::default();
+
+    if !plan.dead_letters.is_empty() {
+        insert_dead_letters(&tx, stmts, &plan.dead_letters).await?;
+        applied.dead_letters = plan.dead_letters.len() as u64;
+    }
+
+    if !plan.trades.is_empty() {
+        let t = &plan.trades;
+        let ids: Vec<&str> = t.iter().map(|t| t.trade_id.as_str()).collect();
+        let accounts: Vec<&str> = t.iter().map(|t| t.account_id.as_str()).collect();
+        let symbols: Vec<&str> = t.iter().map(|t| t.symbol.as_str()).collect();
+        let strategies: Vec<Option<&str>> = t.iter().map(|t| t.strategy.as_deref()).collect();
+        let executed: Vec<DateTime<Utc>> = t.iter().map(|t| t.executed_at).collect();
+        let stmt = &stmts.ledger;
+        let fresh: HashSet<String> = tx
+            .query(stmt, &[&ids, &accounts, &symbols, &strategies, &executed])
+            .await?
+            .into_iter()
+            .map(|row| row.get(0))
+            .collect();
+        applied.new_trades = fresh.len() as u64;
+        applied.ledger_duplicates = (t.len() - fresh.len()) as u64;
+
+        let folded = fold(t.iter().filter(|t| fresh.contains(&t.trade_id)));
+        if !folded.portfolio.is_empty() {
+            let p = &folded.portfolio;
+            let stmt = &stmts.portfolio;
+            tx.execute(
+                stmt,
+                &[
+                    &p.keys().map(|k| k.0.as_str()).collect::<Vec<_>>(),
+                    &p.keys().map(|k| k.1.as_str()).collect::<Vec<_>>(),
+                    &p.values().map(|d| d.trade_count).collect::<Vec<_>>(),
+                    &p.values().map(|d| d.net_quantity).collect::<Vec<_>>(),
+                    &p.values().map(|d| d.total_value).collect::<Vec<_>>(),
+                    &p.values().map(|d| d.realized_pnl).collect::<Vec<_>>(),
+                    &p.values().map(|d| d.commission).collect::<Vec<_>>(),
+                    &p.values().map(|d| d.last_trade_at).collect::<Vec<_>>(),
+                ],
+            )
+            .await?;
+        }
+        if !folded.metrics.is_empty() {
+            let m = &folded.metrics;
+            let stmt = &stmts.metrics;
+            tx.execute(
+                stmt,
+                &[
+                    &m.keys().map(|k| k.0.as_str()).collect::<Vec<_>>(),
+                    &m.keys().map(|k| k.1).collect::<Vec<NaiveDate>>(),
+                    &m.values().map(|d| d.total_trades).collect::<Vec<_>>(),
+                    &m.values().map(|d| d.winning_trades).collect::<Vec<_>>(),
+                    &m.values().map(|d| d.realized_pnl).collect::<Vec<_>>(),
+                    &m.values().map(|d| d.volume).collect::<Vec<_>>(),
+                    &m.values().map(|d| d.notional).collect::<Vec<_>>(),
+                    &m.values().map(|d| d.commission).collect::<Vec<_>>(),
+                ],
+            )
+            .await?;
+        }
+    }
+
+    if !plan.positions.is_empty() {
+        let p: Vec<_> = plan.positions.values().collect();
+        let stmt = &stmts.positions;
+        tx.execute(
+            stmt,
+            &[
+                &p.iter().map(|p| p.account_id.as_str()).collect::<Vec<_>>(),
+                &p.iter().map(|p| p.symbol.as_str()).collect::<Vec<_>>(),
+                &p.iter()
+                    .map(|p| p.quantity)
+                    .collect::<Vec<Option<Decimal>>>(),
+                &p.iter().map(|p| p.avg_price).collect::<Vec<_>>(),
+                &p.iter().map(|p| p.realized_pnl).collect::<Vec<_>>(),
+                &p.iter().map(|p| p.market_value).collect::<Vec<_>>(),
+                &p.iter().map(|p| p.unrealized_pnl).collect::<Vec<_>>(),
+                &p.iter().map(|p| p.as_of).collect::<Vec<_>>(),
+            ],
+        )
+        .await?;
+        applied.positions = p.len() as u64;
+    }
+
+    if !plan.marks.is_empty() {
+        let bars: Vec<_> = plan.marks.values().collect();
+        let stmt = &stmts.mark;
+        tx.execute(
+            stmt,
+            &[
+                &bars.iter().map(|b| b.symbol.as_str()).collect::<Vec<_>>(),
+                &bars.iter().map(|b| b.timestamp).collect::<Vec<_>>(),
+                &bars.iter().map(|b| b.close).collect::<Vec<_>>(),
+            ],
+        )
+        .await?;
+        applied.marks = bars.len() as u64;
+    }
+
+    tx.commit().await?;
+    Ok(applied)
+}
+
+/// Dead letters alone, in their own transaction: used for events the database itself refused.
+pub async fn insert_dead_letters_only(
+    client: &mut tokio_postgres::Client,
+    stmts: &Statements,
+    letters: &[DeadLetter],
+) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    insert_dead_letters(&tx, stmts, letters).await?;
+    tx.commit().await
+}
+
+async fn insert_dead_letters(
+    tx: &tokio_postgres::Transaction<'_>,
+    stmts: &Statements,
+    letters: &[DeadLetter],
+) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        &stmts.dead_letters,
+        &[
+            &letters
+                .iter()
+                .map(|d| d.channel.suffix())
+                .collect::<Vec<_>>(),
+            &letters
+                .iter()
+                .map(|d| d.payload.as_slice())
+                .collect::<Vec<_>>(),
+            &letters
+                .iter()
+                .map(|d| text_safe(&d.error))
+                .collect::<Vec<_>>(),
+            &letters
+                .iter()
+                .map(|d| d.event_type.as_deref().map(text_safe))
+                .collect::<Vec<_>>(),
+            &letters
+                .iter()
+                .map(|d| d.trade_id.as_deref().map(text_safe))
+                .collect::<Vec<_>>(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// PostgreSQL text cannot hold NUL; a dead letter's reason may quote the bad input.
+fn text_safe(s: &str) -> String {
+    s.replace('\0', "\u{FFFD}")
+}

@@ -1,0 +1,4 @@
+//! Redis in: the pub/sub session and the byte-bounded queue it fills.
+
+pub mod pubsub;
+pub mod queue;

@@ -1,0 +1,203 @@
+//! Redis pub/sub in: one RESP3 connection subscribed to the data_sync channels.
+//!
+//! redis-rs's ConnectionManager reconnects (capped exponential backoff) and resubscribes by
+//! itself; its push sender hands us every message as soon as the socket is read. We never slow
+//! that read down: each message goes straight into the byte-bounded queue. Every disconnect is
+//! logged and counted — messages published while we were away are gone, and we say so.
+//!
+//! It must not decode messages or touch PostgreSQL.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{PushInfo, PushKind, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::queue::{Inbound, QueueSender, Refused};
+use crate::events::ChannelKind;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("redis.url: {0}")]
+    Url(String),
+    #[error("cannot connect to Redis: {0}")]
+    Connect(#[source] redis::RedisError),
+    #[error("cannot subscribe to {channel}: {source}")]
+    Subscribe {
+        channel: String,
+        #[source]
+        source: redis::RedisError,
+    },
+}
+
+/// Liveness of the subscription, read by /readyz and the watchdog.
+#[derive(Debug, Default)]
+pub struct SubscriptionHealth {
+    /// True while every channel's subscription is confirmed on the current connection.
+    pub live: AtomicBool,
+    /// Confirmed subscriptions on the current connection.
+    confirmed: AtomicUsize,
+    pub disconnects: AtomicU64,
+    pub received: AtomicU64,
+}
+
+/// Channel names for a prefix, in [`ChannelKind`] order.
+pub fn channel_names(prefix: &str) -> [(String, ChannelKind); 3] {
+    [
+        ChannelKind::Trades,
+        ChannelKind::Positions,
+        ChannelKind::MarketData,
+    ]
+    .map(|kind| (format!("{prefix}:{}", kind.suffix()), kind))
+}
+
+/// Forces RESP3: pushes (and so automatic resubscription) exist only there.
+pub fn resp3_url(url: &str) -> Result<String, IngestError> {
+    let mut parsed = url::Url::parse(url).map_err(|e| IngestError::Url(e.to_string()))?;
+    let others: Vec<(String, String)> = parsed
+        .query_pairs()
+        .filter(|(k, _)| k != "protocol")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    parsed
+        .query_pairs_mut()
+        .clear()
+        .extend_pairs(others)
+        .append_pair("protocol", "resp3");
+    Ok(parsed.to_string())
+}
+
+pub struct PubSubSource {
+    pub url: String,
+    pub prefix: String,
+    pub max_backoff: Duration,
+    pub connect_timeout: Duration,
+    pub health: Arc<SubscriptionHealth>,
+}
+
+impl PubSubSource {
+    /// Connects and subscribes; fails fast when Redis is unreachable or refuses us, so a wrong
+    /// URL or password stops the daemon at startup with the cause.
+    pub async fn connect(&self, queue: QueueSender) -> Result<ConnectionManager, IngestError> {
+        let channels = channel_names(&self.prefix);
+        let client = redis::Client::open(resp3_url(&self.url)?).map_err(IngestError::Connect)?;
+        let sender = push_handler(queue, channels.clone(), self.health.clone());
+        let config = ConnectionManagerConfig::new()
+            .set_push_sender(sender)
+            .set_automatic_resubscription()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_max_delay(self.max_backoff)
+            .set_min_delay(Duration::from_millis(50));
+        let mut manager = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(IngestError::Connect)?;
+        for (name, _) in &channels {
+            manager
+                .subscribe(name)
+                .await
+                .map_err(|source| IngestError::Subscribe {
+                    channel: name.clone(),
+                    source,
+                })?;
+        }
+        // Each SUBSCRIBE above returned only once Redis confirmed it.
+        self.health.live.store(true, Ordering::Release);
+        Ok(manager)
+    }
+
+    /// Keeps the connection alive until shutdown. While the subscription is down a PING drives
+    /// the manager's reconnect; on shutdown we unsubscribe so Redis stops sending at once.
+    pub async fn run(&self, mut manager: ConnectionManager, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = tick.tick() => {
+                    if !self.health.live.load(Ordering::Acquire) {
+                        let _: Result<String, _> =
+                            redis::cmd("PING").query_async(&mut manager).await;
+                    }
+                }
+            }
+        }
+        for (name, _) in channel_names(&self.prefix) {
+            let _ = tokio::time::timeout(Duration::from_secs(1), manager.unsubscribe(name)).await;
+        }
+        self.health.live.store(false, Ordering::Release);
+    }
+}
+
+/// Runs on redis-rs's reader: must be quick and must never refuse a push — a refused
+/// Disconnection notice would hide a loss.
+fn push_handler(
+    queue: QueueSender,
+    channels: [(String, ChannelKind); 3],
+    health: Arc<SubscriptionHealth>,
+) -> impl Fn(PushInfo) -> Result<(), std::convert::Infallible> + Send + Sync + 'static {
+    let last_refusal_log = std::sync::Mutex::new(None::<Instant>);
+    move |push: PushInfo| {
+        match push.kind {
+            PushKind::Message => {
+                let (Some(Value::BulkString(name)), Some(Value::BulkString(payload))) =
+                    (push.data.first(), push.data.get(1))
+                else {
+                    return Ok(());
+                };
+                let Some((_, kind)) = channels.iter().find(|(n, _)| n.as_bytes() == &name[..])
+                else {
+                    return Ok(());
+                };
+                health.received.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("trading_sync_events_received_total", "channel" => kind.suffix())
+                    .increment(1);
+                let inbound = Inbound {
+                    channel: *kind,
+                    payload: payload.clone(),
+                    received_at: Instant::now(),
+                };
+                if let Err(refused) = queue.offer(inbound) {
+                    metrics::counter!("trading_sync_queue_refused_total", "channel" => kind.suffix())
+                        .increment(1);
+                    log_refusal(&last_refusal_log, &refused, &queue);
+                }
+            }
+            PushKind::Subscribe => {
+                let now = health.confirmed.fetch_add(1, Ordering::AcqRel) + 1;
+                if now >= channels.len() && !health.live.swap(true, Ordering::AcqRel) {
+                    tracing::info!(channels = channels.len(), "subscribed to Redis channels");
+                }
+            }
+            PushKind::Disconnection => {
+                health.confirmed.store(0, Ordering::Release);
+                health.live.store(false, Ordering::Release);
+                health.disconnects.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("trading_sync_reconnects_total", "server" => "redis")
+                    .increment(1);
+                tracing::warn!(
+                    server = "redis",
+                    "disconnected from Redis; reconnecting. Messages published until the \
+                     subscription is back are lost (pub/sub keeps nothing)"
+                );
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// One warn line per second at most: a full queue under a burst would otherwise flood the log.
+fn log_refusal(last: &std::sync::Mutex<Option<Instant>>, refused: &Refused, queue: &QueueSender) {
+    let Ok(mut last) = last.lock() else { return };
+    if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+        return;
+    }
+    *last = Some(Instant::now());
+    tracing::warn!(
+        error = %refused,
+        refused_total = queue.stats().refused.load(Ordering::Relaxed),
+        "queue full: incoming messages are being refused (lost); raise sync.queue_max_bytes \
+         or find why the database is slow"
+    );
+}

@@ -1,0 +1,174 @@
+//! The bounded, byte-sized queue between reading Redis and writing PostgreSQL.
+//!
+//! Reading must never wait on the database: a subscriber that stops reading makes Redis drop it
+//! at its pub/sub output-buffer limit, losing everything buffered. So the reader offers each
+//! message without blocking; the queue accounts the bytes of every message received and not yet
+//! committed, and refuses — counting and logging it — only past `queue_max_bytes`.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use crate::events::ChannelKind;
+
+/// One message as received, not yet decoded.
+#[derive(Debug)]
+pub struct Inbound {
+    pub channel: ChannelKind,
+    /// The raw bytes, kept as received so a dead letter stores exactly what was published.
+    pub payload: Vec<u8>,
+    /// For publish-to-commit latency and the queue-age metric.
+    pub received_at: Instant,
+}
+
+impl Inbound {
+    /// Bytes this message holds against the queue's budget (payload plus bookkeeping).
+    pub fn cost(&self) -> usize {
+        self.payload.len() + std::mem::size_of::<Inbound>()
+    }
+}
+
+/// Counters shared by both ends; read by metrics and the drain report.
+#[derive(Debug, Default)]
+pub struct QueueStats {
+    /// Bytes received and not yet released by the writer (committed or dead-lettered).
+    pub bytes: AtomicUsize,
+    /// Messages received and not yet released.
+    pub depth: AtomicUsize,
+    /// Messages refused because the queue was full: lost, and said so.
+    pub refused: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct QueueSender {
+    tx: mpsc::UnboundedSender<Inbound>,
+    stats: Arc<QueueStats>,
+    max_bytes: usize,
+}
+
+pub struct QueueReceiver {
+    rx: mpsc::UnboundedReceiver<Inbound>,
+    stats: Arc<QueueStats>,
+}
+
+/// Why a message was not queued.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("queue full ({bytes} of {max_bytes} bytes in use)")]
+    Full { bytes: usize, max_bytes: usize },
+    #[error("queue closed (the writer has stopped)")]
+    Closed,
+}
+
+/// `stats` is passed in so that health endpoints and tests can watch the queue.
+pub fn queue(max_bytes: usize, stats: Arc<QueueStats>) -> (QueueSender, QueueReceiver) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (
+        QueueSender {
+            tx,
+            stats: stats.clone(),
+            max_bytes,
+        },
+        QueueReceiver { rx, stats },
+    )
+}
+
+impl QueueSender {
+    /// Queues without waiting. The caller logs and counts a refusal.
+    pub fn offer(&self, message: Inbound) -> Result<(), Refused> {
+        let cost = message.cost();
+        // fetch_update makes check-and-reserve atomic across concurrent offerers.
+        let reserved =
+            self.stats
+                .bytes
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |bytes| {
+                    (bytes + cost <= self.max_bytes).then_some(bytes + cost)
+                });
+        if let Err(bytes) = reserved {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(Refused::Full {
+                bytes,
+                max_bytes: self.max_bytes,
+            });
+        }
+        self.stats.depth.fetch_add(1, Ordering::AcqRel);
+        self.tx.send(message).map_err(|_| {
+            self.stats.bytes.fetch_sub(cost, Ordering::AcqRel);
+            self.stats.depth.fetch_sub(1, Ordering::AcqRel);
+            Refused::Closed
+        })
+    }
+
+    pub fn stats(&self) -> &Arc<QueueStats> {
+        &self.stats
+    }
+}
+
+impl QueueReceiver {
+    /// Waits for the next message; None once every sender is gone and the queue is empty.
+    pub async fn recv(&mut self) -> Option<Inbound> {
+        self.rx.recv().await
+    }
+
+    /// Takes a message if one is ready.
+    pub fn try_recv(&mut self) -> Option<Inbound> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Gives back the budget of messages whose fate is sealed (committed or dead-lettered).
+    pub fn release(&self, messages: usize, bytes: usize) {
+        self.stats.bytes.fetch_sub(bytes, Ordering::AcqRel);
+        self.stats.depth.fetch_sub(messages, Ordering::AcqRel);
+    }
+
+    /// Stops accepting: later offers are refused as Closed, queued messages can still be read.
+    pub fn close(&mut self) {
+        self.rx.close();
+    }
+
+    pub fn stats(&self) -> &Arc<QueueStats> {
+        &self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(len: usize) -> Inbound {
+        Inbound {
+            channel: ChannelKind::Trades,
+            payload: vec![b'x'; len],
+            received_at: Instant::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn refuses_past_the_byte_budget_and_counts_it() {
+        let one = message(100).cost();
+        let (tx, mut rx) = queue(one * 2, Default::default());
+        tx.offer(message(100)).unwrap();
+        tx.offer(message(100)).unwrap();
+        assert!(matches!(tx.offer(message(100)), Err(Refused::Full { .. })));
+        assert_eq!(tx.stats().refused.load(Ordering::Relaxed), 1);
+        assert_eq!(tx.stats().depth.load(Ordering::Relaxed), 2);
+
+        let got = rx.recv().await.unwrap();
+        // Budget comes back only on release, not on receipt: in-flight batches still count.
+        assert!(tx.offer(message(100)).is_err());
+        rx.release(1, got.cost());
+        tx.offer(message(100)).unwrap();
+        assert_eq!(tx.stats().bytes.load(Ordering::Relaxed), one * 2);
+    }
+
+    #[tokio::test]
+    async fn closed_queue_refuses_and_keeps_accounting_straight() {
+        let (tx, mut rx) = queue(1 << 20, Default::default());
+        rx.close();
+        assert_eq!(tx.offer(message(10)), Err(Refused::Closed));
+        assert_eq!(tx.stats().bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(tx.stats().depth.load(Ordering::Relaxed), 0);
+    }
+}

@@ -1,0 +1,300 @@
+//! The event path end to end: real Redis pub/sub in, real PostgreSQL out.
+//!
+//! Expected aggregates are computed here, independently of the daemon's fold, from the very
+//! events the test publishes.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, TimeZone, Utc};
+use common::{eventually, python_dumps, spawn_app, App};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone)]
+struct Trade {
+    id: String,
+    account: String,
+    symbol: String,
+    strategy: Option<String>,
+    sell: bool,
+    quantity: Decimal,
+    price: Decimal,
+    /// Sent only when Some; otherwise the daemon derives quantity × price.
+    total_value: Option<Decimal>,
+    realized: Decimal,
+    commission: Decimal,
+    executed_at: DateTime<Utc>,
+}
+
+impl Trade {
+    fn total(&self) -> Decimal {
+        self.total_value.unwrap_or_else(|| {
+            let v = self.quantity * self.price;
+            if self.sell {
+                -v
+            } else {
+                v
+            }
+        })
+    }
+
+    fn trade_date(&self) -> NaiveDate {
+        self.executed_at
+            .with_timezone(&chrono_tz::America::New_York)
+            .date_naive()
+    }
+
+    /// The wire form; `as_strings` sends decimals as JSON strings, as some publishers do.
+    fn payload(&self, as_strings: bool) -> String {
+        let num = |d: Decimal| -> Value {
+            if as_strings {
+                Value::String(d.to_string())
+            } else {
+                Value::Number(serde_json::Number::from_string_unchecked(d.to_string()))
+            }
+        };
+        let mut data = json!({
+            "trade_id": self.id,
+            "account_id": self.account,
+            "symbol": self.symbol,
+            "side": if self.sell { "sell" } else { "buy" },
+            "quantity": num(self.quantity),
+            "price": num(self.price),
+            "realized_pnl": num(self.realized),
+            "commission": num(self.commission),
+            "executed_at": self.executed_at.format("%Y-%m-%dT%H:%M:%S%.6f").to_string(),
+        });
+        if let Some(s) = &self.strategy {
+            data["strategy"] = json!(s);
+        }
+        if let Some(v) = self.total_value {
+            data["total_value"] = num(v);
+        }
+        python_dumps(&json!({
+            "type": "trade_executed",
+            "service": "execution",
+            "data": data,
+            "timestamp": "2025-11-24T21:00:00.000000",
+            "correlation_id": self.id,
+        }))
+    }
+}
+
+fn decimal(rng: &mut StdRng, lo: i64, hi: i64, scale: u32) -> Decimal {
+    Decimal::new(rng.random_range(lo..hi), scale)
+}
+
+fn trades(rng: &mut StdRng, n: usize, tag: &str) -> Vec<Trade> {
+    // Around midnight UTC, so the New York trading date differs from the UTC date for some.
+    let base = Utc.with_ymd_and_hms(2025, 11, 24, 20, 0, 0).unwrap();
+    (0..n)
+        .map(|i| {
+            let sell = rng.random_bool(0.4);
+            Trade {
+                id: format!("{tag}-{i:06}"),
+                account: format!("ACC{}", rng.random_range(0..4)),
+                symbol: ["AAPL", "MSFT", "NVDA", "TSLA", "SPY"][rng.random_range(0..5)].into(),
+                strategy: [None, Some("momentum"), Some("mean_rev"), Some("pairs")]
+                    [rng.random_range(0..4)]
+                .map(str::to_owned),
+                sell,
+                quantity: decimal(rng, 1, 50_000, 2),
+                price: decimal(rng, 1_000, 90_000, 2),
+                total_value: rng
+                    .random_bool(0.3)
+                    .then(|| decimal(rng, -10_000_000, 10_000_000, 4)),
+                realized: decimal(rng, -100_000, 100_000, 4),
+                commission: decimal(rng, 0, 500, 2),
+                executed_at: base + ChronoDuration::seconds(rng.random_range(0..10 * 3600)),
+            }
+        })
+        .collect()
+}
+
+type PortfolioRow = (i64, Decimal, Decimal, Decimal, Decimal);
+type MetricsRow = (i64, i64, Decimal, Decimal, Decimal, Decimal);
+
+fn expected(
+    trades: &[Trade],
+) -> (
+    BTreeMap<(String, String), PortfolioRow>,
+    BTreeMap<(String, NaiveDate), MetricsRow>,
+) {
+    let mut portfolio: BTreeMap<(String, String), PortfolioRow> = BTreeMap::new();
+    let mut metrics: BTreeMap<(String, NaiveDate), MetricsRow> = BTreeMap::new();
+    for t in trades {
+        let p = portfolio
+            .entry((t.account.clone(), t.symbol.clone()))
+            .or_default();
+        p.0 += 1;
+        p.1 += if t.sell { -t.quantity } else { t.quantity };
+        p.2 += t.total();
+        p.3 += t.realized;
+        p.4 += t.commission;
+        if let Some(s) = &t.strategy {
+            let m = metrics.entry((s.clone(), t.trade_date())).or_default();
+            m.0 += 1;
+            m.1 += i64::from(t.realized > Decimal::ZERO);
+            m.2 += t.realized;
+            m.3 += t.quantity;
+            m.4 += t.total().abs();
+            m.5 += t.commission;
+        }
+    }
+    (portfolio, metrics)
+}
+
+async fn actual(
+    app: &App,
+) -> (
+    BTreeMap<(String, String), PortfolioRow>,
+    BTreeMap<(String, NaiveDate), MetricsRow>,
+) {
+    let portfolio = app
+        .db
+        .client
+        .query(
+            "SELECT account_id, symbol, trade_count, net_quantity, total_value, realized_pnl, commission \
+             FROM analytics.portfolio_summary WHERE trade_count > 0",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), (r.get(2), r.get(3), r.get(4), r.get(5), r.get(6))))
+        .collect();
+    let metrics = app
+        .db
+        .client
+        .query(
+            "SELECT strategy, date, total_trades, winning_trades, realized_pnl, volume, notional, commission \
+             FROM analytics.performance_metrics",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                (r.get(0), r.get(1)),
+                (r.get(2), r.get(3), r.get(4), r.get(5), r.get(6), r.get(7)),
+            )
+        })
+        .collect();
+    (portfolio, metrics)
+}
+
+async fn wait_for_ledger(app: &App, count: i64) {
+    eventually(
+        "every trade in the ledger",
+        Duration::from_secs(30),
+        || async {
+            let n = app
+                .scalar_i64("SELECT count(*) FROM analytics.applied_trades")
+                .await;
+            (n == count).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn mixed_events_give_exactly_the_expected_aggregates() {
+    let mut app = spawn_app(|_| {}).await;
+    let mut rng = StdRng::seed_from_u64(7);
+    let trades = trades(&mut rng, 3_000, "T");
+    for (i, t) in trades.iter().enumerate() {
+        app.publish("trades", t.payload(i % 3 == 0)).await;
+    }
+    // Position snapshots, out of order: the newest as_of must win.
+    let t0 = Utc.with_ymd_and_hms(2025, 11, 24, 15, 0, 0).unwrap();
+    for minute in [5, 1, 9, 3] {
+        let payload = python_dumps(&json!({
+            "type": "position_updated", "service": "execution",
+            "data": {"account_id": "ACC0", "symbol": "AAPL", "quantity": 100 + minute,
+                     "avg_price": "150.5", "as_of": (t0 + ChronoDuration::minutes(minute)).to_rfc3339()},
+            "timestamp": "2025-11-24T15:10:00"}));
+        app.publish("positions", payload).await;
+    }
+    // Bars out of order: the newest bar's close must be the price.
+    for (minute, close) in [(30, "190.25"), (10, "180.00"), (20, "185.5")] {
+        let payload = python_dumps(&json!({
+            "type": "market_data_updated", "service": "data_ingestion",
+            "data": {"symbol": "AAPL", "timestamp": (t0 + ChronoDuration::minutes(minute)).to_rfc3339(),
+                     "open": 180.0, "high": 191.0, "low": 179.5, "close": close.parse::<f64>().unwrap(),
+                     "volume": 1200000, "data_source": "yahoo"},
+            "timestamp": "2025-11-24T15:31:00"}));
+        app.publish("market_data", payload).await;
+    }
+    // A last trade marks the end: the queue is FIFO and batches commit in order.
+    let mut sentinel = trades[0].clone();
+    sentinel.id = "SENTINEL".into();
+    app.publish("trades", sentinel.payload(false)).await;
+    wait_for_ledger(&app, trades.len() as i64 + 1).await;
+
+    let mut all = trades.clone();
+    all.push(sentinel);
+    assert_eq!(actual(&app).await, expected(&all));
+
+    let row = app
+        .db
+        .client
+        .query_one(
+            "SELECT quantity, avg_price, last_price, market_value, unrealized_pnl \
+             FROM analytics.portfolio_summary WHERE account_id = 'ACC0' AND symbol = 'AAPL'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let d = |s: &str| s.parse::<Decimal>().unwrap();
+    assert_eq!(row.get::<_, Decimal>(0), d("109"));
+    assert_eq!(row.get::<_, Decimal>(1), d("150.5"));
+    assert_eq!(row.get::<_, Decimal>(2), d("190.25"));
+    assert_eq!(row.get::<_, Decimal>(3), d("109") * d("190.25"));
+    assert_eq!(
+        row.get::<_, Decimal>(4),
+        (d("190.25") - d("150.5")) * d("109")
+    );
+    // Another account's AAPL row has no snapshot: its value comes from the trades.
+    let other: Option<(Decimal, Decimal, Decimal, Decimal)> = app
+        .db
+        .client
+        .query_opt(
+            "SELECT net_quantity, total_value, realized_pnl, market_value \
+             FROM analytics.portfolio_summary WHERE account_id = 'ACC1' AND symbol = 'AAPL'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)));
+    let (net, _, _, value) = other.expect("ACC1 traded AAPL");
+    assert_eq!(value, net * d("190.25"));
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn every_trade_twice_in_shuffled_order_changes_nothing() {
+    let mut app = spawn_app(|c| c.sync.batch_max_events = 257).await;
+    let mut rng = StdRng::seed_from_u64(11);
+    let trades = trades(&mut rng, 2_000, "D");
+    let mut twice: Vec<&Trade> = trades.iter().chain(trades.iter()).collect();
+    twice.shuffle(&mut rng);
+    for t in &twice {
+        app.publish("trades", t.payload(rng.random_bool(0.5))).await;
+    }
+    wait_for_ledger(&app, trades.len() as i64).await;
+    // Wait until the last published message is committed too: poll until nothing is queued.
+    let state = app.state.clone();
+    eventually("the queue to empty", Duration::from_secs(30), || async {
+        (state.queue_depth() == 0).then_some(())
+    })
+    .await;
+    assert_eq!(actual(&app).await, expected(&trades));
+    app.stop().await.unwrap();
+}
