@@ -99,11 +99,14 @@ COMMENT ON TABLE data_ingestion.market_data_default IS
 -- move path is rare (only years that received bars before their partition existed).
 --
 -- SECURITY DEFINER so the daemon's least-privilege role (V17) can run partition maintenance without
--- owning market_data; it runs with the privileges of the migration owner. search_path is pinned, with
--- pg_temp last: the brief asked for "pg_catalog, data_ingestion", but PostgreSQL searches pg_temp FIRST
--- for relations unless it is listed, which would let a caller shadow a relation name with a temp table
+-- owning market_data; it runs with the privileges of the migration owner. search_path is pinned to
+-- pg_catalog, data_ingestion and, explicitly last, pg_temp: when pg_temp is not listed PostgreSQL
+-- searches it FIRST for relations, which would let a caller shadow a relation name with a temp table
 -- ("Writing SECURITY DEFINER Functions Safely" in the PostgreSQL manual). All names below are
 -- qualified anyway. EXECUTE is revoked from PUBLIC below and granted to trading_sync in V17.
+--
+-- Callers on a live system should SET LOCAL lock_timeout first (and retry later on SQLSTATE 55P03): a
+-- queued ACCESS EXCLUSIVE request makes every new reader of market_data wait behind it.
 --
 -- A range that overlaps a partition created by hand under another name (say monthly partitions)
 -- makes CREATE fail with SQLSTATE 42P17; that is an operator decision, not something to paper over.

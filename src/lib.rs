@@ -9,5 +9,6 @@ pub mod config;
 pub mod daemon;
 pub mod db;
 pub mod events;
+pub mod indicators;
 pub mod ingest;
 pub mod telemetry;

@@ -119,13 +119,12 @@ fn trades(rng: &mut StdRng, n: usize, tag: &str) -> Vec<Trade> {
 
 type PortfolioRow = (i64, Decimal, Decimal, Decimal, Decimal);
 type MetricsRow = (i64, i64, Decimal, Decimal, Decimal, Decimal);
-
-fn expected(
-    trades: &[Trade],
-) -> (
+type Aggregates = (
     BTreeMap<(String, String), PortfolioRow>,
     BTreeMap<(String, NaiveDate), MetricsRow>,
-) {
+);
+
+fn expected(trades: &[Trade]) -> Aggregates {
     let mut portfolio: BTreeMap<(String, String), PortfolioRow> = BTreeMap::new();
     let mut metrics: BTreeMap<(String, NaiveDate), MetricsRow> = BTreeMap::new();
     for t in trades {
@@ -150,12 +149,7 @@ fn expected(
     (portfolio, metrics)
 }
 
-async fn actual(
-    app: &App,
-) -> (
-    BTreeMap<(String, String), PortfolioRow>,
-    BTreeMap<(String, NaiveDate), MetricsRow>,
-) {
+async fn actual(app: &App) -> Aggregates {
     let portfolio = app
         .db
         .client
@@ -295,6 +289,144 @@ async fn every_trade_twice_in_shuffled_order_changes_nothing() {
         (state.queue_depth() == 0).then_some(())
     })
     .await;
+    assert_eq!(actual(&app).await, expected(&trades));
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_messages_are_dead_lettered_and_the_good_ones_around_them_applied() {
+    let mut app = spawn_app(|c| c.sync.batch_max_events = 50).await;
+    let mut rng = StdRng::seed_from_u64(3);
+    let good = trades(&mut rng, 40, "G");
+    let trade = |data: &str| {
+        format!(
+            r#"{{"type": "trade_executed", "service": "execution", "data": {data}, "timestamp": "2025-11-24T15:04:05.123456"}}"#
+        )
+        .into_bytes()
+    };
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        ("trades", b"{not json".to_vec()),
+        ("trades", b"[1, 2, 3]".to_vec()),
+        ("trades", trade(r#"{"account_id": "A", "symbol": "AAPL"}"#)),
+        ("trades", trade(r#"{"trade_id": 17, "account_id": "A", "symbol": "AAPL"}"#)),
+        ("trades", trade(r#"{"trade_id": "B1", "account_id": "A", "symbol": "AAPL", "price": NaN}"#)),
+        ("trades", trade(r#"{"trade_id": "B2", "account_id": "A", "symbol": "AAPL", "price": 1e400}"#)),
+        ("trades", trade(r#"{"trade_id": "B3", "account_id": "A", "symbol": "AAPL", "quantity": 1, "price": 123456789012.5}"#)),
+        ("trades", trade(r#"{"trade_id": "B4", "account_id": "A", "symbol": "AAPL", "commission": "0.12345"}"#)),
+        ("trades", br#"{"type": "order_cancelled", "data": {}, "timestamp": "2025-11-24T15:04:05"}"#.to_vec()),
+        ("trades", {
+            let mut big = trade(r#"{"trade_id": "B5", "account_id": "A", "symbol": "AAPL"}"#);
+            big.extend(std::iter::repeat_n(b' ', 1 << 20));
+            big
+        }),
+        ("trades", vec![0xff, 0xfe, b'{', 0x80, b'}']),
+        ("positions", trade(r#"{"account_id": "A", "symbol": "AAPL"}"#)), // wrong channel
+        // Valid JSON the decoder accepts but the database refuses (CHECK avg_price >= 0): the
+        // batch is split until this one event is isolated.
+        ("positions", br#"{"type": "position_updated", "data": {"account_id": "A", "symbol": "AAPL", "quantity": 5, "avg_price": -3}, "timestamp": "2025-11-24T15:04:05"}"#.to_vec()),
+    ];
+    for (i, t) in good.iter().enumerate() {
+        app.publish("trades", t.payload(false)).await;
+        if let Some((channel, payload)) = bad.get(i) {
+            app.publish(channel, payload).await;
+        }
+    }
+    let mut sentinel = good[0].clone();
+    sentinel.id = "SENTINEL".into();
+    app.publish("trades", sentinel.payload(false)).await;
+    wait_for_ledger(&app, good.len() as i64 + 1).await;
+
+    let rows = app
+        .db
+        .client
+        .query(
+            "SELECT channel, payload, error FROM analytics.dead_letters ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut stored: Vec<(String, Vec<u8>)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let mut sent: Vec<(String, Vec<u8>)> = bad
+        .iter()
+        .map(|(c, p)| (c.to_string(), p.clone()))
+        .collect();
+    stored.sort();
+    sent.sort();
+    assert_eq!(stored.len(), sent.len(), "one dead letter per bad message");
+    assert!(
+        stored == sent,
+        "dead letters keep the raw payload and channel"
+    );
+    for r in &rows {
+        let error: String = r.get(2);
+        assert!(!error.is_empty());
+    }
+    let db_refusal: String = app
+        .db
+        .client
+        .query_one(
+            "SELECT error FROM analytics.dead_letters WHERE channel = 'positions' AND error LIKE 'refused by the database%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(db_refusal.contains("avg_price"), "{db_refusal}");
+
+    let mut all = good.clone();
+    all.push(sentinel);
+    assert_eq!(actual(&app).await, expected(&all));
+    assert!(
+        !app.handle.is_finished(),
+        "the subscriber must still be running"
+    );
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn killing_the_writer_connection_mid_stream_loses_and_doubles_nothing() {
+    let app = spawn_app(|c| {
+        c.sync.batch_max_events = 200;
+        c.sync.batch_max_wait_ms = 2;
+    })
+    .await;
+    let mut rng = StdRng::seed_from_u64(5);
+    let trades = trades(&mut rng, 6_000, "K");
+    let payloads: Vec<String> = trades.iter().map(|t| t.payload(false)).collect();
+    let channel = app.channel("trades");
+    let publisher = tokio::spawn(async move {
+        let mut redis = redis::Client::open(common::redis_url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        for chunk in payloads.chunks(100) {
+            let mut pipe = redis::pipe();
+            for p in chunk {
+                pipe.cmd("PUBLISH").arg(&channel).arg(p).ignore();
+            }
+            let () = pipe.query_async(&mut redis).await.unwrap();
+            tokio::task::yield_now().await;
+        }
+    });
+    let admin = common::connect(&common::admin_url()).await;
+    let mut killed = 0;
+    while !publisher.is_finished() || killed == 0 {
+        let n = admin
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = $1 AND application_name = 'trading-sync' AND pid <> pg_backend_pid()",
+                &[&app.db.name],
+            )
+            .await
+            .unwrap()
+            .len();
+        killed += n;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    publisher.await.unwrap();
+    assert!(killed > 0, "no writer connection was ever killed");
+    wait_for_ledger(&app, trades.len() as i64).await;
     assert_eq!(actual(&app).await, expected(&trades));
     app.stop().await.unwrap();
 }

@@ -220,3 +220,140 @@ pub fn fold<'a>(trades: impl IntoIterator<Item = &'a TradeExecuted>) -> Folded {
     folded.add(trades);
     folded
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Side;
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    fn trade() -> impl Strategy<Value = TradeExecuted> {
+        (
+            0u32..5_000,
+            0usize..3,
+            0usize..3,
+            prop::option::of(0usize..2),
+            any::<bool>(),
+            1i64..1_000_000,
+            -1_000_000i64..1_000_000,
+            0i64..10_000,
+            any::<bool>(),
+            0i64..200_000,
+        )
+            .prop_map(|(id, acct, sym, strat, sell, qty, pnl, fee, win, secs)| {
+                let quantity = Decimal::new(qty, 2);
+                let executed_at = Utc.with_ymd_and_hms(2025, 11, 24, 0, 0, 0).unwrap()
+                    + chrono::Duration::seconds(secs);
+                TradeExecuted {
+                    trade_id: format!("T{id}"),
+                    account_id: format!("A{acct}"),
+                    symbol: ["AAPL", "MSFT", "SPY"][sym].into(),
+                    strategy: strat.map(|s| ["alpha", "beta"][s].to_owned()),
+                    side: Some(if sell { Side::Sell } else { Side::Buy }),
+                    quantity: Some(quantity),
+                    price: Some(Decimal::new(10_000, 2)),
+                    total_value: if sell {
+                        -quantity * Decimal::from(100)
+                    } else {
+                        quantity * Decimal::from(100)
+                    },
+                    realized_pnl: Decimal::new(pnl, 4),
+                    commission: Decimal::new(fee, 2),
+                    is_win: win,
+                    executed_at,
+                    trade_date: executed_at.date_naive(),
+                }
+            })
+    }
+
+    proptest! {
+        /// Any batch split, folded per batch and merged, equals folding everything at once —
+        /// which is what lets the writer batch freely and split batches on errors.
+        #[test]
+        fn any_batch_split_gives_the_same_totals(
+            trades in prop::collection::vec(trade(), 0..200),
+            cuts in prop::collection::vec(0usize..200, 0..8),
+        ) {
+            let whole = fold(&trades);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(trades.len())).collect();
+            cuts.sort_unstable();
+            let mut merged = Folded::default();
+            let mut start = 0;
+            for cut in cuts.into_iter().chain([trades.len()]) {
+                merged.merge(&fold(&trades[start..cut]));
+                start = cut;
+            }
+            prop_assert_eq!(&merged, &whole);
+            let count: i64 = whole.portfolio.values().map(|d| d.trade_count).sum();
+            prop_assert_eq!(count, trades.len() as i64);
+        }
+
+        #[test]
+        fn order_does_not_matter(trades in prop::collection::vec(trade(), 0..100), seed in any::<u64>()) {
+            use rand::seq::SliceRandom;
+            use rand::SeedableRng;
+            let mut shuffled = trades.clone();
+            shuffled.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+            prop_assert_eq!(fold(&trades), fold(&shuffled));
+        }
+    }
+
+    fn inbound(channel: ChannelKind, json: &str) -> Inbound {
+        Inbound {
+            channel,
+            payload: json.as_bytes().to_vec(),
+            received_at: std::time::Instant::now(),
+        }
+    }
+
+    #[test]
+    fn plan_dedupes_trades_and_keeps_the_newest_snapshot_and_bar() {
+        let t = |id: &str| {
+            inbound(
+                ChannelKind::Trades,
+                &format!(
+                    r#"{{"type": "trade_executed", "data": {{"trade_id": "{id}", "account_id": "A", "symbol": "S", "quantity": 1, "price": 2}}, "timestamp": "2025-11-24T15:00:00"}}"#
+                ),
+            )
+        };
+        let p = |qty: u32, at: &str| {
+            inbound(
+                ChannelKind::Positions,
+                &format!(
+                    r#"{{"type": "position_updated", "data": {{"account_id": "A", "symbol": "S", "quantity": {qty}, "as_of": "{at}"}}, "timestamp": "2025-11-24T15:00:00"}}"#
+                ),
+            )
+        };
+        let b = |close: &str, at: &str, source: &str| {
+            inbound(
+                ChannelKind::MarketData,
+                &format!(
+                    r#"{{"type": "market_data_updated", "data": {{"symbol": "S", "timestamp": "{at}", "open": 1, "high": 9, "low": 1, "close": {close}, "volume": 5, "data_source": "{source}"}}, "timestamp": "2025-11-24T15:00:00"}}"#
+                ),
+            )
+        };
+        let messages = vec![
+            t("b"),
+            t("a"),
+            t("b"),
+            p(7, "2025-11-24T15:00:02"),
+            p(9, "2025-11-24T15:00:01"),
+            b("3", "2025-11-24T16:00:00", "polygon"),
+            b("2", "2025-11-24T15:00:00", "yahoo"),
+            inbound(ChannelKind::Trades, "nope"),
+        ];
+        let limits = DecodeLimits::default();
+        let plan = plan(&messages, &limits);
+        let ids: Vec<&str> = plan.trades.iter().map(|t| t.trade_id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"], "unique and sorted");
+        assert_eq!(plan.duplicates_in_batch, 1);
+        let snapshot = &plan.positions[&("A".to_owned(), "S".to_owned())];
+        assert_eq!(snapshot.quantity, Some(Decimal::from(7)));
+        assert_eq!(plan.marks["S"].close, Decimal::from(3));
+        assert_eq!(plan.yahoo_symbols.iter().collect::<Vec<_>>(), ["S"]);
+        assert_eq!(plan.dead_letters.len(), 1);
+        assert_eq!(plan.dead_letters[0].kind, "not_json");
+        assert_eq!(plan.valid, [3, 2, 2]);
+    }
+}

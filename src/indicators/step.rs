@@ -84,11 +84,11 @@ pub struct IndicatorState {
     /// Running sum of raw MACD over i = 25..=33, oldest first, from 0.0: the signal's seed is
     /// this sum / 9 at i = 33. Raw MACD values are not kept anywhere else, so a run that stops
     /// inside 25..33 needs it. Stays at its final value afterwards (unused).
-    pub macd_signal_seed_sum: f64,
+    pub macd_seed_sum: f64,
     /// Wilder average gain G after the last bar; None before i = 14.
-    pub rsi_avg_gain: Option<f64>,
+    pub avg_gain: Option<f64>,
     /// Wilder average loss L after the last bar; None before i = 14.
-    pub rsi_avg_loss: Option<f64>,
+    pub avg_loss: Option<f64>,
 }
 
 impl Default for IndicatorState {
@@ -114,9 +114,9 @@ impl IndicatorState {
             ema50: None,
             macd_fast: None,
             macd_signal: None,
-            macd_signal_seed_sum: 0.0,
-            rsi_avg_gain: None,
-            rsi_avg_loss: None,
+            macd_seed_sum: 0.0,
+            avg_gain: None,
+            avg_loss: None,
         }
     }
 
@@ -139,15 +139,25 @@ impl IndicatorState {
             && self.first_date.is_some() == (n > 0)
             && self.last_date == self.close_dates.back().copied()
             && self.first_date <= self.close_dates.front().copied()
-            && self.close_dates.iter().zip(self.close_dates.iter().skip(1)).all(|(a, b)| a < b)
+            && self
+                .close_dates
+                .iter()
+                .zip(self.close_dates.iter().skip(1))
+                .all(|(a, b)| a < b)
             && self.closes.iter().all(|&c| is_valid_close(c))
             && present(self.ema12, 11)
             && present(self.ema26, 25)
             && present(self.ema50, 49)
             && present(self.macd_fast, MACD_FAST_SEED_I)
             && present(self.macd_signal, MACD_SIGNAL_SEED_I)
-            && present(self.rsi_avg_gain, RSI_SEED_I)
-            && present(self.rsi_avg_loss, RSI_SEED_I)
+            && present(self.avg_gain, RSI_SEED_I)
+            && present(self.avg_loss, RSI_SEED_I)
+    }
+
+    /// Close of the last consumed bar. Derived from `closes`, so a stored copy (the
+    /// `prev_close` column) is redundant and is never read back by [`step`].
+    pub fn prev_close(&self) -> Option<f64> {
+        self.closes.back().copied()
     }
 
     /// Rebuilds the `log_returns` cache from `closes` if it holds fewer returns than the
@@ -161,7 +171,8 @@ impl IndicatorState {
         self.log_returns.clear();
         let w = self.closes.make_contiguous();
         let tail = &w[w.len() - (want + 1).min(w.len())..];
-        self.log_returns.extend(tail.windows(2).map(|p| log_return(p[0], p[1])));
+        self.log_returns
+            .extend(tail.windows(2).map(|p| log_return(p[0], p[1])));
     }
 }
 
@@ -251,7 +262,12 @@ pub fn is_valid_close(close: f64) -> bool {
 }
 
 /// Consumes one bar. Returns `None`, leaving the state untouched, when the bar is refused:
-/// see [`try_step`] for the reason (invalid close, or a date not after the last one).
+/// an invalid close (the caller counts and logs these), or a date not strictly after
+/// `state.last_date` (a revision: recompute the symbol). [`try_step`] tells the two apart.
+///
+/// Expects a state from [`IndicatorState::new`] or from earlier steps (after a database
+/// round trip, check [`IndicatorState::is_consistent`]); an inconsistent one gives
+/// meaningless numbers but never a panic.
 #[inline]
 pub fn step(state: &mut IndicatorState, bar: &Bar) -> Option<IndicatorRow> {
     try_step(state, bar).ok()
@@ -313,7 +329,7 @@ pub fn try_step(state: &mut IndicatorState, bar: &Bar) -> Result<IndicatorRow, S
     // TA-Lib's MACD runs its own EMA12 that starts where the slow EMA starts (i = 25),
     // seeded with the mean of the 12 closes up to there.
     if i == MACD_FAST_SEED_I {
-        state.macd_fast = Some(seq_sum(&w[n - 12..]) / 12.0);
+        state.macd_fast = last(12).map(|s| seq_sum(s) / 12.0);
     } else if i > MACD_FAST_SEED_I {
         state.macd_fast = state.macd_fast.map(|e| (c - e).mul_add(K12, e));
     }
@@ -323,10 +339,10 @@ pub fn try_step(state: &mut IndicatorState, bar: &Bar) -> Result<IndicatorRow, S
     };
     if let Some(raw) = raw_macd {
         if i <= MACD_SIGNAL_SEED_I {
-            state.macd_signal_seed_sum += raw;
+            state.macd_seed_sum += raw;
         }
         if i == MACD_SIGNAL_SEED_I {
-            state.macd_signal = Some(state.macd_signal_seed_sum / 9.0);
+            state.macd_signal = Some(state.macd_seed_sum / 9.0);
         } else if i > MACD_SIGNAL_SEED_I {
             state.macd_signal = state.macd_signal.map(|s| (raw - s).mul_add(K_SIGNAL, s));
         }
@@ -338,20 +354,20 @@ pub fn try_step(state: &mut IndicatorState, bar: &Bar) -> Result<IndicatorRow, S
 
     if i == RSI_SEED_I {
         let (mut gains, mut losses) = (0.0, 0.0);
-        for d in w[n - 15..].windows(2).map(|p| p[1] - p[0]) {
+        for d in last(15).unwrap_or_default().windows(2).map(|p| p[1] - p[0]) {
             gains += d.max(0.0);
             losses += (-d).max(0.0);
         }
-        state.rsi_avg_gain = Some(gains * RSI_R);
-        state.rsi_avg_loss = Some(losses * RSI_R);
+        state.avg_gain = Some(gains * RSI_R);
+        state.avg_loss = Some(losses * RSI_R);
     } else if let (true, Some(p), Some(g), Some(l)) =
-        (i > RSI_SEED_I, prev, state.rsi_avg_gain, state.rsi_avg_loss)
+        (i > RSI_SEED_I, prev, state.avg_gain, state.avg_loss)
     {
         let d = c - p;
-        state.rsi_avg_gain = Some((g * 13.0 + d.max(0.0)) * RSI_R);
-        state.rsi_avg_loss = Some((l * 13.0 + (-d).max(0.0)) * RSI_R);
+        state.avg_gain = Some((g * 13.0 + d.max(0.0)) * RSI_R);
+        state.avg_loss = Some((l * 13.0 + (-d).max(0.0)) * RSI_R);
     }
-    let rsi_14 = match (state.rsi_avg_gain, state.rsi_avg_loss) {
+    let rsi_14 = match (state.avg_gain, state.avg_loss) {
         (Some(g), Some(l)) if g + l != 0.0 => Some(100.0 * g / (g + l)),
         _ => None,
     };
@@ -383,10 +399,17 @@ pub fn try_step(state: &mut IndicatorState, bar: &Bar) -> Result<IndicatorRow, S
     let roc = |k: usize| (n > k).then(|| (c - w[n - 1 - k]) / w[n - 1 - k] * 100.0);
 
     let avg_volume_20 = (state.volumes.len() == VOLUME_WINDOW).then(|| {
-        // i128 cannot overflow for 20 i64 values; the integer sum is exact, so only the final
-        // conversion and division round.
-        let total: i128 = state.volumes.iter().map(|&v| i128::from(v)).sum();
-        total as f64 / VOLUME_WINDOW as f64
+        // The integer sum is exact, so only the conversion and the division round. i128 only
+        // when i64 would overflow, because its conversion to f64 is a slow library call.
+        let total = match state
+            .volumes
+            .iter()
+            .try_fold(0i64, |a, &v| a.checked_add(v))
+        {
+            Some(t) => t as f64,
+            None => state.volumes.iter().map(|&v| i128::from(v)).sum::<i128>() as f64,
+        };
+        total / VOLUME_WINDOW as f64
     });
 
     Ok(IndicatorRow {
@@ -422,7 +445,10 @@ pub fn try_step(state: &mut IndicatorState, bar: &Bar) -> Result<IndicatorRow, S
 fn ema_update(e: &mut Option<f64>, i: i64, w: &[f64], len: usize, k: f64, c: f64) -> Option<f64> {
     let seed_i = len as i64 - 1;
     if i == seed_i {
-        *e = Some(seq_sum(&w[w.len() - len..]) / len as f64);
+        *e = w
+            .len()
+            .checked_sub(len)
+            .map(|from| seq_sum(&w[from..]) / len as f64);
     } else if i > seed_i {
         *e = e.map(|prev| (c - prev).mul_add(k, prev));
     }
@@ -461,8 +487,8 @@ const LANES: usize = 8;
 /// Window sum in a fixed order: element j (counted from the window's oldest element) goes
 /// to accumulator j mod 8, and the accumulators are combined pairwise. The order depends
 /// only on the window, so the result is reproducible bit for bit; and it breaks the
-/// 200-long chain of dependent additions that a left-to-right sum would be (about 4× faster
-/// per sma_200 here), with an error bound no worse than left to right. It is not TA-Lib's
+/// 200-long chain of dependent additions that a left-to-right sum would be (a whole step
+/// took 2× as long with left-to-right sums), with an error bound no worse. It is not TA-Lib's
 /// running sum, whose error grows with history; the spec's tolerance covers the difference.
 #[inline]
 fn lane_sum(xs: &[f64]) -> f64 {
@@ -512,15 +538,42 @@ mod tests {
     // ---- TA-Lib fixtures (generated by scripts/gen_indicator_fixtures.py) ----
 
     const FIXTURES: &[(&str, &str)] = &[
-        ("gbm_cents", include_str!("../../tests/fixtures/indicators/gbm_cents.csv")),
-        ("gbm_raw", include_str!("../../tests/fixtures/indicators/gbm_raw.csv")),
-        ("flat_runs", include_str!("../../tests/fixtures/indicators/flat_runs.csv")),
-        ("jump_10x", include_str!("../../tests/fixtures/indicators/jump_10x.csv")),
-        ("short_10", include_str!("../../tests/fixtures/indicators/short_10.csv")),
-        ("short_30", include_str!("../../tests/fixtures/indicators/short_30.csv")),
-        ("short_34", include_str!("../../tests/fixtures/indicators/short_34.csv")),
-        ("tiny_prices", include_str!("../../tests/fixtures/indicators/tiny_prices.csv")),
-        ("huge_prices", include_str!("../../tests/fixtures/indicators/huge_prices.csv")),
+        (
+            "gbm_cents",
+            include_str!("../../tests/fixtures/indicators/gbm_cents.csv"),
+        ),
+        (
+            "gbm_raw",
+            include_str!("../../tests/fixtures/indicators/gbm_raw.csv"),
+        ),
+        (
+            "flat_runs",
+            include_str!("../../tests/fixtures/indicators/flat_runs.csv"),
+        ),
+        (
+            "jump_10x",
+            include_str!("../../tests/fixtures/indicators/jump_10x.csv"),
+        ),
+        (
+            "short_10",
+            include_str!("../../tests/fixtures/indicators/short_10.csv"),
+        ),
+        (
+            "short_30",
+            include_str!("../../tests/fixtures/indicators/short_30.csv"),
+        ),
+        (
+            "short_34",
+            include_str!("../../tests/fixtures/indicators/short_34.csv"),
+        ),
+        (
+            "tiny_prices",
+            include_str!("../../tests/fixtures/indicators/tiny_prices.csv"),
+        ),
+        (
+            "huge_prices",
+            include_str!("../../tests/fixtures/indicators/huge_prices.csv"),
+        ),
     ];
 
     struct Fixture {
@@ -532,7 +585,12 @@ mod tests {
 
     fn parse_fixture(text: &str) -> Fixture {
         let mut lines = text.lines();
-        let header: Vec<String> = lines.next().unwrap().split(',').map(str::to_owned).collect();
+        let header: Vec<String> = lines
+            .next()
+            .unwrap()
+            .split(',')
+            .map(str::to_owned)
+            .collect();
         assert_eq!(header[..3], ["date", "close", "volume"]);
         let (mut bars, mut expected) = (Vec::new(), Vec::new());
         for line in lines.filter(|l| !l.is_empty()) {
@@ -550,7 +608,11 @@ mod tests {
                     .collect(),
             );
         }
-        Fixture { bars, header: header[3..].to_vec(), expected }
+        Fixture {
+            bars,
+            header: header[3..].to_vec(),
+            expected,
+        }
     }
 
     /// INDICATORS.md: |Δ| ≤ 1e-9·max(|ref|, s), s = close for the MACD columns, else 0;
@@ -580,7 +642,11 @@ mod tests {
         for (name, text) in FIXTURES {
             let fx = parse_fixture(text);
             let (state, rows) = full(&fx.bars);
-            assert_eq!(rows.len(), fx.bars.len(), "{name}: every fixture bar is valid");
+            assert_eq!(
+                rows.len(),
+                fx.bars.len(),
+                "{name}: every fixture bar is valid"
+            );
             assert_eq!(state.bars_consumed, fx.bars.len() as i64);
             assert!(state.is_consistent(), "{name}");
             for (i, (row, want)) in rows.iter().zip(&fx.expected).enumerate() {
@@ -589,7 +655,8 @@ mod tests {
                 assert_eq!(row.current_volume, bar.volume);
                 let got = row.named_values();
                 assert_eq!(got.len(), fx.header.len(), "{name}: fixture columns");
-                for ((col, value), (head, reference)) in got.iter().zip(fx.header.iter().zip(want)) {
+                for ((col, value), (head, reference)) in got.iter().zip(fx.header.iter().zip(want))
+                {
                     assert_eq!(col, head, "{name}: column order");
                     checked += 1;
                     let ok = match (value, reference) {
@@ -606,7 +673,9 @@ mod tests {
                         _ => false,
                     };
                     if !ok {
-                        failures.push(format!("{name} i={i} {col}: got {value:?}, talib {reference:?}"));
+                        failures.push(format!(
+                            "{name} i={i} {col}: got {value:?}, talib {reference:?}"
+                        ));
                     }
                 }
             }
@@ -615,25 +684,53 @@ mod tests {
             println!("{col:>16}: worst |Δ|/tolerance {ratio:.3e} ({name})");
         }
         assert!(checked > 50_000, "fixtures look truncated: {checked} cells");
-        assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures[..failures.len().min(40)].join("\n"));
+        assert!(
+            failures.is_empty(),
+            "{} mismatches:\n{}",
+            failures.len(),
+            failures[..failures.len().min(40)].join("\n")
+        );
     }
 
     #[test]
     fn first_valid_index_per_column() {
         // Independent of TA-Lib: the spec's "first valid i" table.
-        let bars = dated(&(0..260).map(|i| 50.0 + (i as f64 * 0.7).sin()).collect::<Vec<_>>());
+        let bars = dated(
+            &(0..260)
+                .map(|i| 50.0 + (i as f64 * 0.7).sin())
+                .collect::<Vec<_>>(),
+        );
         let (_, rows) = full(&bars);
         let first = |col: &str| {
             rows.iter()
-                .position(|r| r.named_values().iter().any(|(c, v)| *c == col && v.is_some()))
+                .position(|r| {
+                    r.named_values()
+                        .iter()
+                        .any(|(c, v)| *c == col && v.is_some())
+                })
                 .unwrap()
         };
         for (col, i) in [
-            ("sma_20", 19), ("sma_50", 49), ("sma_200", 199), ("ema_12", 11), ("ema_26", 25),
-            ("ema_50", 49), ("rsi_14", 14), ("macd_line", 33), ("macd_signal", 33),
-            ("macd_histogram", 33), ("bb_upper", 19), ("bb_middle", 19), ("bb_lower", 19),
-            ("bb_position", 19), ("bb_width", 19), ("volatility_20", 20), ("price_change_1d", 1),
-            ("price_change_5d", 5), ("price_change_30d", 30), ("avg_volume_20", 19),
+            ("sma_20", 19),
+            ("sma_50", 49),
+            ("sma_200", 199),
+            ("ema_12", 11),
+            ("ema_26", 25),
+            ("ema_50", 49),
+            ("rsi_14", 14),
+            ("macd_line", 33),
+            ("macd_signal", 33),
+            ("macd_histogram", 33),
+            ("bb_upper", 19),
+            ("bb_middle", 19),
+            ("bb_lower", 19),
+            ("bb_position", 19),
+            ("bb_width", 19),
+            ("volatility_20", 20),
+            ("price_change_1d", 1),
+            ("price_change_5d", 5),
+            ("price_change_30d", 30),
+            ("avg_volume_20", 19),
         ] {
             assert_eq!(first(col), i, "{col}");
         }
@@ -660,17 +757,47 @@ mod tests {
         let before = state_bits(&state);
         let date = bars[2].date.succ_opt().unwrap();
         for close in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 0.0, -0.0, -1.0] {
-            let bar = Bar { date, close, volume: 7 };
+            let bar = Bar {
+                date,
+                close,
+                volume: 7,
+            };
             assert_eq!(try_step(&mut state, &bar), Err(SkipReason::InvalidClose));
             assert_eq!(state_bits(&state), before);
         }
         for date in [bars[2].date, bars[0].date] {
-            let bar = Bar { date, close: 10.0, volume: 7 };
-            assert_eq!(try_step(&mut state, &bar), Err(SkipReason::NotAfterLastDate));
+            let bar = Bar {
+                date,
+                close: 10.0,
+                volume: 7,
+            };
+            assert_eq!(
+                try_step(&mut state, &bar),
+                Err(SkipReason::NotAfterLastDate)
+            );
             assert_eq!(state_bits(&state), before);
         }
         // The smallest positive subnormal is a (silly) valid close.
-        assert!(step(&mut state, &Bar { date, close: f64::from_bits(1), volume: 0 }).is_some());
+        assert!(step(
+            &mut state,
+            &Bar {
+                date,
+                close: f64::from_bits(1),
+                volume: 0
+            }
+        )
+        .is_some());
+    }
+
+    #[test]
+    fn avg_volume_survives_i64_overflow() {
+        let mut bars = dated(&[5.0; 20]);
+        for b in &mut bars {
+            b.volume = i64::MAX;
+        }
+        let (_, rows) = full(&bars);
+        let want = (i128::from(i64::MAX) * 20) as f64 / 20.0;
+        assert_eq!(rows[19].avg_volume_20, Some(want));
     }
 
     #[test]
@@ -743,15 +870,19 @@ mod tests {
                 b(s.ema50),
                 b(s.macd_fast),
                 b(s.macd_signal),
-                b(s.rsi_avg_gain),
-                b(s.rsi_avg_loss),
+                b(s.avg_gain),
+                b(s.avg_loss),
             ],
-            s.macd_signal_seed_sum.to_bits(),
+            s.macd_seed_sum.to_bits(),
         )
     }
 
     fn row_bits(r: &IndicatorRow) -> (NaiveDate, i64, Vec<Option<u64>>) {
-        let v = r.named_values().iter().map(|(_, v)| v.map(f64::to_bits)).collect();
+        let v = r
+            .named_values()
+            .iter()
+            .map(|(_, v)| v.map(f64::to_bits))
+            .collect();
         (r.date, r.current_volume, v)
     }
 
@@ -759,35 +890,61 @@ mod tests {
     /// buffers; optionally without the log-return cache.
     fn persist_roundtrip(s: &IndicatorState, drop_cache: bool) -> IndicatorState {
         let f = |v: &VecDeque<f64>| -> VecDeque<f64> {
-            v.iter().map(|x| f64::from_bits(x.to_bits())).collect::<Vec<_>>().into()
+            v.iter()
+                .map(|x| f64::from_bits(x.to_bits()))
+                .collect::<Vec<_>>()
+                .into()
         };
         IndicatorState {
             closes: f(&s.closes),
             close_dates: s.close_dates.iter().copied().collect::<Vec<_>>().into(),
             volumes: s.volumes.iter().copied().collect::<Vec<_>>().into(),
-            log_returns: if drop_cache { VecDeque::new() } else { f(&s.log_returns) },
+            log_returns: if drop_cache {
+                VecDeque::new()
+            } else {
+                f(&s.log_returns)
+            },
             ..s.clone()
         }
     }
 
-    fn check_split(bars: &[Bar], k: usize, whole: &IndicatorState, rows: &[IndicatorRow], drop_cache: bool) {
+    fn check_split(
+        bars: &[Bar],
+        k: usize,
+        whole: &IndicatorState,
+        rows: &[IndicatorRow],
+        drop_cache: bool,
+    ) {
         let (head_state, head_rows) = full(&bars[..k]);
         assert!(head_state.is_consistent(), "k={k}");
         let mut state = persist_roundtrip(&head_state, drop_cache && k < bars.len());
         assert!(state.is_consistent(), "k={k}");
         let mut all: Vec<_> = head_rows.iter().map(row_bits).collect();
-        all.extend(bars[k..].iter().filter_map(|b| step(&mut state, b)).map(|r| row_bits(&r)));
+        all.extend(
+            bars[k..]
+                .iter()
+                .filter_map(|b| step(&mut state, b))
+                .map(|r| row_bits(&r)),
+        );
         let want: Vec<_> = rows.iter().map(row_bits).collect();
         assert_eq!(all, want, "rows differ, split k={k}");
-        assert_eq!(state_bits(&state), state_bits(whole), "state differs, split k={k}");
+        assert_eq!(
+            state_bits(&state),
+            state_bits(whole),
+            "state differs, split k={k}"
+        );
     }
 
     /// Positive series built from segments: walks, flat runs (also at the very start, for
     /// RSI's G + L = 0), 10× jumps and drops, optionally rounded to cents.
     fn series() -> impl Strategy<Value = Vec<f64>> {
         let segment = (0u8..4, 1usize..45, 0.0f64..0.08, any::<u64>());
-        (1e-3f64..1e5, any::<bool>(), prop::collection::vec(segment, 1..20)).prop_map(
-            |(start, cents, segments)| {
+        (
+            1e-3f64..1e5,
+            any::<bool>(),
+            prop::collection::vec(segment, 1..20),
+        )
+            .prop_map(|(start, cents, segments)| {
                 let mut c = start;
                 let mut out = Vec::new();
                 for (kind, len, sigma, seed) in segments {
@@ -805,14 +962,17 @@ mod tests {
                             _ if j == 0 => c *= if seed % 2 == 0 { 10.0 } else { 0.1 },
                             _ => {}
                         }
-                        let v = if cents { ((c * 100.0).round() / 100.0).max(0.01) } else { c };
+                        let v = if cents {
+                            ((c * 100.0).round() / 100.0).max(0.01)
+                        } else {
+                            c
+                        };
                         out.push(v);
                     }
                 }
                 out.truncate(300);
                 out
-            },
-        )
+            })
     }
 
     proptest! {
