@@ -45,6 +45,7 @@ pub struct Config {
     pub indicators: IndicatorsConfig,
     pub http: HttpConfig,
     pub log: LogConfig,
+    pub maintenance: MaintenanceConfig,
 }
 
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
@@ -177,6 +178,42 @@ impl Default for HttpConfig {
     }
 }
 
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaintenanceConfig {
+    /// Run the seed's DatabaseMaintenance tasks inside the daemon (once across instances).
+    pub enabled: bool,
+    /// Five-field cron expression in `timezone`.
+    pub schedule: String,
+    pub timezone: String,
+    /// Create market_data yearly partitions up to this many years ahead (0 = off).
+    pub partitions_ahead_years: u32,
+    /// logging.system_logs / performance_logs older than this move to the archive tables (0 = keep).
+    pub log_retention_days: u32,
+    /// Archive (as the seed does) rather than delete old logs.
+    pub archive_logs: bool,
+    /// analytics.dead_letters older than this are deleted (0 = keep).
+    pub dead_letter_retention_days: u32,
+    /// analytics.applied_trades rows older than this are deleted (0 = keep). A trade replayed
+    /// after its ledger row is gone would be counted again: keep this longer than any replay.
+    pub ledger_retention_days: u32,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        MaintenanceConfig {
+            enabled: true,
+            schedule: "30 3 * * *".into(),
+            timezone: "America/New_York".into(),
+            partitions_ahead_years: 1,
+            log_retention_days: 30,
+            archive_logs: true,
+            dead_letter_retention_days: 90,
+            ledger_retention_days: 400,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -188,12 +225,24 @@ pub enum LogFormat {
     Journald,
 }
 
-#[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     pub format: LogFormat,
     /// tracing filter used when RUST_LOG is unset.
     pub filter: Option<String>,
+    /// Seconds between the info-level summary lines (rates, queue, lag); 0 = off.
+    pub summary_interval_secs: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Auto,
+            filter: None,
+            summary_interval_secs: 60,
+        }
+    }
 }
 
 /// Where the file comes from: an explicit path must exist; the default `./config.toml` may be absent.
@@ -352,6 +401,14 @@ impl Config {
             3_600_000,
         )?;
         self.http_listen()?;
+        self.maintenance_schedule()?;
+        parse_tz("maintenance.timezone", &self.maintenance.timezone)?;
+        range(
+            "log.summary_interval_secs",
+            self.log.summary_interval_secs,
+            0,
+            86_400,
+        )?;
         if let Some(filter) = &self.log.filter {
             tracing_subscriber::EnvFilter::try_new(filter)
                 .map_err(|e| ConfigError::invalid("log.filter", e.to_string()))?;
@@ -377,6 +434,22 @@ impl Config {
                 ),
             )
         })
+    }
+
+    pub fn maintenance_schedule(&self) -> Result<croner::Cron, ConfigError> {
+        croner::Cron::from_str(&self.maintenance.schedule).map_err(|e| {
+            ConfigError::invalid(
+                "maintenance.schedule",
+                format!(
+                    "`{}` is not a cron expression: {e}",
+                    self.maintenance.schedule
+                ),
+            )
+        })
+    }
+
+    pub fn maintenance_tz(&self) -> Result<chrono_tz::Tz, ConfigError> {
+        parse_tz("maintenance.timezone", &self.maintenance.timezone)
     }
 
     pub fn http_listen(&self) -> Result<SocketAddr, ConfigError> {

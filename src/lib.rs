@@ -11,4 +11,5 @@ pub mod db;
 pub mod events;
 pub mod indicators;
 pub mod ingest;
+pub mod maintenance;
 pub mod telemetry;

@@ -11,11 +11,14 @@
 pub mod fold;
 pub mod store;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::daemon::heartbeat::Heartbeat;
 use crate::events::{ChannelKind, DecodeLimits};
 use crate::ingest::queue::{Inbound, QueueReceiver};
 use fold::{channel_index, plan, DeadLetter};
@@ -41,6 +44,24 @@ pub enum WriterEnd {
     DeadlineExceeded { left: usize },
 }
 
+/// Running totals, for the summary log line, /readyz detail and tests.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub batches: AtomicU64,
+    /// Per channel (fold::channel_index order): events whose effect was applied.
+    pub applied: [AtomicU64; 3],
+    pub duplicates: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    /// Beats on every loop turn, idle or not.
+    pub heartbeat: Heartbeat,
+}
+
+impl WriterStats {
+    pub fn applied_total(&self) -> u64 {
+        self.applied.iter().map(|a| a.load(Ordering::Relaxed)).sum()
+    }
+}
+
 pub struct WriterSettings {
     pub batch_max_events: usize,
     pub batch_max_wait: Duration,
@@ -49,6 +70,8 @@ pub struct WriterSettings {
     /// Where to connect; the writer holds one connection of its own and reconnects as needed.
     pub pg: tokio_postgres::Config,
     pub max_backoff: Duration,
+    /// A batch commit slower than this is logged and counted as a slow query.
+    pub slow_query: Duration,
 }
 
 /// The batch writer. `shutdown` starts the drain: the queue is closed to new messages and what
@@ -63,6 +86,7 @@ pub struct Writer {
     shutdown: CancellationToken,
     /// Set when the drain started: the instant by which the writer gives up.
     drain_deadline: Option<tokio::time::Instant>,
+    stats: Arc<WriterStats>,
 }
 
 enum Failure {
@@ -76,6 +100,7 @@ impl Writer {
         settings: WriterSettings,
         indicator_symbols: Option<mpsc::UnboundedSender<String>>,
         shutdown: CancellationToken,
+        stats: Arc<WriterStats>,
     ) -> Self {
         Writer {
             settings,
@@ -83,12 +108,16 @@ impl Writer {
             client: None,
             shutdown,
             drain_deadline: None,
+            stats,
         }
     }
 
     pub async fn run(mut self, mut queue: QueueReceiver) -> Result<WriterEnd, ApplyError> {
         let shutdown = self.shutdown.clone();
+        // Beats while idle too: an empty queue is not a stuck writer.
+        let mut idle_beat = tokio::time::interval(Duration::from_secs(1));
         loop {
+            self.stats.heartbeat.beat();
             if shutdown.is_cancelled() {
                 self.start_drain(&mut queue);
             }
@@ -102,6 +131,7 @@ impl Writer {
                 tokio::select! {
                     biased;
                     () = shutdown.cancelled() => continue,
+                    _ = idle_beat.tick() => continue,
                     m = queue.recv() => match m {
                         Some(m) => m,
                         None => return Ok(WriterEnd::Drained),
@@ -178,8 +208,9 @@ impl Writer {
             match self.try_commit(&slice).await {
                 Ok(()) => {
                     backoff = Duration::from_millis(50);
-                    metrics::histogram!("trading_sync_commit_seconds")
-                        .record(started.elapsed().as_secs_f64());
+                    let took = started.elapsed();
+                    crate::maintenance::note_duration("batch", self.settings.slow_query, took);
+                    metrics::histogram!("trading_sync_commit_seconds").record(took.as_secs_f64());
                     metrics::histogram!("trading_sync_batch_events").record(slice.len() as f64);
                 }
                 Err(Failure::Data(error)) if slice.len() > 1 => {
@@ -232,6 +263,7 @@ impl Writer {
     /// sleep starts the drain clock but does not abandon the batch: received messages are still
     /// owed a commit until the deadline.
     async fn pause(&mut self, backoff: Duration) -> bool {
+        self.stats.heartbeat.beat();
         let wake = tokio::time::Instant::now() + backoff;
         if self.drain_deadline.is_none() {
             tokio::select! {
@@ -267,6 +299,7 @@ impl Writer {
                 .await
             {
                 Ok(()) => {
+                    self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                     record_dead_letters(std::slice::from_ref(&letter));
                     return Ok(true);
                 }
@@ -306,6 +339,10 @@ impl Writer {
         let applied = store::apply(client, stmts, &plan).await.map_err(classify)?;
 
         record_dead_letters(&plan.dead_letters);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .dead_lettered
+            .fetch_add(applied.dead_letters, Ordering::Relaxed);
         for channel in CHANNELS {
             let valid = plan.valid[channel_index(channel)];
             let applied_here = if channel == ChannelKind::Trades {
@@ -313,12 +350,16 @@ impl Writer {
             } else {
                 valid
             };
+            self.stats.applied[channel_index(channel)].fetch_add(applied_here, Ordering::Relaxed);
             if applied_here > 0 {
                 metrics::counter!("trading_sync_events_applied_total", "channel" => channel.suffix())
                     .increment(applied_here);
             }
         }
         let duplicates = plan.duplicates_in_batch + applied.ledger_duplicates;
+        self.stats
+            .duplicates
+            .fetch_add(duplicates, Ordering::Relaxed);
         if duplicates > 0 {
             metrics::counter!("trading_sync_events_duplicate_total", "channel" => "trades")
                 .increment(duplicates);

@@ -1,36 +1,47 @@
-//! `trading-sync run`: wires Redis in → queue → batch writer → PostgreSQL, and stops it cleanly.
+//! `trading-sync run`: wires Redis in → queue → batch writer → PostgreSQL, plus the HTTP port,
+//! scheduled maintenance, the systemd watchdog and the periodic summary, and stops it all
+//! cleanly.
 //!
-//! Owns task lifetimes only: every task gets the shutdown token passed in and is awaited before
-//! `run` returns, so nothing is left detached.
+//! Owns task lifetimes only: every task gets a CancellationToken passed in and is awaited before
+//! `run` returns, so nothing is left detached. Shutdown order matters: Redis is unsubscribed
+//! first (nothing new arrives), then the writer drains what was received.
 
+pub mod heartbeat;
+pub mod http;
+pub mod notify;
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::{Writer, WriterEnd, WriterSettings};
+use crate::apply::{Writer, WriterEnd, WriterSettings, WriterStats};
 use crate::config::Config;
 use crate::events::DecodeLimits;
 use crate::ingest::pubsub::{PubSubSource, SubscriptionHealth};
 use crate::ingest::queue::{self, QueueStats};
 
-/// Shared state the daemon exposes (health endpoints, tests).
+/// Shared state the daemon exposes (health endpoints, watchdog, summary, tests).
 #[derive(Debug, Default)]
 pub struct DaemonState {
     pub subscription: Arc<SubscriptionHealth>,
     pub queue: Arc<QueueStats>,
+    pub writer: Arc<WriterStats>,
 }
 
 impl DaemonState {
     /// Messages received and not yet committed or dead-lettered.
     pub fn queue_depth(&self) -> usize {
-        self.queue.depth.load(std::sync::atomic::Ordering::Acquire)
+        self.queue.depth.load(Ordering::Acquire)
     }
 }
 
 /// Runs until `shutdown` is cancelled, then drains and returns. `ready` is called once the
-/// database is reachable, the schema current and every subscription confirmed.
+/// database is reachable, the schema current and every subscription confirmed. Returns an error
+/// only for what the daemon cannot recover from (systemd then restarts it).
 pub async fn run(
     config: &Config,
     shutdown: CancellationToken,
@@ -52,6 +63,7 @@ pub async fn run(
         pending.join(", ")
     );
     drop(client);
+    let pool = crate::db::pool(&config.database).context("while creating the pool")?;
 
     let (queue_tx, queue_rx) = queue::queue(config.sync.queue_max_bytes, state.queue.clone());
     let source = PubSubSource {
@@ -69,6 +81,12 @@ pub async fn run(
         .await
         .context("while subscribing to Redis (redis.url)")?;
 
+    // Three stop signals, cancelled in order: ingest, then the writer, then the rest.
+    let ingest_stop = CancellationToken::new();
+    let writer_stop = CancellationToken::new();
+    let tasks_stop = CancellationToken::new();
+
+    let slow_query = Duration::from_millis(config.database.slow_query_ms);
     let writer = Writer::new(
         WriterSettings {
             batch_max_events: config.sync.batch_max_events,
@@ -78,30 +96,238 @@ pub async fn run(
                 max_message_bytes: config.sync.max_message_bytes,
                 exchange_tz: config.exchange_tz()?,
             },
-            pg,
+            pg: pg.clone(),
             max_backoff: Duration::from_millis(config.redis.reconnect_max_backoff_ms),
+            slow_query,
         },
         None,
-        shutdown.clone(),
+        writer_stop.clone(),
+        state.writer.clone(),
     );
-    let writer = tokio::spawn(writer.run(queue_rx));
+    let mut writer = tokio::spawn(writer.run(queue_rx));
+
+    let mut background = tokio::task::JoinSet::new();
+    if config.http.enabled {
+        let listen = config.http_listen()?;
+        // Bind before READY=1 so a port conflict fails startup rather than a silent /metrics.
+        http::prometheus();
+        let (state, pool, stop) = (state.clone(), pool.clone(), tasks_stop.clone());
+        let listener_check = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("while binding http.listen ({listen})"))?;
+        drop(listener_check);
+        background.spawn(async move {
+            if let Err(e) = http::serve(listen, state, pool, stop).await {
+                tracing::error!(error = %e, "the HTTP endpoint failed");
+            }
+        });
+    }
+    if config.maintenance.enabled {
+        let (config, pg, stop) = (config.clone(), pg.clone(), tasks_stop.clone());
+        background.spawn(supervise("maintenance", stop.clone(), move || {
+            maintenance_loop(config.clone(), pg.clone(), slow_query, stop.clone())
+        }));
+    }
+    background.spawn(monitor(
+        state.clone(),
+        pool.clone(),
+        Duration::from_secs(config.log.summary_interval_secs),
+        tasks_stop.clone(),
+    ));
+
+    let ingest = {
+        let stop = ingest_stop.clone();
+        tokio::spawn(async move { source.run(manager, stop).await })
+    };
     ready();
+    notify::ready();
     tracing::info!(prefix = %config.redis.channel_prefix, "trading-sync is running");
 
-    source.run(manager, shutdown.clone()).await;
-    let end = writer
-        .await
-        .context("the batch writer panicked")?
-        .context("while applying events")?;
-    match end {
-        WriterEnd::Drained => {
-            tracing::info!("drained; every received message is committed or dead-lettered");
+    let writer_failed = tokio::select! {
+        () = shutdown.cancelled() => None,
+        ended = &mut writer => Some(ended),
+    };
+    notify::stopping();
+    ingest_stop.cancel();
+    let _ = ingest.await;
+    writer_stop.cancel();
+    let ended = match writer_failed {
+        Some(ended) => ended,
+        None => writer.await,
+    };
+    tasks_stop.cancel();
+    while background.join_next().await.is_some() {}
+
+    let received = state.subscription.received.load(Ordering::Relaxed);
+    let refused = state.queue.refused.load(Ordering::Relaxed);
+    match ended.context("the batch writer panicked")? {
+        Ok(WriterEnd::Drained) if !shutdown.is_cancelled() => {
+            anyhow::bail!("the batch writer stopped on its own")
+        }
+        Ok(WriterEnd::Drained) => {
+            tracing::info!(
+                received,
+                applied = state.writer.applied_total(),
+                duplicates = state.writer.duplicates.load(Ordering::Relaxed),
+                dead_lettered = state.writer.dead_lettered.load(Ordering::Relaxed),
+                refused,
+                "stopped; every received message is committed or dead-lettered"
+            );
             Ok(())
         }
-        WriterEnd::DeadlineExceeded { left } => {
-            // Logged with counts by the writer; exiting 0 because the stop itself was asked for.
-            tracing::warn!(left, "stopped with messages left uncommitted");
+        Ok(WriterEnd::DeadlineExceeded { left }) => {
+            // Logged with counts by the writer too. Exit 0: the stop itself was asked for.
+            tracing::warn!(
+                received,
+                left,
+                refused,
+                "stopped with received messages left uncommitted"
+            );
             Ok(())
+        }
+        Err(e) => Err(e).context("while applying events"),
+    }
+}
+
+/// Restarts a failing task with capped backoff until shutdown; the failure is logged with its
+/// cause chain. A task that returns Ok is done.
+async fn supervise<F, Fut>(name: &'static str, shutdown: CancellationToken, mut task: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match task().await {
+            Ok(()) => return,
+            Err(e) if shutdown.is_cancelled() => {
+                tracing::debug!(
+                    task = name,
+                    error = format!("{e:#}"),
+                    "task ended during shutdown"
+                );
+                return;
+            }
+            Err(e) => {
+                metrics::counter!("trading_sync_task_restarts_total", "task" => name).increment(1);
+                tracing::error!(
+                    task = name,
+                    error = format!("{e:#}"),
+                    retry_in_s = backoff.as_secs(),
+                    "task failed; restarting it"
+                );
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
+}
+
+/// Maintenance once at start (partitions ahead matter at once), then on its cron schedule.
+async fn maintenance_loop(
+    config: Config,
+    pg: tokio_postgres::Config,
+    slow_query: Duration,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let cron = config.maintenance_schedule()?;
+    let tz = config.maintenance_tz()?;
+    loop {
+        let client = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            c = crate::db::connect(&pg) => c.context("while connecting for maintenance")?,
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            r = crate::maintenance::run_once(&client, &config.maintenance, slow_query) => {
+                r.context("while running maintenance")?;
+            }
+        }
+        drop(client);
+        let now = chrono::Utc::now().with_timezone(&tz);
+        let next = cron
+            .find_next_occurrence(&now, false)
+            .context("while computing the next maintenance time")?;
+        let wait = (next.with_timezone(&chrono::Utc) - chrono::Utc::now())
+            .to_std()
+            .unwrap_or_default();
+        tracing::debug!(next = %next, "next maintenance run");
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Once a second: gauges, the watchdog ping (only while the writer and the subscriber loops
+/// turn), and every `summary` an info line with rates.
+async fn monitor(
+    state: Arc<DaemonState>,
+    pool: deadpool_postgres::Pool,
+    summary: Duration,
+    shutdown: CancellationToken,
+) {
+    let watchdog = notify::watchdog_interval();
+    let period = watchdog
+        .map(|w| (w / 2).min(Duration::from_secs(1)))
+        .unwrap_or(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(period);
+    let mut last_summary = tokio::time::Instant::now();
+    let mut last = (0u64, 0u64);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let depth = state.queue.depth.load(Ordering::Relaxed);
+        let bytes = state.queue.bytes.load(Ordering::Relaxed);
+        metrics::gauge!("trading_sync_queue_depth").set(depth as f64);
+        metrics::gauge!("trading_sync_queue_bytes").set(bytes as f64);
+        let live = state.subscription.live.load(Ordering::Relaxed);
+        metrics::gauge!("trading_sync_redis_subscribed").set(f64::from(u8::from(live)));
+        let pool_status = pool.status();
+        metrics::gauge!("trading_sync_pool_in_use")
+            .set((pool_status.size - pool_status.available) as f64);
+        metrics::gauge!("trading_sync_pool_waiting").set(pool_status.waiting as f64);
+        http::prometheus().run_upkeep();
+
+        if let Some(interval) = watchdog {
+            let writer_age = state.writer.heartbeat.age();
+            let subscriber_age = state.subscription.heartbeat.age();
+            if writer_age < interval && subscriber_age < interval {
+                notify::watchdog();
+            } else {
+                tracing::error!(
+                    writer_idle_ms = writer_age.as_millis() as u64,
+                    subscriber_idle_ms = subscriber_age.as_millis() as u64,
+                    "a task has stopped making progress; withholding the watchdog ping"
+                );
+            }
+        }
+
+        if !summary.is_zero() && last_summary.elapsed() >= summary {
+            let secs = last_summary.elapsed().as_secs_f64();
+            last_summary = tokio::time::Instant::now();
+            let received = state.subscription.received.load(Ordering::Relaxed);
+            let applied = state.writer.applied_total();
+            tracing::info!(
+                received_per_s = ((received - last.0) as f64 / secs).round(),
+                applied_per_s = ((applied - last.1) as f64 / secs).round(),
+                received_total = received,
+                applied_total = applied,
+                duplicates_total = state.writer.duplicates.load(Ordering::Relaxed),
+                dead_lettered_total = state.writer.dead_lettered.load(Ordering::Relaxed),
+                queue_depth = depth,
+                queue_bytes = bytes,
+                refused_total = state.queue.refused.load(Ordering::Relaxed),
+                redis_subscribed = live,
+                redis_disconnects_total = state.subscription.disconnects.load(Ordering::Relaxed),
+                "summary"
+            );
+            last = (received, applied);
         }
     }
 }

@@ -41,6 +41,8 @@ pub struct SubscriptionHealth {
     confirmed: AtomicUsize,
     pub disconnects: AtomicU64,
     pub received: AtomicU64,
+    /// Beats each time the session loop turns (watchdog).
+    pub heartbeat: crate::daemon::heartbeat::Heartbeat,
 }
 
 /// Channel names for a prefix, in [`ChannelKind`] order.
@@ -115,6 +117,7 @@ impl PubSubSource {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 _ = tick.tick() => {
+                    self.health.heartbeat.beat();
                     if !self.health.live.load(Ordering::Acquire) {
                         let _: Result<String, _> =
                             redis::cmd("PING").query_async(&mut manager).await;

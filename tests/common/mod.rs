@@ -296,6 +296,8 @@ pub async fn spawn_app(tweak: impl FnOnce(&mut trading_sync::config::Config)) ->
     config.redis.reconnect_max_backoff_ms = 200;
     config.indicators.enabled = false;
     config.http.enabled = false;
+    config.maintenance.enabled = false;
+    config.log.summary_interval_secs = 0;
     tweak(&mut config);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let state = std::sync::Arc::new(trading_sync::daemon::DaemonState::default());

@@ -1,0 +1,35 @@
+//! Progress marks that the watchdog reads: a task beats each time its loop turns, and systemd
+//! gets WATCHDOG=1 only while every task has beaten recently.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Milliseconds since the process epoch of the last beat.
+#[derive(Debug)]
+pub struct Heartbeat(AtomicU64);
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        let beat = Heartbeat(AtomicU64::new(0));
+        beat.beat();
+        beat
+    }
+}
+
+impl Heartbeat {
+    pub fn beat(&self) {
+        self.0
+            .store(epoch().elapsed().as_millis() as u64, Ordering::Release);
+    }
+
+    pub fn age(&self) -> Duration {
+        let now = epoch().elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.0.load(Ordering::Acquire)))
+    }
+}

@@ -1,0 +1,109 @@
+//! The local HTTP port: `/metrics` (Prometheus text), `/healthz` (the process answers) and
+//! `/readyz` (the database answers and every subscription is live; 503 otherwise, e.g. while
+//! Redis is reconnecting).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+
+use super::DaemonState;
+
+/// The process-wide recorder: metrics are global, and tests may start several daemons in one
+/// process, so it is installed once and shared.
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let seconds = [
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0, 60.0,
+        ];
+        let sizes = [
+            1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+        ];
+        PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full("trading_sync_batch_events".into()), &sizes)
+            })
+            .expect("static bucket lists are non-empty")
+            .install_recorder()
+            .expect("the metrics recorder is installed once")
+    })
+}
+
+#[derive(Clone)]
+struct AppState {
+    daemon: Arc<DaemonState>,
+    pool: deadpool_postgres::Pool,
+}
+
+pub async fn serve(
+    listen: SocketAddr,
+    daemon: Arc<DaemonState>,
+    pool: deadpool_postgres::Pool,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let router = Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(AppState { daemon, pool });
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    tracing::info!(listen = %listen, "serving /metrics, /healthz and /readyz");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+async fn metrics_text() -> impl IntoResponse {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        prometheus().render(),
+    )
+}
+
+#[derive(serde::Serialize)]
+struct Readiness {
+    ready: bool,
+    database: bool,
+    redis_subscribed: bool,
+    queue_depth: usize,
+    queue_bytes: usize,
+    redis_disconnects: u64,
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let database = tokio::time::timeout(Duration::from_secs(2), async {
+        let client = state.pool.get().await.ok()?;
+        client.simple_query("SELECT 1").await.ok()
+    })
+    .await
+    .ok()
+    .flatten()
+    .is_some();
+    let d = &state.daemon;
+    let redis_subscribed = d.subscription.live.load(Ordering::Acquire);
+    let body = Readiness {
+        ready: database && redis_subscribed,
+        database,
+        redis_subscribed,
+        queue_depth: d.queue.depth.load(Ordering::Relaxed),
+        queue_bytes: d.queue.bytes.load(Ordering::Relaxed),
+        redis_disconnects: d.subscription.disconnects.load(Ordering::Relaxed),
+    };
+    let status = if body.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body))
+}

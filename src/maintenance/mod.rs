@@ -1,0 +1,180 @@
+//! The architecture review's DatabaseMaintenance as scheduled tasks: market_data partitions
+//! created ahead of time, and retention of logs, dead letters and the trade-id ledger.
+//!
+//! Each task is its own statement with its own outcome, so one failing (say, a lock timeout on
+//! market_data) does not stop the others. A session advisory lock makes the whole run happen
+//! once across instances.
+
+use std::time::{Duration, Instant};
+
+use chrono::Datelike;
+use tokio_postgres::Client;
+
+use crate::config::MaintenanceConfig;
+
+/// "tsmaint" — held for the duration of one maintenance run.
+const MAINTENANCE_LOCK_KEY: i64 = 0x7473_6d61_696e_7400;
+
+const TRY_LOCK: &str = "SELECT pg_try_advisory_lock($1)";
+const UNLOCK: &str = "SELECT pg_advisory_unlock($1)";
+
+/// Creating a partition takes an exclusive lock on market_data; never queue behind a long
+/// reader for more than this (the next run tries again).
+const SET_LOCK_TIMEOUT: &str = "SET lock_timeout = '5s'";
+const ENSURE_PARTITIONS: &str = "SELECT data_ingestion.ensure_market_data_partitions($1, $2)";
+
+const ARCHIVE_SYSTEM_LOGS: &str = "\
+WITH moved AS (
+    DELETE FROM logging.system_logs WHERE created_at < now() - make_interval(days => $1) RETURNING *
+) INSERT INTO logging.archived_system_logs SELECT * FROM moved";
+const ARCHIVE_PERFORMANCE_LOGS: &str = "\
+WITH moved AS (
+    DELETE FROM logging.performance_logs WHERE created_at < now() - make_interval(days => $1) RETURNING *
+) INSERT INTO logging.archived_performance_logs SELECT * FROM moved";
+const DELETE_SYSTEM_LOGS: &str =
+    "DELETE FROM logging.system_logs WHERE created_at < now() - make_interval(days => $1)";
+const DELETE_PERFORMANCE_LOGS: &str =
+    "DELETE FROM logging.performance_logs WHERE created_at < now() - make_interval(days => $1)";
+const DELETE_DEAD_LETTERS: &str =
+    "DELETE FROM analytics.dead_letters WHERE received_at < now() - make_interval(days => $1)";
+const DELETE_LEDGER: &str =
+    "DELETE FROM analytics.applied_trades WHERE applied_at < now() - make_interval(days => $1)";
+
+/// What one run did, task by task.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MaintenanceReport {
+    /// False when another instance held the lock and this run did nothing.
+    pub ran: bool,
+    pub partitions_created: i32,
+    pub system_logs_retired: u64,
+    pub performance_logs_retired: u64,
+    pub dead_letters_deleted: u64,
+    pub ledger_rows_deleted: u64,
+    /// Tasks that failed, with the error; the others still ran.
+    pub failures: Vec<(&'static str, String)>,
+}
+
+/// Runs every enabled task once. `client` must be a connection of its own (the lock is held by
+/// its session).
+pub async fn run_once(
+    client: &Client,
+    config: &MaintenanceConfig,
+    slow_query: Duration,
+) -> Result<MaintenanceReport, tokio_postgres::Error> {
+    let mut report = MaintenanceReport::default();
+    let locked: bool = client
+        .query_one(TRY_LOCK, &[&MAINTENANCE_LOCK_KEY])
+        .await?
+        .get(0);
+    if !locked {
+        tracing::info!("maintenance is running on another instance; skipping");
+        return Ok(report);
+    }
+    report.ran = true;
+
+    if config.partitions_ahead_years > 0 {
+        let this_year = chrono::Utc::now().year();
+        let until = this_year + config.partitions_ahead_years as i32;
+        let result = async {
+            client.batch_execute(SET_LOCK_TIMEOUT).await?;
+            let created: i32 = client
+                .query_one(ENSURE_PARTITIONS, &[&this_year, &until])
+                .await?
+                .get(0);
+            Ok::<_, tokio_postgres::Error>(created)
+        };
+        match timed("partitions", slow_query, result).await {
+            Ok(n) => report.partitions_created = n,
+            Err(e) => report.failures.push(("partitions", e.to_string())),
+        }
+    }
+    if config.log_retention_days > 0 {
+        let days = config.log_retention_days as i32;
+        let (system, performance) = if config.archive_logs {
+            (ARCHIVE_SYSTEM_LOGS, ARCHIVE_PERFORMANCE_LOGS)
+        } else {
+            (DELETE_SYSTEM_LOGS, DELETE_PERFORMANCE_LOGS)
+        };
+        match timed("system_logs", slow_query, client.execute(system, &[&days])).await {
+            Ok(n) => report.system_logs_retired = n,
+            Err(e) => report.failures.push(("system_logs", e.to_string())),
+        }
+        match timed(
+            "performance_logs",
+            slow_query,
+            client.execute(performance, &[&days]),
+        )
+        .await
+        {
+            Ok(n) => report.performance_logs_retired = n,
+            Err(e) => report.failures.push(("performance_logs", e.to_string())),
+        }
+    }
+    if config.dead_letter_retention_days > 0 {
+        let days = config.dead_letter_retention_days as i32;
+        match timed(
+            "dead_letters",
+            slow_query,
+            client.execute(DELETE_DEAD_LETTERS, &[&days]),
+        )
+        .await
+        {
+            Ok(n) => report.dead_letters_deleted = n,
+            Err(e) => report.failures.push(("dead_letters", e.to_string())),
+        }
+    }
+    if config.ledger_retention_days > 0 {
+        let days = config.ledger_retention_days as i32;
+        match timed(
+            "ledger",
+            slow_query,
+            client.execute(DELETE_LEDGER, &[&days]),
+        )
+        .await
+        {
+            Ok(n) => report.ledger_rows_deleted = n,
+            Err(e) => report.failures.push(("ledger", e.to_string())),
+        }
+    }
+    let _ = client.query_one(UNLOCK, &[&MAINTENANCE_LOCK_KEY]).await;
+    for (task, error) in &report.failures {
+        tracing::error!(task, error = %error, "maintenance task failed; it will be retried at the next run");
+    }
+    tracing::info!(
+        partitions_created = report.partitions_created,
+        system_logs_retired = report.system_logs_retired,
+        performance_logs_retired = report.performance_logs_retired,
+        dead_letters_deleted = report.dead_letters_deleted,
+        ledger_rows_deleted = report.ledger_rows_deleted,
+        failures = report.failures.len(),
+        "maintenance run finished"
+    );
+    metrics::counter!("trading_sync_maintenance_runs_total").increment(1);
+    Ok(report)
+}
+
+/// Times a statement and reports it as slow past the configured threshold (the review's
+/// DatabaseMonitoring).
+pub async fn timed<T, E>(
+    operation: &'static str,
+    slow: Duration,
+    work: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let started = Instant::now();
+    let result = work.await;
+    note_duration(operation, slow, started.elapsed());
+    result
+}
+
+/// Counts and logs a database operation slower than the threshold.
+pub fn note_duration(operation: &'static str, slow: Duration, took: Duration) {
+    if took >= slow {
+        metrics::counter!("trading_sync_slow_queries_total", "operation" => operation).increment(1);
+        tracing::warn!(
+            operation,
+            took_ms = took.as_millis() as u64,
+            threshold_ms = slow.as_millis() as u64,
+            "slow query"
+        );
+    }
+}
