@@ -20,6 +20,8 @@ const MIGRATION_LOCK_KEY: i64 = 0x7473_6d69_6772_6174;
 const TRY_LOCK: &str = "SELECT pg_try_advisory_lock($1)";
 const LOCK: &str = "SELECT pg_advisory_lock($1)";
 const UNLOCK: &str = "SELECT pg_advisory_unlock($1)";
+/// refinery's history table; absent on a database never migrated.
+const HISTORY_EXISTS: &str = "SELECT to_regclass('refinery_schema_history')::text";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
@@ -31,7 +33,7 @@ pub enum MigrateError {
         #[source]
         source: tokio_postgres::Error,
     },
-    #[error("cannot take the migration lock: {0}")]
+    #[error("cannot take the migration lock or read the schema history: {0}")]
     Lock(#[source] tokio_postgres::Error),
     #[error(
         "migration {applied} was edited after it was applied to this database \
@@ -106,6 +108,19 @@ pub async fn migrate(config: &DatabaseConfig) -> Result<MigrationOutcome, Migrat
 /// on a schema older than the binary).
 pub async fn pending(client: &mut tokio_postgres::Client) -> Result<Vec<String>, MigrateError> {
     let runner = embedded::migrations::runner();
+    let never_migrated = client
+        .query_one(HISTORY_EXISTS, &[])
+        .await
+        .map_err(MigrateError::Lock)?
+        .get::<_, Option<String>>(0)
+        .is_none();
+    if never_migrated {
+        return Ok(runner
+            .get_migrations()
+            .iter()
+            .map(|m| m.to_string())
+            .collect());
+    }
     let applied = runner
         .get_applied_migrations_async(client)
         .await
