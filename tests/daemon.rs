@@ -165,7 +165,7 @@ async fn sigterm_drains_everything_received_and_speaks_the_notify_protocol() {
         ],
     );
     let mut notices: Vec<String> = Vec::new();
-    let mut receive_until = |want: &str, notices: &mut Vec<String>| {
+    let receive_until = |want: &str, notices: &mut Vec<String>| {
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut buf = [0u8; 512];
         while Instant::now() < deadline {
