@@ -46,6 +46,8 @@ pub struct Config {
     pub http: HttpConfig,
     pub log: LogConfig,
     pub maintenance: MaintenanceConfig,
+    pub transport: TransportConfig,
+    pub streams: StreamsConfig,
 }
 
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
@@ -175,6 +177,96 @@ impl Default for HttpConfig {
             enabled: true,
             listen: "127.0.0.1:9187".into(),
         }
+    }
+}
+
+/// How one channel's events arrive.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Redis pub/sub (the seed's DataSyncEventBus): nothing kept while we are away.
+    #[default]
+    Pubsub,
+    /// A Redis stream read through a consumer group: durable, acknowledged after commit.
+    Stream,
+    /// Both; duplicates are harmless (the trade-id ledger, last-writer-wins snapshots).
+    Both,
+}
+
+impl Transport {
+    pub fn pubsub(self) -> bool {
+        matches!(self, Transport::Pubsub | Transport::Both)
+    }
+
+    pub fn stream(self) -> bool {
+        matches!(self, Transport::Stream | Transport::Both)
+    }
+}
+
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransportConfig {
+    pub trades: Transport,
+    pub positions: Transport,
+    pub market_data: Transport,
+}
+
+impl TransportConfig {
+    pub fn for_channel(&self, channel: crate::events::ChannelKind) -> Transport {
+        match channel {
+            crate::events::ChannelKind::Trades => self.trades,
+            crate::events::ChannelKind::Positions => self.positions,
+            crate::events::ChannelKind::MarketData => self.market_data,
+        }
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamsConfig {
+    /// Consumer group shared by every instance.
+    pub group: String,
+    /// This instance's consumer name; distinct per instance, stable across restarts (so a
+    /// restarted instance re-reads its own pending entries). Default: the host name.
+    pub consumer: Option<String>,
+    /// Entry field holding the event JSON.
+    pub field: String,
+    /// Where a newly created group starts: "0" = the whole stream, "$" = only new entries.
+    pub start_id: String,
+    /// XREADGROUP BLOCK time.
+    pub block_ms: u64,
+    /// Entries per read.
+    pub read_count: usize,
+    /// Entries pending this long with another (dead) consumer are taken over (XAUTOCLAIM).
+    pub claim_idle_ms: u64,
+    /// An entry delivered more than this many times is dead-lettered and acknowledged.
+    pub max_deliveries: u32,
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        StreamsConfig {
+            group: "trading-sync".into(),
+            consumer: None,
+            field: "event".into(),
+            start_id: "0".into(),
+            block_ms: 2_000,
+            read_count: 1_000,
+            claim_idle_ms: 30_000,
+            max_deliveries: 5,
+        }
+    }
+}
+
+impl StreamsConfig {
+    pub fn consumer_name(&self) -> String {
+        self.consumer.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "trading-sync".into())
+        })
     }
 }
 
@@ -402,6 +494,47 @@ impl Config {
         )?;
         self.http_listen()?;
         self.maintenance_schedule()?;
+        if self.streams.group.is_empty() || self.streams.field.is_empty() {
+            return Err(ConfigError::invalid(
+                "streams.group",
+                "streams.group and streams.field must be non-empty",
+            ));
+        }
+        if self.streams.consumer.as_deref() == Some("") {
+            return Err(ConfigError::invalid(
+                "streams.consumer",
+                "must be non-empty",
+            ));
+        }
+        if !(self.streams.start_id == "$"
+            || self
+                .streams
+                .start_id
+                .split('-')
+                .all(|p| p.parse::<u64>().is_ok()))
+        {
+            return Err(ConfigError::invalid(
+                "streams.start_id",
+                format!(
+                    "`{}` is neither \"$\" nor a stream id",
+                    self.streams.start_id
+                ),
+            ));
+        }
+        range("streams.block_ms", self.streams.block_ms, 1, 60_000)?;
+        range("streams.read_count", self.streams.read_count, 1, 100_000)?;
+        range(
+            "streams.claim_idle_ms",
+            self.streams.claim_idle_ms,
+            100,
+            86_400_000,
+        )?;
+        range(
+            "streams.max_deliveries",
+            self.streams.max_deliveries,
+            1,
+            1_000,
+        )?;
         parse_tz("maintenance.timezone", &self.maintenance.timezone)?;
         range(
             "log.summary_interval_secs",

@@ -11,5 +11,6 @@ pub mod db;
 pub mod events;
 pub mod indicators;
 pub mod ingest;
+pub mod loadgen;
 pub mod maintenance;
 pub mod telemetry;

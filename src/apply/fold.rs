@@ -25,17 +25,35 @@ pub struct DeadLetter {
     pub kind: &'static str,
     pub event_type: Option<String>,
     pub trade_id: Option<String>,
+    /// The Redis stream entry id, when it came from a stream.
+    pub stream_id: Option<String>,
+    pub delivery_count: Option<i32>,
 }
 
 impl DeadLetter {
-    pub fn from_decode(message: &Inbound, error: &DecodeError) -> Self {
+    /// A dead letter for `message` with a reason and no event context.
+    pub fn new(message: &Inbound, kind: &'static str, error: String) -> Self {
         DeadLetter {
             channel: message.channel,
             payload: message.payload.clone(),
-            error: error.to_string(),
-            kind: error.kind(),
+            error,
+            kind,
+            event_type: None,
+            trade_id: None,
+            stream_id: message.ack.as_ref().map(|a| a.id.clone()),
+            delivery_count: message
+                .ack
+                .as_ref()
+                .and_then(|a| a.deliveries)
+                .map(|d| d as i32),
+        }
+    }
+
+    pub fn from_decode(message: &Inbound, error: &DecodeError) -> Self {
+        DeadLetter {
             event_type: error.event_type().map(str::to_owned),
             trade_id: error.trade_id().map(str::to_owned),
+            ..DeadLetter::new(message, error.kind(), error.to_string())
         }
     }
 }
@@ -70,6 +88,11 @@ pub fn plan(messages: &[Inbound], limits: &DecodeLimits) -> BatchPlan {
     let mut plan = BatchPlan::default();
     let mut seen: HashSet<String> = HashSet::new();
     for message in messages {
+        if let Some(reason) = message.ack.as_ref().and_then(|a| a.reject.as_ref()) {
+            plan.dead_letters
+                .push(DeadLetter::new(message, "stream_entry", reason.clone()));
+            continue;
+        }
         match decode(message.channel, &message.payload, limits) {
             Err(error) => plan
                 .dead_letters
@@ -300,11 +323,7 @@ mod tests {
     }
 
     fn inbound(channel: ChannelKind, json: &str) -> Inbound {
-        Inbound {
-            channel,
-            payload: json.as_bytes().to_vec(),
-            received_at: std::time::Instant::now(),
-        }
+        Inbound::new(channel, json.as_bytes().to_vec())
     }
 
     #[test]

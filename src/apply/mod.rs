@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::daemon::heartbeat::Heartbeat;
 use crate::events::{ChannelKind, DecodeLimits};
-use crate::ingest::queue::{Inbound, QueueReceiver};
+use crate::ingest::queue::{Inbound, QueueReceiver, StreamAck};
 use fold::{channel_index, plan, DeadLetter};
 
 const CHANNELS: [ChannelKind; 3] = [
@@ -87,6 +87,8 @@ pub struct Writer {
     /// Set when the drain started: the instant by which the writer gives up.
     drain_deadline: Option<tokio::time::Instant>,
     stats: Arc<WriterStats>,
+    /// Stream entries whose fate is committed, to XACK (only with the stream transport).
+    acks: Option<mpsc::UnboundedSender<Vec<StreamAck>>>,
 }
 
 enum Failure {
@@ -109,6 +111,22 @@ impl Writer {
             shutdown,
             drain_deadline: None,
             stats,
+            acks: None,
+        }
+    }
+
+    /// Acknowledge stream entries through `acks` once committed.
+    pub fn with_acks(mut self, acks: mpsc::UnboundedSender<Vec<StreamAck>>) -> Self {
+        self.acks = Some(acks);
+        self
+    }
+
+    fn acknowledge(&self, messages: &[Inbound]) {
+        if let Some(tx) = &self.acks {
+            let acks: Vec<StreamAck> = messages.iter().filter_map(|m| m.ack.clone()).collect();
+            if !acks.is_empty() {
+                let _ = tx.send(acks);
+            }
         }
     }
 
@@ -210,6 +228,7 @@ impl Writer {
                     backoff = Duration::from_millis(50);
                     let took = started.elapsed();
                     crate::maintenance::note_duration("batch", self.settings.slow_query, took);
+                    self.acknowledge(&slice);
                     metrics::histogram!("trading_sync_commit_seconds").record(took.as_secs_f64());
                     metrics::histogram!("trading_sync_batch_events").record(slice.len() as f64);
                 }
@@ -225,18 +244,15 @@ impl Writer {
                     pending.push(left);
                 }
                 Err(Failure::Data(error)) => {
-                    let message = &slice[0];
-                    let letter = DeadLetter {
-                        channel: message.channel,
-                        payload: message.payload.clone(),
-                        error: format!("refused by the database: {}", db_error_text(&error)),
-                        kind: "database",
-                        event_type: None,
-                        trade_id: None,
-                    };
+                    let letter = DeadLetter::new(
+                        &slice[0],
+                        "database",
+                        format!("refused by the database: {}", db_error_text(&error)),
+                    );
                     if !self.dead_letter_with_retry(letter).await? {
                         return Ok(false);
                     }
+                    self.acknowledge(&slice);
                 }
                 Err(Failure::Fatal(error)) => return Err(ApplyError::Fatal(error)),
                 Err(Failure::Transient(error)) => {
@@ -321,6 +337,11 @@ impl Writer {
         &mut self,
     ) -> Result<&mut (tokio_postgres::Client, store::Statements), tokio_postgres::Error> {
         if self.client.as_ref().is_none_or(|(c, _)| c.is_closed()) {
+            if self.stats.batches.load(Ordering::Relaxed) > 0 {
+                metrics::counter!("trading_sync_reconnects_total", "server" => "postgres")
+                    .increment(1);
+                tracing::warn!(server = "postgres", "reconnecting to PostgreSQL");
+            }
             let (client, connection) = self.settings.pg.connect(tokio_postgres::NoTls).await?;
             tokio::spawn(async move {
                 if let Err(e) = connection.await {

@@ -69,8 +69,10 @@ FROM unnest($1::text[], $2::timestamptz[], $3::numeric[]) AS u(symbol, ts, close
 WHERE ps.symbol = u.symbol AND (ps.last_price_at IS NULL OR ps.last_price_at < u.ts)";
 
 const INSERT_DEAD_LETTERS: &str = "\
-INSERT INTO analytics.dead_letters (channel, payload, error, event_type, trade_id)
-SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::text[], $5::text[])";
+INSERT INTO analytics.dead_letters
+    (channel, payload, error, event_type, trade_id, stream_id, delivery_count)
+SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::int4[])";
 
 /// The batch statements, prepared once per connection: a batch then costs one round trip per
 /// statement instead of two.
@@ -257,6 +259,11 @@ async fn insert_dead_letters(
                 .iter()
                 .map(|d| d.trade_id.as_deref().map(text_safe))
                 .collect::<Vec<_>>(),
+            &letters
+                .iter()
+                .map(|d| d.stream_id.as_deref())
+                .collect::<Vec<_>>(),
+            &letters.iter().map(|d| d.delivery_count).collect::<Vec<_>>(),
         ],
     )
     .await?;

@@ -79,6 +79,9 @@ struct Readiness {
     queue_depth: usize,
     queue_bytes: usize,
     redis_disconnects: u64,
+    stream_pending: u64,
+    stream_oldest_pending_ms: u64,
+    stream_length: u64,
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
@@ -91,7 +94,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     .flatten()
     .is_some();
     let d = &state.daemon;
-    let redis_subscribed = d.subscription.live.load(Ordering::Acquire);
+    let redis_subscribed = d.ingest_live();
     let body = Readiness {
         ready: database && redis_subscribed,
         database,
@@ -99,6 +102,9 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         queue_depth: d.queue.depth.load(Ordering::Relaxed),
         queue_bytes: d.queue.bytes.load(Ordering::Relaxed),
         redis_disconnects: d.subscription.disconnects.load(Ordering::Relaxed),
+        stream_pending: d.streams.pending.load(Ordering::Relaxed),
+        stream_oldest_pending_ms: d.streams.oldest_pending_ms.load(Ordering::Relaxed),
+        stream_length: d.streams.length.load(Ordering::Relaxed),
     };
     let status = if body.ready {
         StatusCode::OK

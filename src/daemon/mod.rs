@@ -21,21 +21,34 @@ use tokio_util::sync::CancellationToken;
 use crate::apply::{Writer, WriterEnd, WriterSettings, WriterStats};
 use crate::config::Config;
 use crate::events::DecodeLimits;
-use crate::ingest::pubsub::{PubSubSource, SubscriptionHealth};
+use crate::ingest::pubsub::{channel_names, PubSubSource, SubscriptionHealth};
 use crate::ingest::queue::{self, QueueStats};
+use crate::ingest::streams::{StreamHealth, StreamSource};
 
 /// Shared state the daemon exposes (health endpoints, watchdog, summary, tests).
 #[derive(Debug, Default)]
 pub struct DaemonState {
     pub subscription: Arc<SubscriptionHealth>,
+    pub streams: Arc<StreamHealth>,
     pub queue: Arc<QueueStats>,
     pub writer: Arc<WriterStats>,
+    /// Which transports this instance reads; readiness requires each to be live.
+    pub uses_pubsub: std::sync::atomic::AtomicBool,
+    pub uses_streams: std::sync::atomic::AtomicBool,
 }
 
 impl DaemonState {
     /// Messages received and not yet committed or dead-lettered.
     pub fn queue_depth(&self) -> usize {
         self.queue.depth.load(Ordering::Acquire)
+    }
+
+    /// Every configured transport is connected (pub/sub subscribed, stream reader live).
+    pub fn ingest_live(&self) -> bool {
+        (!self.uses_pubsub.load(Ordering::Relaxed)
+            || self.subscription.live.load(Ordering::Acquire))
+            && (!self.uses_streams.load(Ordering::Relaxed)
+                || self.streams.live.load(Ordering::Acquire))
     }
 }
 
@@ -66,20 +79,62 @@ pub async fn run(
     let pool = crate::db::pool(&config.database).context("while creating the pool")?;
 
     let (queue_tx, queue_rx) = queue::queue(config.sync.queue_max_bytes, state.queue.clone());
-    let source = PubSubSource {
-        url: config
-            .redis
-            .effective_url()
-            .context("while reading redis.password_file")?,
-        prefix: config.redis.channel_prefix.clone(),
-        max_backoff: Duration::from_millis(config.redis.reconnect_max_backoff_ms),
-        connect_timeout: Duration::from_millis(config.database.connect_timeout_ms),
-        health: state.subscription.clone(),
+    let redis_url = config
+        .redis
+        .effective_url()
+        .context("while reading redis.password_file")?;
+    let all_channels = channel_names(&config.redis.channel_prefix);
+    let pubsub_channels: Vec<_> = all_channels
+        .iter()
+        .filter(|(_, kind)| config.transport.for_channel(*kind).pubsub())
+        .cloned()
+        .collect();
+    let stream_keys: Vec<_> = all_channels
+        .iter()
+        .filter(|(_, kind)| config.transport.for_channel(*kind).stream())
+        .map(|(name, kind)| (Arc::<str>::from(name.as_str()), *kind))
+        .collect();
+    state
+        .uses_pubsub
+        .store(!pubsub_channels.is_empty(), Ordering::Relaxed);
+    state
+        .uses_streams
+        .store(!stream_keys.is_empty(), Ordering::Relaxed);
+    let max_backoff = Duration::from_millis(config.redis.reconnect_max_backoff_ms);
+
+    let pubsub = if pubsub_channels.is_empty() {
+        None
+    } else {
+        let source = PubSubSource {
+            url: redis_url.clone(),
+            channels: pubsub_channels,
+            max_backoff,
+            connect_timeout: Duration::from_millis(config.database.connect_timeout_ms),
+            health: state.subscription.clone(),
+        };
+        let manager = source
+            .connect(queue_tx.clone())
+            .await
+            .context("while subscribing to Redis (redis.url)")?;
+        Some((source, manager))
     };
-    let manager = source
-        .connect(queue_tx)
-        .await
-        .context("while subscribing to Redis (redis.url)")?;
+    let streams = if stream_keys.is_empty() {
+        None
+    } else {
+        let source = Arc::new(StreamSource {
+            url: redis_url,
+            keys: stream_keys,
+            settings: config.streams.clone(),
+            consumer: config.streams.consumer_name(),
+            max_backoff,
+            health: state.streams.clone(),
+        });
+        source
+            .prepare()
+            .await
+            .context("while preparing the Redis stream consumer groups (redis.url)")?;
+        Some(source)
+    };
 
     // Three stop signals, cancelled in order: ingest, then the writer, then the rest.
     let ingest_stop = CancellationToken::new();
@@ -104,6 +159,19 @@ pub async fn run(
         writer_stop.clone(),
         state.writer.clone(),
     );
+    // The acker outlives the writer's last commit: it stops when the writer drops its sender.
+    let mut acker = None;
+    let writer = match &streams {
+        Some(source) => {
+            let (ack_tx, ack_rx) = tokio::sync::mpsc::unbounded_channel();
+            let (source, stop) = (source.clone(), tasks_stop.clone());
+            acker = Some(tokio::spawn(
+                async move { source.run_acker(ack_rx, stop).await },
+            ));
+            writer.with_acks(ack_tx)
+        }
+        None => writer,
+    };
     let mut writer = tokio::spawn(writer.run(queue_rx));
 
     let mut background = tokio::task::JoinSet::new();
@@ -135,10 +203,17 @@ pub async fn run(
         tasks_stop.clone(),
     ));
 
-    let ingest = {
+    let mut ingest = tokio::task::JoinSet::new();
+    if let Some((source, manager)) = pubsub {
         let stop = ingest_stop.clone();
-        tokio::spawn(async move { source.run(manager, stop).await })
-    };
+        ingest.spawn(async move { source.run(manager, stop).await });
+    }
+    if let Some(source) = streams {
+        let (stop, queue_tx) = (ingest_stop.clone(), queue_tx.clone());
+        ingest.spawn(async move { source.run_reader(queue_tx, stop).await });
+    }
+    // Only the sources hold senders now: the queue closes when they are gone.
+    drop(queue_tx);
     ready();
     notify::ready();
     tracing::info!(prefix = %config.redis.channel_prefix, "trading-sync is running");
@@ -149,13 +224,16 @@ pub async fn run(
     };
     notify::stopping();
     ingest_stop.cancel();
-    let _ = ingest.await;
+    while ingest.join_next().await.is_some() {}
     writer_stop.cancel();
     let ended = match writer_failed {
         Some(ended) => ended,
         None => writer.await,
     };
     tasks_stop.cancel();
+    if let Some(acker) = acker {
+        let _ = acker.await;
+    }
     while background.join_next().await.is_some() {}
 
     let received = state.subscription.received.load(Ordering::Relaxed);
@@ -286,7 +364,7 @@ async fn monitor(
         let bytes = state.queue.bytes.load(Ordering::Relaxed);
         metrics::gauge!("trading_sync_queue_depth").set(depth as f64);
         metrics::gauge!("trading_sync_queue_bytes").set(bytes as f64);
-        let live = state.subscription.live.load(Ordering::Relaxed);
+        let live = state.ingest_live();
         metrics::gauge!("trading_sync_redis_subscribed").set(f64::from(u8::from(live)));
         let pool_status = pool.status();
         metrics::gauge!("trading_sync_pool_in_use")
@@ -296,7 +374,21 @@ async fn monitor(
 
         if let Some(interval) = watchdog {
             let writer_age = state.writer.heartbeat.age();
-            let subscriber_age = state.subscription.heartbeat.age();
+            let subscriber_age = [
+                (
+                    state.uses_pubsub.load(Ordering::Relaxed),
+                    &state.subscription.heartbeat,
+                ),
+                (
+                    state.uses_streams.load(Ordering::Relaxed),
+                    &state.streams.heartbeat,
+                ),
+            ]
+            .iter()
+            .filter(|(used, _)| *used)
+            .map(|(_, beat)| beat.age())
+            .max()
+            .unwrap_or_default();
             if writer_age < interval && subscriber_age < interval {
                 notify::watchdog();
             } else {

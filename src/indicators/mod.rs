@@ -1,4 +1,38 @@
 //! Technical indicators from Yahoo daily bars: a pure `step` core, its persisted state, and the
 //! job that runs it incrementally.
+//!
+//! - [`step`]: the math (INDICATORS.md), pure.
+//! - [`store`]: SQL and persistence, a chunk of symbols per round trip.
+//! - [`job`]: one run (all symbols or a list, incremental or full), parallel over connections.
+//! - [`schedule`]: the daemon task (cron, catch-up at start, debounced market-data triggers).
 
+pub mod job;
+pub mod schedule;
 pub mod step;
+pub mod store;
+
+/// Why an indicator run (or a part of it) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IndicatorError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Connect(#[from] crate::db::DbError),
+    #[error("while {context}: {source}")]
+    Query {
+        context: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("the indicator computation panicked: {0}")]
+    Panicked(String),
+    #[error("indicators.schedule `{schedule}` has no next occurrence after {after}")]
+    ScheduleExhausted { schedule: String, after: String },
+}
+
+impl IndicatorError {
+    /// `map_err` adapter naming what was being done.
+    pub(crate) fn query(context: &'static str) -> impl Fn(tokio_postgres::Error) -> Self {
+        move |source| IndicatorError::Query { context, source }
+    }
+}

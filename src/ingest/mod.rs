@@ -2,3 +2,4 @@
 
 pub mod pubsub;
 pub mod queue;
+pub mod streams;

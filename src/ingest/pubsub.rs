@@ -73,7 +73,8 @@ pub fn resp3_url(url: &str) -> Result<String, IngestError> {
 
 pub struct PubSubSource {
     pub url: String,
-    pub prefix: String,
+    /// The channels subscribed to (those configured for pub/sub).
+    pub channels: Vec<(String, ChannelKind)>,
     pub max_backoff: Duration,
     pub connect_timeout: Duration,
     pub health: Arc<SubscriptionHealth>,
@@ -83,7 +84,7 @@ impl PubSubSource {
     /// Connects and subscribes; fails fast when Redis is unreachable or refuses us, so a wrong
     /// URL or password stops the daemon at startup with the cause.
     pub async fn connect(&self, queue: QueueSender) -> Result<ConnectionManager, IngestError> {
-        let channels = channel_names(&self.prefix);
+        let channels = self.channels.clone();
         let client = redis::Client::open(resp3_url(&self.url)?).map_err(IngestError::Connect)?;
         let sender = push_handler(queue, channels.clone(), self.health.clone());
         let config = ConnectionManagerConfig::new()
@@ -125,7 +126,7 @@ impl PubSubSource {
                 }
             }
         }
-        for (name, _) in channel_names(&self.prefix) {
+        for (name, _) in &self.channels {
             let _ = tokio::time::timeout(Duration::from_secs(1), manager.unsubscribe(name)).await;
         }
         self.health.live.store(false, Ordering::Release);
@@ -136,7 +137,7 @@ impl PubSubSource {
 /// Disconnection notice would hide a loss.
 fn push_handler(
     queue: QueueSender,
-    channels: [(String, ChannelKind); 3],
+    channels: Vec<(String, ChannelKind)>,
     health: Arc<SubscriptionHealth>,
 ) -> impl Fn(PushInfo) -> Result<(), std::convert::Infallible> + Send + Sync + 'static {
     let last_refusal_log = std::sync::Mutex::new(None::<Instant>);
@@ -155,11 +156,7 @@ fn push_handler(
                 health.received.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("trading_sync_events_received_total", "channel" => kind.suffix())
                     .increment(1);
-                let inbound = Inbound {
-                    channel: *kind,
-                    payload: payload.clone(),
-                    received_at: Instant::now(),
-                };
+                let inbound = Inbound::new(*kind, payload.clone());
                 if let Err(refused) = queue.offer(inbound) {
                     metrics::counter!("trading_sync_queue_refused_total", "channel" => kind.suffix())
                         .increment(1);

@@ -21,9 +21,33 @@ pub struct Inbound {
     pub payload: Vec<u8>,
     /// For publish-to-commit latency and the queue-age metric.
     pub received_at: Instant,
+    /// Set for stream entries: what to XACK once the entry's fate is committed.
+    pub ack: Option<StreamAck>,
+}
+
+/// A stream entry to acknowledge after its transaction committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamAck {
+    pub key: std::sync::Arc<str>,
+    pub id: String,
+    /// How many times Redis has delivered the entry (XPENDING), when known.
+    pub deliveries: Option<u32>,
+    /// Why the entry must be dead-lettered without decoding (delivered too often, no event
+    /// field); None for a normal entry.
+    pub reject: Option<String>,
 }
 
 impl Inbound {
+    /// A pub/sub message: nothing to acknowledge.
+    pub fn new(channel: ChannelKind, payload: Vec<u8>) -> Self {
+        Inbound {
+            channel,
+            payload,
+            received_at: Instant::now(),
+            ack: None,
+        }
+    }
+
     /// Bytes this message holds against the queue's budget (payload plus bookkeeping).
     pub fn cost(&self) -> usize {
         self.payload.len() + std::mem::size_of::<Inbound>()
@@ -46,11 +70,14 @@ pub struct QueueSender {
     tx: mpsc::UnboundedSender<Inbound>,
     stats: Arc<QueueStats>,
     max_bytes: usize,
+    /// Signalled when budget is released, for senders that can afford to wait.
+    space: Arc<tokio::sync::Notify>,
 }
 
 pub struct QueueReceiver {
     rx: mpsc::UnboundedReceiver<Inbound>,
     stats: Arc<QueueStats>,
+    space: Arc<tokio::sync::Notify>,
 }
 
 /// Why a message was not queued.
@@ -65,19 +92,33 @@ pub enum Refused {
 /// `stats` is passed in so that health endpoints and tests can watch the queue.
 pub fn queue(max_bytes: usize, stats: Arc<QueueStats>) -> (QueueSender, QueueReceiver) {
     let (tx, rx) = mpsc::unbounded_channel();
+    let space = Arc::new(tokio::sync::Notify::new());
     (
         QueueSender {
             tx,
             stats: stats.clone(),
             max_bytes,
+            space: space.clone(),
         },
-        QueueReceiver { rx, stats },
+        QueueReceiver { rx, stats, space },
     )
 }
 
 impl QueueSender {
     /// Queues without waiting. The caller logs and counts a refusal.
     pub fn offer(&self, message: Inbound) -> Result<(), Refused> {
+        self.reserve_and_send(message).map_err(|(refused, _)| {
+            if matches!(refused, Refused::Full { .. }) {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            }
+            refused
+        })
+    }
+
+    /// Reserves budget and sends; on failure the message comes back to the caller (a large Err
+    /// by design: it is the message itself, returned on the cold path).
+    #[allow(clippy::result_large_err)]
+    fn reserve_and_send(&self, message: Inbound) -> Result<(), (Refused, Inbound)> {
         let cost = message.cost();
         // fetch_update makes check-and-reserve atomic across concurrent offerers.
         let reserved =
@@ -87,18 +128,36 @@ impl QueueSender {
                     (bytes + cost <= self.max_bytes).then_some(bytes + cost)
                 });
         if let Err(bytes) = reserved {
-            self.stats.refused.fetch_add(1, Ordering::Relaxed);
-            return Err(Refused::Full {
+            let full = Refused::Full {
                 bytes,
                 max_bytes: self.max_bytes,
-            });
+            };
+            return Err((full, message));
         }
         self.stats.depth.fetch_add(1, Ordering::AcqRel);
-        self.tx.send(message).map_err(|_| {
+        self.tx.send(message).map_err(|returned| {
             self.stats.bytes.fetch_sub(cost, Ordering::AcqRel);
             self.stats.depth.fetch_sub(1, Ordering::AcqRel);
-            Refused::Closed
+            (Refused::Closed, returned.0)
         })
+    }
+
+    /// Queues, waiting for budget if the queue is full: for stream entries, which Redis keeps
+    /// safely until read, so waiting (backpressure) is better than refusing.
+    pub async fn send_wait(&self, mut message: Inbound) -> Result<(), Refused> {
+        loop {
+            let space = self.space.notified();
+            tokio::pin!(space);
+            space.as_mut().enable();
+            match self.reserve_and_send(message) {
+                Ok(()) => return Ok(()),
+                Err((Refused::Closed, _)) => return Err(Refused::Closed),
+                Err((Refused::Full { .. }, returned)) => {
+                    message = returned;
+                    space.await;
+                }
+            }
+        }
     }
 
     pub fn stats(&self) -> &Arc<QueueStats> {
@@ -121,11 +180,14 @@ impl QueueReceiver {
     pub fn release(&self, messages: usize, bytes: usize) {
         self.stats.bytes.fetch_sub(bytes, Ordering::AcqRel);
         self.stats.depth.fetch_sub(messages, Ordering::AcqRel);
+        self.space.notify_waiters();
     }
 
     /// Stops accepting: later offers are refused as Closed, queued messages can still be read.
     pub fn close(&mut self) {
         self.rx.close();
+        // Wake waiting senders so they see the queue closed.
+        self.space.notify_waiters();
     }
 
     pub fn stats(&self) -> &Arc<QueueStats> {
@@ -138,11 +200,28 @@ mod tests {
     use super::*;
 
     fn message(len: usize) -> Inbound {
-        Inbound {
-            channel: ChannelKind::Trades,
-            payload: vec![b'x'; len],
-            received_at: Instant::now(),
-        }
+        Inbound::new(ChannelKind::Trades, vec![b'x'; len])
+    }
+
+    #[tokio::test]
+    async fn a_waiting_sender_resumes_when_budget_is_released() {
+        let one = message(100).cost();
+        let (tx, mut rx) = queue(one, Default::default());
+        tx.offer(message(100)).unwrap();
+        let waiting = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.send_wait(message(100)).await }
+        });
+        let first = rx.recv().await.unwrap();
+        assert!(!waiting.is_finished());
+        rx.release(1, first.cost());
+        waiting.await.unwrap().unwrap();
+        assert_eq!(tx.stats().depth.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            tx.stats().refused.load(Ordering::Relaxed),
+            0,
+            "waiting is not refusing"
+        );
     }
 
     #[tokio::test]

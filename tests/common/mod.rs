@@ -288,6 +288,13 @@ impl App {
 /// Starts `run` in-process with `tweak` applied to a test configuration; returns once every
 /// subscription is confirmed.
 pub async fn spawn_app(tweak: impl FnOnce(&mut trading_sync::config::Config)) -> App {
+    // RUST_LOG=trading_sync=debug shows the daemon's logs in a failing test's output.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
     let db = TestDb::new().await;
     let mut config = trading_sync::config::Config::default();
     config.database = db.config();
@@ -331,44 +338,8 @@ pub async fn spawn_app(tweak: impl FnOnce(&mut trading_sync::config::Config)) ->
 }
 
 /// JSON exactly as Python's `json.dumps` writes it (", " and ": " separators, non-ASCII escaped),
-/// which is what the seed's publishers send.
+/// which is what the seed's publishers send. A function rather than a re-export: test binaries
+/// that never call it would flag an unused import.
 pub fn python_dumps(value: &serde_json::Value) -> String {
-    use serde_json::Value;
-    match value {
-        Value::Object(map) => {
-            let items: Vec<String> = map
-                .iter()
-                .map(|(k, v)| format!("{}: {}", python_string(k), python_dumps(v)))
-                .collect();
-            format!("{{{}}}", items.join(", "))
-        }
-        Value::Array(items) => {
-            let items: Vec<String> = items.iter().map(python_dumps).collect();
-            format!("[{}]", items.join(", "))
-        }
-        Value::String(s) => python_string(s),
-        other => other.to_string(),
-    }
-}
-
-fn python_string(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || (c as u32) > 0x7e => {
-                let mut buf = [0u16; 2];
-                for unit in c.encode_utf16(&mut buf) {
-                    out.push_str(&format!("\\u{unit:04x}"));
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    trading_sync::loadgen::python_dumps(value)
 }

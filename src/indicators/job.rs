@@ -1,0 +1,912 @@
+//! One indicator run: which symbols, incremental or full, spread over a few connections.
+//!
+//! Work is cut into chunks of symbols; each chunk is one transaction on one connection: take
+//! the symbols' advisory locks (a symbol another instance holds is skipped), read their states
+//! and bars, compute on a blocking thread, write rows, latest rows and states, commit. A chunk
+//! that fails is retried one symbol per transaction, so one bad symbol costs only itself.
+//!
+//! Per symbol (INDICATORS.md, "Revisions"): with a usable state the run reads only the bars
+//! from the first date of the stored tail on, checks the stored ≤ 200 dates, closes (and the
+//! ≤ 20 volumes) against them, the count of rows before the tail and the first valid date,
+//! and folds `step` over the bars after the state's last date. A mismatch means history was
+//! revised: the symbol is recomputed from its first bar in the same transaction and its rows
+//! upserted, which rewrites exactly the rows whose rounded values changed.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use chrono_tz::Tz;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use super::step::{self, Bar, IndicatorRow, IndicatorState, SkipReason};
+use super::store::{self, BarsRead, ListedSymbol, Overflow, RowEncoder, StateToSave, StoredState};
+use super::IndicatorError;
+
+/// Tuning of a run. `Default` is what the daemon and the CLI use.
+#[derive(Debug, Clone)]
+pub struct JobSettings {
+    /// A bar's date is its timestamp's date in this zone (the exchange's calendar).
+    pub bar_timezone: Tz,
+    /// Connections (and chunks in flight). PostgreSQL's per-row insert work dominates a
+    /// backfill, so more than the server's cores only adds contention.
+    pub connections: usize,
+    /// Symbols per transaction when they have a state: a daily run reads ~200 bars each.
+    pub incremental_chunk: usize,
+    /// Symbols per transaction when they are computed from their first bar: each may bring
+    /// thousands of rows, and a chunk's rows are held in memory until written.
+    pub full_chunk: usize,
+    /// Interval of the progress log line of long runs.
+    pub progress_every: Duration,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        JobSettings {
+            bar_timezone: chrono_tz::America::New_York,
+            connections: 2,
+            incremental_chunk: 500,
+            full_chunk: 64,
+            progress_every: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Which symbols a run covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// Every symbol with at least one yahoo bar.
+    All,
+    /// These symbols (duplicates ignored); one without yahoo bars has nothing to compute.
+    Symbols(Vec<String>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Continue each symbol from its persisted state; recompute only revised symbols.
+    Incremental,
+    /// Ignore states: recompute every selected symbol from its first bar, replacing its rows.
+    Full,
+}
+
+/// What a run did. Every selected symbol lands in exactly one of computed, up to date,
+/// skipped (locked or unknown), failed, or — when there was nothing at all to compute — none.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunSummary {
+    pub symbols_selected: u64,
+    /// Rows, latest row or state written.
+    pub symbols_computed: u64,
+    /// State verified against the database, no new bar.
+    pub symbols_up_to_date: u64,
+    /// Another instance held the symbol's lock (it is computing it).
+    pub skipped_locked: u64,
+    /// Not in data_ingestion.symbols, which the indicator tables reference.
+    pub skipped_unknown: u64,
+    /// Of `symbols_computed`: recomputed from the first bar because history was revised or the
+    /// stored state was unusable.
+    pub recomputed_after_revision: u64,
+    pub failures: u64,
+    /// technical_indicators rows inserted or changed.
+    pub rows_written: u64,
+    /// Bars with a NULL, NaN or non-positive close.
+    pub bars_skipped_invalid: u64,
+    /// Second (and later) bars on a date that already had a valid bar.
+    pub bars_skipped_duplicate_date: u64,
+    /// Values written NULL because they did not fit their column.
+    pub values_nulled: u64,
+    /// The run stopped early on request; the symbols not reached are in no count.
+    pub cancelled: bool,
+    pub duration: Duration,
+    /// Symbols skipped because locked, for a caller that wants to retry them.
+    pub locked_symbols: Vec<String>,
+    pub failed_symbols: Vec<String>,
+}
+
+impl RunSummary {
+    fn merge(&mut self, o: RunSummary) {
+        self.symbols_computed += o.symbols_computed;
+        self.symbols_up_to_date += o.symbols_up_to_date;
+        self.skipped_locked += o.skipped_locked;
+        self.skipped_unknown += o.skipped_unknown;
+        self.recomputed_after_revision += o.recomputed_after_revision;
+        self.failures += o.failures;
+        self.rows_written += o.rows_written;
+        self.bars_skipped_invalid += o.bars_skipped_invalid;
+        self.bars_skipped_duplicate_date += o.bars_skipped_duplicate_date;
+        self.values_nulled += o.values_nulled;
+        self.locked_symbols.extend(o.locked_symbols);
+        self.failed_symbols.extend(o.failed_symbols);
+    }
+}
+
+/// Runs the job once. Returns Err only when nothing could be done at all (no connection, the
+/// symbol list unreadable); a failing symbol or chunk is logged, counted and skipped.
+/// `cancel` stops the run between chunks (a chunk in flight commits or rolls back whole).
+pub async fn run_once(
+    pg: &tokio_postgres::Config,
+    settings: &JobSettings,
+    selection: &Selection,
+    mode: Mode,
+    cancel: &CancellationToken,
+) -> Result<RunSummary, IndicatorError> {
+    let started = Instant::now();
+    let result = run_inner(pg, settings, selection, mode, cancel, started).await;
+    let elapsed = started.elapsed();
+    let outcome = match &result {
+        Ok(s) if s.cancelled => "cancelled",
+        Ok(s) if s.failures > 0 => "partial",
+        Ok(_) => "ok",
+        Err(_) => "error",
+    };
+    metrics::counter!("trading_sync_indicator_runs_total", "outcome" => outcome).increment(1);
+    metrics::histogram!("trading_sync_indicator_run_seconds").record(elapsed.as_secs_f64());
+    let mut summary = result?;
+    summary.duration = elapsed;
+    for (result, n) in [
+        ("computed", summary.symbols_computed),
+        ("up_to_date", summary.symbols_up_to_date),
+        ("skipped_locked", summary.skipped_locked),
+        ("skipped_unknown", summary.skipped_unknown),
+        ("recomputed", summary.recomputed_after_revision),
+        ("failed", summary.failures),
+    ] {
+        if n > 0 {
+            metrics::counter!("trading_sync_indicator_symbols_total", "result" => result)
+                .increment(n);
+        }
+    }
+    tracing::info!(
+        mode = ?mode,
+        selected = summary.symbols_selected,
+        computed = summary.symbols_computed,
+        up_to_date = summary.symbols_up_to_date,
+        skipped_locked = summary.skipped_locked,
+        skipped_unknown = summary.skipped_unknown,
+        recomputed = summary.recomputed_after_revision,
+        failures = summary.failures,
+        rows_written = summary.rows_written,
+        bars_skipped_invalid = summary.bars_skipped_invalid,
+        bars_skipped_duplicate_date = summary.bars_skipped_duplicate_date,
+        values_nulled = summary.values_nulled,
+        cancelled = summary.cancelled,
+        seconds = elapsed.as_secs_f64(),
+        "indicator run finished"
+    );
+    Ok(summary)
+}
+
+#[derive(Default)]
+struct Progress {
+    symbols_done: AtomicU64,
+    rows_written: AtomicU64,
+}
+
+async fn run_inner(
+    pg: &tokio_postgres::Config,
+    settings: &JobSettings,
+    selection: &Selection,
+    mode: Mode,
+    cancel: &CancellationToken,
+    started: Instant,
+) -> Result<RunSummary, IndicatorError> {
+    let first = crate::db::connect(pg).await?;
+    prepare_connection(&first).await?;
+    let given = match selection {
+        Selection::All => None,
+        Selection::Symbols(list) => Some(list.as_slice()),
+    };
+    let listed = store::list_symbols(&first, given).await?;
+    let mut summary = RunSummary {
+        symbols_selected: listed.len() as u64,
+        ..RunSummary::default()
+    };
+    let (known, unknown): (Vec<ListedSymbol>, Vec<ListedSymbol>) =
+        listed.into_iter().partition(|s| s.known);
+    if !unknown.is_empty() {
+        summary.skipped_unknown = unknown.len() as u64;
+        let names: Vec<&str> = unknown.iter().take(20).map(|s| s.symbol.as_str()).collect();
+        tracing::warn!(
+            count = unknown.len(),
+            symbols = %names.join(","),
+            "symbols with yahoo bars are missing from data_ingestion.symbols; skipped \
+             (the indicator tables reference it)"
+        );
+    }
+    let chunks = make_chunks(known, mode, settings);
+    let total = summary.symbols_selected - summary.skipped_unknown;
+    if chunks.is_empty() {
+        return Ok(summary);
+    }
+    let queue = Arc::new(Mutex::new(chunks.into_iter().collect::<VecDeque<_>>()));
+    let progress = Arc::new(Progress::default());
+    let ctx = Arc::new(Ctx {
+        pg: pg.clone(),
+        tz: settings.bar_timezone,
+        mode,
+    });
+    let workers = settings
+        .connections
+        .max(1)
+        .min(queue.lock().map(|q| q.len()).unwrap_or(1));
+    let mut set = tokio::task::JoinSet::new();
+    let mut first = Some(first);
+    for _ in 0..workers {
+        let (queue, progress, ctx, cancel) =
+            (queue.clone(), progress.clone(), ctx.clone(), cancel.clone());
+        let client = first.take();
+        set.spawn(async move { worker(client, queue, progress, ctx, cancel).await });
+    }
+    let mut ticker = tokio::time::interval(settings.progress_every);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            joined = set.join_next() => match joined {
+                None => break,
+                Some(Ok(Ok(part))) => summary.merge(part),
+                Some(Ok(Err(e))) => {
+                    // The worker could not even connect: its chunks stay queued for the others.
+                    tracing::error!(error = %e, "an indicator worker stopped");
+                }
+                Some(Err(e)) => tracing::error!(error = %e, "an indicator worker panicked"),
+            },
+            _ = ticker.tick() => {
+                tracing::info!(
+                    done = progress.symbols_done.load(Ordering::Relaxed),
+                    total,
+                    rows_written = progress.rows_written.load(Ordering::Relaxed),
+                    seconds = started.elapsed().as_secs_f64(),
+                    "indicator run progress"
+                );
+            }
+        }
+    }
+    // Chunks no worker took: every worker failed to connect, or the run was cancelled.
+    let left: Vec<Vec<String>> = queue
+        .lock()
+        .map(|mut q| q.drain(..).collect())
+        .unwrap_or_default();
+    if cancel.is_cancelled() {
+        summary.cancelled = true;
+    } else if !left.is_empty() {
+        let n: usize = left.iter().map(Vec::len).sum();
+        summary.failures += n as u64;
+        summary.failed_symbols.extend(left.into_iter().flatten());
+        tracing::error!(symbols = n, "no connection left to compute these symbols");
+    }
+    Ok(summary)
+}
+
+/// Symbols computed from scratch first (the long chunks), then the incremental ones.
+fn make_chunks(known: Vec<ListedSymbol>, mode: Mode, settings: &JobSettings) -> Vec<Vec<String>> {
+    let (cont, scratch): (Vec<ListedSymbol>, Vec<ListedSymbol>) = known
+        .into_iter()
+        .partition(|s| s.has_state && mode == Mode::Incremental);
+    let mut chunks = Vec::new();
+    for (list, size) in [
+        (scratch, settings.full_chunk.max(1)),
+        (cont, settings.incremental_chunk.max(1)),
+    ] {
+        let names: Vec<String> = list.into_iter().map(|s| s.symbol).collect();
+        chunks.extend(names.chunks(size).map(<[String]>::to_vec));
+    }
+    chunks
+}
+
+struct Ctx {
+    pg: tokio_postgres::Config,
+    tz: Tz,
+    mode: Mode,
+}
+
+async fn worker(
+    client: Option<Client>,
+    queue: Arc<Mutex<VecDeque<Vec<String>>>>,
+    progress: Arc<Progress>,
+    ctx: Arc<Ctx>,
+    cancel: CancellationToken,
+) -> Result<RunSummary, IndicatorError> {
+    let mut client = match client {
+        Some(c) => c,
+        None => {
+            let c = crate::db::connect(&ctx.pg).await?;
+            prepare_connection(&c).await?;
+            c
+        }
+    };
+    let mut summary = RunSummary::default();
+    loop {
+        if cancel.is_cancelled() {
+            break;
+        }
+        let Some(chunk) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
+            break;
+        };
+        let part = match process_chunk(&mut client, &chunk, &ctx).await {
+            Ok(part) => part,
+            Err(e) if chunk.len() > 1 => {
+                tracing::warn!(
+                    error = %e, symbols = chunk.len(),
+                    "indicator chunk failed; retrying its symbols one per transaction"
+                );
+                let mut part = RunSummary::default();
+                for symbol in &chunk {
+                    part.merge(process_alone(&mut client, symbol, &ctx).await);
+                }
+                part
+            }
+            Err(e) => {
+                tracing::error!(symbol = %chunk[0], error = %e, "indicators failed for symbol");
+                failed(&chunk[0])
+            }
+        };
+        progress
+            .symbols_done
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        progress
+            .rows_written
+            .fetch_add(part.rows_written, Ordering::Relaxed);
+        summary.merge(part);
+    }
+    Ok(summary)
+}
+
+fn failed(symbol: &str) -> RunSummary {
+    RunSummary {
+        failures: 1,
+        failed_symbols: vec![symbol.to_owned()],
+        ..RunSummary::default()
+    }
+}
+
+async fn prepare_connection(client: &Client) -> Result<(), IndicatorError> {
+    client
+        .batch_execute(store::SESSION_SETTINGS_SQL)
+        .await
+        .map_err(IndicatorError::query("configuring the session"))?;
+    client
+        .batch_execute(store::CREATE_STAGING_SQL)
+        .await
+        .map_err(IndicatorError::query("creating staging tables"))
+}
+
+/// One symbol in its own transaction, reconnecting first if the connection died.
+async fn process_alone(client: &mut Client, symbol: &str, ctx: &Ctx) -> RunSummary {
+    if client.is_closed() {
+        match crate::db::connect(&ctx.pg).await {
+            Ok(c) => {
+                *client = c;
+                if let Err(e) = prepare_connection(client).await {
+                    tracing::error!(symbol, error = %e, "indicators failed for symbol");
+                    return failed(symbol);
+                }
+            }
+            Err(e) => {
+                tracing::error!(symbol, error = %e, "indicators failed for symbol");
+                return failed(symbol);
+            }
+        }
+    }
+    match process_chunk(client, &[symbol.to_owned()], ctx).await {
+        Ok(part) => part,
+        Err(e) => {
+            tracing::error!(symbol, error = %e, "indicators failed for symbol");
+            failed(symbol)
+        }
+    }
+}
+
+/// Where a symbol's computation starts.
+#[derive(Debug, Clone)]
+pub(crate) enum Start {
+    /// From the first bar; the reason decides how rows are written.
+    Scratch(Scratch),
+    /// From the persisted state, over bars after its last date.
+    Continue(Box<StoredState>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Scratch {
+    /// No state: the symbol's rows (normally none) are replaced.
+    NoState,
+    /// `--full`: rows replaced.
+    Forced,
+    /// State unusable or history revised: rows upserted, only changes written.
+    Recompute(String),
+}
+
+/// What to write for one symbol.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Write {
+    /// Verified, nothing new.
+    Nothing,
+    /// New rows after the state's last date.
+    Append { after: NaiveDate },
+    /// All rows replaced (delete, then copy).
+    Replace,
+    /// All rows upserted, only changed ones written.
+    Upsert,
+    /// No valid bar left: rows, latest row and state deleted.
+    Vanish,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Computed {
+    pub symbol: String,
+    pub write: Write,
+    pub rows: Vec<IndicatorRow>,
+    pub state: Option<StateToSave>,
+    pub invalid: u64,
+    pub duplicate: u64,
+    pub recomputed: Option<String>,
+}
+
+/// Decides where to start and from when to read.
+pub(crate) fn plan(
+    stored: Option<StoredState>,
+    mode: Mode,
+    tz: Tz,
+) -> (Start, Option<DateTime<Utc>>) {
+    let stored = match (mode, stored) {
+        (Mode::Full, _) => return (Start::Scratch(Scratch::Forced), None),
+        (Mode::Incremental, None) => return (Start::Scratch(Scratch::NoState), None),
+        (Mode::Incremental, Some(s)) => s,
+    };
+    let why = if stored.state.spec_version != step::SPEC_VERSION {
+        Some(format!(
+            "state is of spec version {}, this build computes {}",
+            stored.state.spec_version,
+            step::SPEC_VERSION
+        ))
+    } else if !stored.state.is_consistent() {
+        Some("stored state is inconsistent".to_owned())
+    } else if stored.rows_before_tail.is_none() {
+        Some("stored state has no bar count".to_owned())
+    } else {
+        None
+    };
+    match (why, stored.state.close_dates.front().copied()) {
+        (None, Some(d0)) => {
+            let from = store::start_of_day(tz, d0);
+            (Start::Continue(Box::new(stored)), Some(from))
+        }
+        (why, _) => (
+            Start::Scratch(Scratch::Recompute(
+                why.unwrap_or_else(|| "stored state is empty".to_owned()),
+            )),
+            None,
+        ),
+    }
+}
+
+/// Computes one symbol. Err(reason) when a `Continue` start finds revised history: the caller
+/// reads the whole history and calls again with `Scratch::Recompute(reason)`.
+pub(crate) fn compute(
+    symbol: &str,
+    start: &Start,
+    read: &BarsRead,
+    tz: Tz,
+) -> Result<Computed, String> {
+    let dates: Vec<NaiveDate> = read
+        .bars
+        .iter()
+        .map(|b| store::bar_date(tz, b.ts))
+        .collect();
+    match start {
+        Start::Continue(stored) => continue_from(symbol, stored, read, &dates, tz),
+        Start::Scratch(why) => Ok(from_scratch(symbol, why, read, &dates)),
+    }
+}
+
+fn to_bar(raw: &store::RawBar, date: NaiveDate) -> Bar {
+    Bar {
+        date,
+        // NULL is as much "not a bar" as NaN; step refuses both.
+        close: raw.close.unwrap_or(f64::NAN),
+        // A bar without a volume still has a price; its volume counts as 0.
+        volume: raw.volume.unwrap_or(0),
+    }
+}
+
+fn from_scratch(symbol: &str, why: &Scratch, read: &BarsRead, dates: &[NaiveDate]) -> Computed {
+    let mut state = IndicatorState::new();
+    let mut rows = Vec::with_capacity(read.bars.len());
+    let (mut invalid, mut duplicate) = (0, 0);
+    for (raw, &date) in read.bars.iter().zip(dates) {
+        match step::try_step(&mut state, &to_bar(raw, date)) {
+            Ok(row) => rows.push(row),
+            Err(SkipReason::InvalidClose) => invalid += 1,
+            Err(SkipReason::NotAfterLastDate) => duplicate += 1,
+        }
+    }
+    let recomputed = match why {
+        Scratch::Recompute(reason) => Some(reason.clone()),
+        _ => None,
+    };
+    let Some(&d0) = state.close_dates.front() else {
+        return Computed {
+            symbol: symbol.to_owned(),
+            write: Write::Vanish,
+            rows,
+            state: None,
+            invalid,
+            duplicate,
+            recomputed,
+        };
+    };
+    let rows_before_tail = dates.iter().take_while(|&&d| d < d0).count() as i64;
+    Computed {
+        symbol: symbol.to_owned(),
+        write: match why {
+            Scratch::Recompute(_) => Write::Upsert,
+            Scratch::NoState | Scratch::Forced => Write::Replace,
+        },
+        rows,
+        state: Some(StateToSave {
+            symbol: symbol.to_owned(),
+            state,
+            rows_before_tail,
+        }),
+        invalid,
+        duplicate,
+        recomputed,
+    }
+}
+
+fn continue_from(
+    symbol: &str,
+    stored: &StoredState,
+    read: &BarsRead,
+    dates: &[NaiveDate],
+    tz: Tz,
+) -> Result<Computed, String> {
+    let st = &stored.state;
+    let (Some(last), Some(&d0)) = (st.last_date, st.close_dates.front()) else {
+        return Err("stored state is empty".to_owned());
+    };
+    if read.rows_before != stored.rows_before_tail {
+        return Err(format!(
+            "{} rows before {d0} in the database, {} when last computed",
+            read.rows_before.unwrap_or(-1),
+            stored.rows_before_tail.unwrap_or(-1)
+        ));
+    }
+    let first_db = read.first_valid.map(|t| store::bar_date(tz, t));
+    if first_db != st.first_date {
+        return Err(format!(
+            "first valid bar is of {}, was of {}",
+            first_db.map_or("nothing".to_owned(), |d| d.to_string()),
+            st.first_date
+                .map_or("nothing".to_owned(), |d| d.to_string()),
+        ));
+    }
+    continue_checked(symbol, stored, read, dates, last)
+}
+
+fn continue_checked(
+    symbol: &str,
+    stored: &StoredState,
+    read: &BarsRead,
+    dates: &[NaiveDate],
+    last: NaiveDate,
+) -> Result<Computed, String> {
+    let st = &stored.state;
+    let mut state = st.clone();
+    let mut tail_i = 0usize;
+    let mut tail_volumes: Vec<i64> = Vec::with_capacity(st.closes.len());
+    let mut prev: Option<NaiveDate> = None;
+    let mut rows = Vec::new();
+    let (mut invalid, mut duplicate) = (0, 0);
+    for (raw, &date) in read.bars.iter().zip(dates) {
+        if date > last {
+            match step::try_step(&mut state, &to_bar(raw, date)) {
+                Ok(row) => rows.push(row),
+                Err(SkipReason::InvalidClose) => invalid += 1,
+                Err(SkipReason::NotAfterLastDate) => duplicate += 1,
+            }
+            continue;
+        }
+        // The stored tail's range: re-apply step's acceptance rule and compare.
+        let Some(close) = raw.close.filter(|&c| step::is_valid_close(c)) else {
+            continue;
+        };
+        if prev.is_some_and(|p| date <= p) {
+            continue;
+        }
+        prev = Some(date);
+        match (st.close_dates.get(tail_i), st.closes.get(tail_i)) {
+            (Some(&d), Some(&c)) if d == date && c.to_bits() == close.to_bits() => {}
+            (Some(&d), Some(&c)) => {
+                return Err(if d == date {
+                    format!("close of {date} is {close}, was {c}")
+                } else {
+                    format!("bar of {} in the database where {d} was", date.min(d))
+                })
+            }
+            _ => {
+                return Err(format!(
+                    "bar of {date} in the database after the stored tail"
+                ))
+            }
+        }
+        tail_volumes.push(raw.volume.unwrap_or(0));
+        tail_i += 1;
+    }
+    if tail_i != st.closes.len() {
+        return Err(format!(
+            "stored bar of {} is gone from the database",
+            st.close_dates[tail_i]
+        ));
+    }
+    let vol_tail = &tail_volumes[tail_volumes.len() - st.volumes.len()..];
+    if !vol_tail.iter().eq(st.volumes.iter()) {
+        return Err("a volume of the last 20 bars changed".to_owned());
+    }
+    if rows.is_empty() {
+        return Ok(Computed {
+            symbol: symbol.to_owned(),
+            write: Write::Nothing,
+            rows,
+            state: None,
+            invalid,
+            duplicate,
+            recomputed: None,
+        });
+    }
+    let new_d0 = state.close_dates[0];
+    let rows_before_tail = stored.rows_before_tail.unwrap_or(0)
+        + dates.iter().take_while(|&&d| d < new_d0).count() as i64;
+    Ok(Computed {
+        symbol: symbol.to_owned(),
+        write: Write::Append { after: last },
+        rows,
+        state: Some(StateToSave {
+            symbol: symbol.to_owned(),
+            state,
+            rows_before_tail,
+        }),
+        invalid,
+        duplicate,
+        recomputed: None,
+    })
+}
+
+/// One chunk in one transaction.
+async fn process_chunk(
+    client: &mut Client,
+    symbols: &[String],
+    ctx: &Ctx,
+) -> Result<RunSummary, IndicatorError> {
+    let mut summary = RunSummary::default();
+    let tx = client
+        .transaction()
+        .await
+        .map_err(IndicatorError::query("beginning a transaction"))?;
+    tx.batch_execute(store::TX_SETTINGS_SQL)
+        .await
+        .map_err(IndicatorError::query("configuring the transaction"))?;
+    let locked = store::try_lock_symbols(&tx, symbols).await?;
+    let mut mine = Vec::with_capacity(symbols.len());
+    for (symbol, got) in symbols.iter().zip(locked) {
+        if got {
+            mine.push(symbol.clone());
+        } else {
+            tracing::debug!(symbol = %symbol, "locked by another instance; skipped");
+            summary.skipped_locked += 1;
+            summary.locked_symbols.push(symbol.clone());
+        }
+    }
+    if mine.is_empty() {
+        tx.commit()
+            .await
+            .map_err(IndicatorError::query("committing"))?;
+        return Ok(summary);
+    }
+    // Read after the locks: under READ COMMITTED this statement sees the commit of an
+    // instance that held a lock a moment ago, never a state it is about to replace.
+    let mut states = store::load_states(&tx, &mine).await?;
+    let mut starts = Vec::with_capacity(mine.len());
+    let mut requests = Vec::with_capacity(mine.len());
+    for symbol in mine {
+        let (start, from) = plan(states.remove(&symbol), ctx.mode, ctx.tz);
+        requests.push((symbol, from));
+        starts.push(start);
+    }
+    let reads = store::load_bars(&tx, &requests).await?;
+    let symbols: Vec<String> = requests.into_iter().map(|(s, _)| s).collect();
+    let tz = ctx.tz;
+    let (mut computed, revised) = blocking(move || {
+        let mut computed = Vec::with_capacity(symbols.len());
+        let mut revised = Vec::new();
+        for ((symbol, start), read) in symbols.into_iter().zip(starts).zip(reads) {
+            match compute(&symbol, &start, &read, tz) {
+                Ok(c) => computed.push(c),
+                Err(reason) => revised.push((symbol, reason)),
+            }
+        }
+        (computed, revised)
+    })
+    .await?;
+
+    if !revised.is_empty() {
+        let requests: Vec<(String, Option<DateTime<Utc>>)> =
+            revised.iter().map(|(s, _)| (s.clone(), None)).collect();
+        let reads = store::load_bars(&tx, &requests).await?;
+        let again = blocking(move || {
+            revised
+                .into_iter()
+                .zip(reads)
+                .map(|((symbol, reason), read)| {
+                    let start = Start::Scratch(Scratch::Recompute(reason));
+                    compute(&symbol, &start, &read, tz)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await?;
+        // A scratch start never reports a revision.
+        computed.extend(again.into_iter().flatten());
+    }
+
+    let plan = blocking(move || encode(computed)).await?;
+    summary.merge(plan.summary.clone());
+    write(&tx, plan, &mut summary).await?;
+    tx.commit()
+        .await
+        .map_err(IndicatorError::query("committing"))?;
+    Ok(summary)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, IndicatorError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| IndicatorError::Panicked(e.to_string()))
+}
+
+/// A chunk's writes, encoded.
+struct WritePlan {
+    summary: RunSummary,
+    delete_from: Vec<(String, Option<NaiveDate>)>,
+    direct: RowEncoder,
+    staged: RowEncoder,
+    staged_symbols: Vec<String>,
+    latest: Vec<String>,
+    states: Vec<StateToSave>,
+    vanished: Vec<String>,
+}
+
+fn encode(computed: Vec<Computed>) -> WritePlan {
+    let mut plan = WritePlan {
+        summary: RunSummary::default(),
+        delete_from: Vec::new(),
+        direct: RowEncoder::new(),
+        staged: RowEncoder::new(),
+        staged_symbols: Vec::new(),
+        latest: Vec::new(),
+        states: Vec::new(),
+        vanished: Vec::new(),
+    };
+    let (mut direct, mut staged) = (Vec::new(), Vec::new());
+    for (i, c) in computed.iter().enumerate() {
+        let s = &mut plan.summary;
+        s.bars_skipped_invalid += c.invalid;
+        s.bars_skipped_duplicate_date += c.duplicate;
+        if c.invalid > 0 {
+            tracing::warn!(
+                symbol = %c.symbol, bars = c.invalid,
+                "bars with a NULL, NaN or non-positive close skipped"
+            );
+        }
+        if c.duplicate > 0 {
+            tracing::warn!(
+                symbol = %c.symbol, bars = c.duplicate,
+                "second bars on an already used date skipped (the first one of the day counts)"
+            );
+        }
+        if let Some(reason) = &c.recomputed {
+            s.recomputed_after_revision += 1;
+            tracing::info!(symbol = %c.symbol, reason = %reason, "recomputing from the first bar");
+        }
+        match &c.write {
+            Write::Nothing => {
+                s.symbols_up_to_date += 1;
+                continue;
+            }
+            Write::Append { after } => {
+                plan.delete_from.push((c.symbol.clone(), after.succ_opt()));
+                direct.push(i);
+            }
+            Write::Replace | Write::Vanish => {
+                plan.delete_from.push((c.symbol.clone(), None));
+                direct.push(i);
+            }
+            Write::Upsert => {
+                plan.staged_symbols.push(c.symbol.clone());
+                staged.push(i);
+            }
+        }
+        s.symbols_computed += 1;
+        plan.latest.push(c.symbol.clone());
+    }
+    let mut overflows = Vec::new();
+    encode_rows(&computed, &direct, &mut plan.direct, &mut overflows);
+    encode_rows(&computed, &staged, &mut plan.staged, &mut overflows);
+    plan.summary.values_nulled = overflows.len() as u64;
+    log_overflows(&computed, &overflows);
+    for c in computed {
+        if c.write == Write::Nothing {
+            continue;
+        }
+        match c.state {
+            Some(state) => plan.states.push(state),
+            None => plan.vanished.push(c.symbol),
+        }
+    }
+    plan
+}
+
+/// Encodes the rows of `which` ordered by (date, symbol), not symbol by symbol: every row
+/// of a date lands on the same few leaf pages of technical_indicators' date index, so a chunk
+/// touches each of those pages once instead of once per symbol. With a table larger than
+/// shared_buffers that is the difference between cached and evicted index pages.
+fn encode_rows(
+    computed: &[Computed],
+    which: &[usize],
+    encoder: &mut RowEncoder,
+    overflows: &mut Vec<(usize, Overflow)>,
+) {
+    let mut order: Vec<(NaiveDate, usize, usize)> = which
+        .iter()
+        .flat_map(|&i| {
+            computed[i]
+                .rows
+                .iter()
+                .enumerate()
+                .map(move |(r, row)| (row.date, i, r))
+        })
+        .collect();
+    order.sort_unstable();
+    let mut found = Vec::new();
+    for (_, i, r) in order {
+        encoder.push(&computed[i].symbol, &computed[i].rows[r], &mut found);
+        overflows.extend(found.drain(..).map(|o| (i, o)));
+    }
+}
+
+/// One warning per symbol and column, not per value.
+fn log_overflows(computed: &[Computed], overflows: &[(usize, Overflow)]) {
+    let mut by_column: BTreeMap<(usize, &str), (usize, &Overflow)> = BTreeMap::new();
+    for (i, o) in overflows {
+        by_column.entry((*i, o.column)).or_insert((0, o)).0 += 1;
+    }
+    for ((i, column), (n, first)) in by_column {
+        tracing::warn!(
+            symbol = %computed[i].symbol, column, values = n, first_date = %first.date,
+            first_value = first.value,
+            "indicator values do not fit their column; written NULL"
+        );
+    }
+}
+
+async fn write(
+    tx: &tokio_postgres::Transaction<'_>,
+    plan: WritePlan,
+    summary: &mut RunSummary,
+) -> Result<(), IndicatorError> {
+    store::delete_rows_from(tx, &plan.delete_from).await?;
+    if plan.direct.rows() > 0 {
+        summary.rows_written +=
+            store::copy_rows(tx, store::COPY_ROWS_SQL, plan.direct.finish()).await?;
+    }
+    if !plan.staged_symbols.is_empty() {
+        summary.rows_written +=
+            store::upsert_rows(tx, &plan.staged_symbols, plan.staged.finish()).await?;
+    }
+    store::refresh_latest(tx, &plan.latest).await?;
+    store::save_states(tx, &plan.states).await?;
+    store::delete_states(tx, &plan.vanished).await?;
+    Ok(())
+}

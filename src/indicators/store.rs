@@ -1,0 +1,1032 @@
+//! PostgreSQL side of the indicator job: the SQL, reading states and bars for a chunk of
+//! symbols, and writing rows, latest rows and states inside the chunk's transaction.
+//!
+//! Everything here works on whole chunks (`= ANY`, `unnest`, one COPY) because the job's cost
+//! is round trips and per-row server work, not arithmetic. The row COPY payload is encoded by
+//! hand ([`RowEncoder`]) on a blocking thread: it is the only per-row client work besides
+//! `step`, and going through `ToSql` trait objects for 24 columns of 12 million rows would cost
+//! more than the indicators themselves.
+
+use std::collections::HashMap;
+use std::collections::VecDeque;
+use std::io::Cursor;
+
+use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
+use chrono_tz::Tz;
+use futures::SinkExt;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
+use tokio_postgres::Transaction;
+
+use super::step::{IndicatorRow, IndicatorState};
+use super::IndicatorError;
+
+/// The work list of a run over all symbols: every symbol of data_ingestion.symbols that has a
+/// state or at least one yahoo bar, plus the symbols missing from data_ingestion.symbols that
+/// got yahoo bars in the last 30 days (reported and skipped: the indicator tables reference
+/// data_ingestion.symbols). A symbol with a state is listed without touching market_data, so
+/// the daily run pays nothing here per symbol. Unknown symbols are looked for among recent
+/// bars only because finding every distinct symbol of market_data costs a probe of every
+/// partition per symbol (seconds at 5,000 symbols); a symbol whose bars are all older than
+/// that has been missing from data_ingestion.symbols for a month and was reported then.
+pub const LIST_ALL_SYMBOLS_SQL: &str = r#"
+SELECT y.symbol::text, true, st.symbol IS NOT NULL
+  FROM data_ingestion.symbols y
+  LEFT JOIN analytics.indicator_state st ON st.symbol = y.symbol
+ WHERE st.symbol IS NOT NULL
+    OR EXISTS (SELECT 1 FROM data_ingestion.market_data m
+                WHERE m.symbol = y.symbol AND m.data_source = 'yahoo')
+UNION ALL
+SELECT DISTINCT m.symbol::text, false, false
+  FROM data_ingestion.market_data m
+ WHERE m."timestamp" >= now() - interval '30 days' AND m.data_source = 'yahoo'
+   AND NOT EXISTS (SELECT 1 FROM data_ingestion.symbols y WHERE y.symbol = m.symbol)
+"#;
+
+/// The same three facts for a given list of symbols (`indicators --symbol`, market data events).
+pub const LIST_GIVEN_SYMBOLS_SQL: &str = r#"
+SELECT s.symbol,
+       EXISTS (SELECT 1 FROM data_ingestion.symbols y WHERE y.symbol = s.symbol),
+       EXISTS (SELECT 1 FROM analytics.indicator_state st WHERE st.symbol = s.symbol)
+  FROM (SELECT DISTINCT unnest($1::text[]) AS symbol) s
+ ORDER BY s.symbol
+"#;
+
+/// Per-symbol transaction-scoped advisory locks; returns the ordinals (1-based) of the keys
+/// this transaction got. `pg_try_…` never waits: a symbol another instance holds is skipped,
+/// not queued behind it. The two-int4 form keeps these keys apart from every bigint-keyed
+/// advisory lock (the migration lock, the scheduled-run lock): PostgreSQL tags the two forms
+/// differently.
+pub const TRY_LOCK_SYMBOLS_SQL: &str = r#"
+SELECT k.ord::int4
+  FROM unnest($2::int4[]) WITH ORDINALITY AS k(key, ord)
+ WHERE pg_try_advisory_xact_lock($1::int4, k.key)
+"#;
+
+pub const LOAD_STATES_SQL: &str = r#"
+SELECT symbol::text, spec_version, first_date, last_date, bars_consumed, closes, close_dates,
+       volumes, ema12, ema26, ema50, macd_fast, macd_signal, macd_seed_sum, avg_gain, avg_loss,
+       rows_before_tail
+  FROM analytics.indicator_state
+ WHERE symbol = ANY($1::text[])
+"#;
+
+/// Yahoo bars at or after each symbol's `from_ts` (NULL: all of them), as three arrays in the
+/// same (unspecified) order, sorted by the caller; plus, for a partial read, what the revision
+/// check needs about the bars before `from_ts`: how many rows there are (an index-only count,
+/// valid or not) and when the first valid bar is (ordered by symbol too, or the planner may walk
+/// the all-symbols timestamp index and filter). `close <> 'NaN'` because NaN sorts above
+/// every number in PostgreSQL, so `close > 0` alone lets it through. CASE evaluates its
+/// subqueries only for the branch taken, so a full read pays for neither.
+pub const LOAD_BARS_SQL: &str = r#"
+SELECT s.ord::int4,
+       CASE WHEN s.from_ts IS NOT NULL THEN
+           (SELECT count(*) FROM data_ingestion.market_data m
+             WHERE m.symbol = s.symbol AND m.data_source = 'yahoo' AND m."timestamp" < s.from_ts)
+       END,
+       CASE WHEN s.from_ts IS NOT NULL THEN
+           (SELECT m."timestamp" FROM data_ingestion.market_data m
+             WHERE m.symbol = s.symbol AND m.data_source = 'yahoo'
+               AND m.close > 0 AND m.close <> 'NaN'
+             ORDER BY m.symbol, m."timestamp" LIMIT 1)
+       END,
+       b.ts, b.closes, b.volumes
+  FROM unnest($1::text[], $2::timestamptz[]) WITH ORDINALITY AS s(symbol, from_ts, ord)
+ CROSS JOIN LATERAL (
+       SELECT array_agg(m."timestamp") AS ts,
+              array_agg(m.close::float8) AS closes,
+              array_agg(m.volume) AS volumes
+         FROM data_ingestion.market_data m
+        WHERE m.symbol = s.symbol AND m.data_source = 'yahoo'
+          AND m."timestamp" >= coalesce(s.from_ts, '-infinity')
+       ) b
+"#;
+
+/// Removes each symbol's rows dated on or after its `from_date` (NULL: all its rows) before new
+/// rows for those dates are copied in. For an appending symbol there are normally none; they
+/// exist only if something else wrote them, and a COPY would then fail on the unique key.
+pub const DELETE_ROWS_FROM_SQL: &str = r#"
+DELETE FROM analytics.technical_indicators t
+ USING unnest($1::text[], $2::date[]) AS d(symbol, from_date)
+ WHERE t.symbol = d.symbol AND t.date >= coalesce(d.from_date, '-infinity')
+"#;
+
+/// The indicator columns in table order; `rsi` and `rsi_14` carry the same value.
+const VALUE_COLUMNS: &str = "sma_20, sma_50, sma_200, ema_12, ema_26, ema_50, rsi, rsi_14, \
+    macd_line, macd_signal, macd_histogram, bb_upper, bb_middle, bb_lower, bb_position, bb_width, \
+    volatility_20, price_change_1d, price_change_5d, price_change_30d, avg_volume_20, current_volume";
+
+pub const COPY_ROWS_SQL: &str = "COPY analytics.technical_indicators (symbol, date, sma_20, sma_50, \
+    sma_200, ema_12, ema_26, ema_50, rsi, rsi_14, macd_line, macd_signal, macd_histogram, bb_upper, \
+    bb_middle, bb_lower, bb_position, bb_width, volatility_20, price_change_1d, price_change_5d, \
+    price_change_30d, avg_volume_20, current_volume) FROM STDIN (FORMAT binary)";
+
+/// Per-connection staging tables for the two writes that are upserts. ON COMMIT DELETE ROWS
+/// empties them at each commit (PostgreSQL skips that for transactions that did not touch
+/// them). They live on the job's own connections, never on a pooled one.
+pub const CREATE_STAGING_SQL: &str = r#"
+CREATE TEMP TABLE IF NOT EXISTS indicator_rows_stage (
+    symbol varchar(20) NOT NULL, date date NOT NULL,
+    sma_20 numeric(15,4), sma_50 numeric(15,4), sma_200 numeric(15,4),
+    ema_12 numeric(15,4), ema_26 numeric(15,4), ema_50 numeric(15,4),
+    rsi numeric(5,2), rsi_14 numeric(5,2),
+    macd_line numeric(15,4), macd_signal numeric(15,4), macd_histogram numeric(15,4),
+    bb_upper numeric(15,4), bb_middle numeric(15,4), bb_lower numeric(15,4),
+    bb_position numeric(5,4), bb_width numeric(10,4),
+    volatility_20 numeric(12,2), price_change_1d numeric(12,2), price_change_5d numeric(12,2),
+    price_change_30d numeric(12,2), avg_volume_20 bigint, current_volume bigint
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS indicator_state_stage (
+    symbol varchar(20) NOT NULL, spec_version int4 NOT NULL, first_date date NOT NULL,
+    last_date date NOT NULL, bars_consumed int8 NOT NULL, closes float8[] NOT NULL,
+    close_dates date[] NOT NULL, volumes int8[] NOT NULL, ema12 float8, ema26 float8,
+    ema50 float8, macd_fast float8, macd_signal float8, macd_seed_sum float8, avg_gain float8,
+    avg_loss float8, prev_close float8, rows_before_tail int8 NOT NULL
+) ON COMMIT DELETE ROWS;
+"#;
+
+pub const COPY_STAGED_ROWS_SQL: &str = "COPY pg_temp.indicator_rows_stage (symbol, date, sma_20, \
+    sma_50, sma_200, ema_12, ema_26, ema_50, rsi, rsi_14, macd_line, macd_signal, macd_histogram, \
+    bb_upper, bb_middle, bb_lower, bb_position, bb_width, volatility_20, price_change_1d, \
+    price_change_5d, price_change_30d, avg_volume_20, current_volume) FROM STDIN (FORMAT binary)";
+
+/// A recomputed symbol's rows whose date is no longer a bar date (a bar was deleted, or its
+/// close became invalid).
+pub const DELETE_UNSTAGED_ROWS_SQL: &str = r#"
+DELETE FROM analytics.technical_indicators t
+ WHERE t.symbol = ANY($1::text[])
+   AND NOT EXISTS (SELECT 1 FROM pg_temp.indicator_rows_stage s
+                    WHERE s.symbol = t.symbol AND s.date = t.date)
+"#;
+
+/// Upsert of a recomputed symbol's rows that touches only rows whose rounded values changed,
+/// so a revision of last week's bar rewrites last week onwards and leaves the years before it
+/// (and their updated_at) alone. Its row count is the number of rows inserted or changed.
+pub fn upsert_staged_rows_sql() -> String {
+    let cols: Vec<&str> = VALUE_COLUMNS.split(", ").collect();
+    let set = cols
+        .iter()
+        .map(|c| format!("{c} = EXCLUDED.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let old = cols
+        .iter()
+        .map(|c| format!("t.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let new = cols
+        .iter()
+        .map(|c| format!("EXCLUDED.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "INSERT INTO analytics.technical_indicators AS t (symbol, date, {VALUE_COLUMNS}) \
+         SELECT symbol, date, {VALUE_COLUMNS} FROM pg_temp.indicator_rows_stage \
+         ON CONFLICT (symbol, date) DO UPDATE SET {set} \
+         WHERE ({old}) IS DISTINCT FROM ({new})"
+    )
+}
+
+/// technical_indicators_latest from the newest row of each symbol just written, read back from
+/// the table rather than sent again: it is then the newest row by construction, also after a
+/// revision deleted rows. Unchanged rows are not rewritten.
+pub fn refresh_latest_sql() -> String {
+    let cols: Vec<&str> = VALUE_COLUMNS.split(", ").collect();
+    let set = cols
+        .iter()
+        .map(|c| format!("{c} = EXCLUDED.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let old = cols
+        .iter()
+        .map(|c| format!("l.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let new = cols
+        .iter()
+        .map(|c| format!("EXCLUDED.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "INSERT INTO analytics.technical_indicators_latest AS l (symbol, calculated_date, {VALUE_COLUMNS}) \
+         SELECT t.symbol, t.date, {tcols} \
+           FROM unnest($1::text[]) AS s(symbol) \
+          CROSS JOIN LATERAL (SELECT * FROM analytics.technical_indicators x \
+                               WHERE x.symbol = s.symbol ORDER BY x.date DESC LIMIT 1) t \
+         ON CONFLICT (symbol) DO UPDATE SET calculated_date = EXCLUDED.calculated_date, {set} \
+         WHERE (l.calculated_date, {old}) IS DISTINCT FROM (EXCLUDED.calculated_date, {new})",
+        tcols = cols
+            .iter()
+            .map(|c| format!("t.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// Latest rows of symbols that no longer have any row (every bar revised away).
+pub const DELETE_ORPHAN_LATEST_SQL: &str = r#"
+DELETE FROM analytics.technical_indicators_latest l
+ WHERE l.symbol = ANY($1::text[])
+   AND NOT EXISTS (SELECT 1 FROM analytics.technical_indicators t WHERE t.symbol = l.symbol)
+"#;
+
+pub const COPY_STATES_SQL: &str = "COPY pg_temp.indicator_state_stage (symbol, spec_version, \
+    first_date, last_date, bars_consumed, closes, close_dates, volumes, ema12, ema26, ema50, \
+    macd_fast, macd_signal, macd_seed_sum, avg_gain, avg_loss, prev_close, rows_before_tail) \
+    FROM STDIN (FORMAT binary)";
+
+pub const UPSERT_STATES_SQL: &str = r#"
+INSERT INTO analytics.indicator_state AS st (symbol, spec_version, first_date, last_date,
+       bars_consumed, closes, close_dates, volumes, ema12, ema26, ema50, macd_fast, macd_signal,
+       macd_seed_sum, avg_gain, avg_loss, prev_close, rows_before_tail)
+SELECT symbol, spec_version, first_date, last_date, bars_consumed, closes, close_dates, volumes,
+       ema12, ema26, ema50, macd_fast, macd_signal, macd_seed_sum, avg_gain, avg_loss, prev_close,
+       rows_before_tail
+  FROM pg_temp.indicator_state_stage
+ON CONFLICT (symbol) DO UPDATE SET
+       spec_version = EXCLUDED.spec_version, first_date = EXCLUDED.first_date,
+       last_date = EXCLUDED.last_date, bars_consumed = EXCLUDED.bars_consumed,
+       closes = EXCLUDED.closes, close_dates = EXCLUDED.close_dates, volumes = EXCLUDED.volumes,
+       ema12 = EXCLUDED.ema12, ema26 = EXCLUDED.ema26, ema50 = EXCLUDED.ema50,
+       macd_fast = EXCLUDED.macd_fast, macd_signal = EXCLUDED.macd_signal,
+       macd_seed_sum = EXCLUDED.macd_seed_sum, avg_gain = EXCLUDED.avg_gain,
+       avg_loss = EXCLUDED.avg_loss, prev_close = EXCLUDED.prev_close,
+       rows_before_tail = EXCLUDED.rows_before_tail
+"#;
+
+pub const DELETE_STATES_SQL: &str =
+    "DELETE FROM analytics.indicator_state WHERE symbol = ANY($1::text[])";
+
+/// Session settings of the job's own connections. JIT compilation is for long analytical
+/// queries: for these index lookups over ~30 partitions the planner's cost crosses the JIT
+/// thresholds and LLVM then spends seconds (3.5 s measured for one 200-symbol chunk) compiling
+/// expressions that run for milliseconds.
+pub const SESSION_SETTINGS_SQL: &str = "SET jit = off";
+
+/// Rows lost in a crash are recomputed from the state committed with them, so this job's
+/// commits need not wait for the WAL flush; a transaction's state and rows still commit or
+/// vanish together.
+pub const TX_SETTINGS_SQL: &str = "SET LOCAL synchronous_commit = off";
+
+/// Namespace of the per-symbol advisory locks ("TSIN").
+pub const SYMBOL_LOCK_CLASS: i32 = 0x5453_494e;
+
+/// 32-bit key of a symbol's advisory lock: FNV-1a of its bytes, identical in every instance
+/// and release. Two symbols sharing a key only serialise against each other.
+pub fn symbol_lock_key(symbol: &str) -> i32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in symbol.as_bytes() {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h as i32
+}
+
+/// A symbol from the work list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedSymbol {
+    pub symbol: String,
+    /// Present in data_ingestion.symbols; the indicator tables' FK needs it.
+    pub known: bool,
+    pub has_state: bool,
+}
+
+pub async fn list_symbols(
+    client: &tokio_postgres::Client,
+    given: Option<&[String]>,
+) -> Result<Vec<ListedSymbol>, IndicatorError> {
+    let rows = match given {
+        None => client.query(LIST_ALL_SYMBOLS_SQL, &[]).await,
+        Some(list) => client.query(LIST_GIVEN_SYMBOLS_SQL, &[&list]).await,
+    }
+    .map_err(IndicatorError::query("listing symbols"))?;
+    Ok(rows
+        .iter()
+        .map(|r| ListedSymbol {
+            symbol: r.get(0),
+            known: r.get(1),
+            has_state: r.get(2),
+        })
+        .collect())
+}
+
+/// Tries to lock every symbol; returns, in order, whether this transaction holds it.
+pub async fn try_lock_symbols(
+    tx: &Transaction<'_>,
+    symbols: &[String],
+) -> Result<Vec<bool>, IndicatorError> {
+    let keys: Vec<i32> = symbols.iter().map(|s| symbol_lock_key(s)).collect();
+    let rows = tx
+        .query(TRY_LOCK_SYMBOLS_SQL, &[&SYMBOL_LOCK_CLASS, &keys])
+        .await
+        .map_err(IndicatorError::query("taking symbol locks"))?;
+    let mut got = vec![false; symbols.len()];
+    for r in rows {
+        let ord: i32 = r.get(0);
+        if let Some(slot) = usize::try_from(ord - 1).ok().and_then(|i| got.get_mut(i)) {
+            *slot = true;
+        }
+    }
+    Ok(got)
+}
+
+/// A persisted state and the revision-check count stored with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredState {
+    pub state: IndicatorState,
+    /// Yahoo rows dated before `state.close_dates[0]`; None when unknown (recompute).
+    pub rows_before_tail: Option<i64>,
+}
+
+pub async fn load_states(
+    tx: &Transaction<'_>,
+    symbols: &[String],
+) -> Result<HashMap<String, StoredState>, IndicatorError> {
+    let rows = tx
+        .query(LOAD_STATES_SQL, &[&symbols])
+        .await
+        .map_err(IndicatorError::query("loading indicator states"))?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for r in rows {
+        let closes: Vec<f64> = r.get(5);
+        let close_dates: Vec<NaiveDate> = r.get(6);
+        let volumes: Vec<i64> = r.get(7);
+        let first_date: NaiveDate = r.get(2);
+        let last_date: NaiveDate = r.get(3);
+        let state = IndicatorState {
+            spec_version: r.get(1),
+            first_date: Some(first_date),
+            last_date: Some(last_date),
+            bars_consumed: r.get(4),
+            closes: VecDeque::from(closes),
+            close_dates: VecDeque::from(close_dates),
+            volumes: VecDeque::from(volumes),
+            // Not persisted: `step` rebuilds it from `closes` to the same bits.
+            log_returns: VecDeque::new(),
+            ema12: r.get(8),
+            ema26: r.get(9),
+            ema50: r.get(10),
+            macd_fast: r.get(11),
+            macd_signal: r.get(12),
+            macd_seed_sum: r.get::<_, Option<f64>>(13).unwrap_or(0.0),
+            avg_gain: r.get(14),
+            avg_loss: r.get(15),
+        };
+        out.insert(
+            r.get(0),
+            StoredState {
+                state,
+                rows_before_tail: r.get(16),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// One yahoo row of market_data as read: the close may be NULL (or NaN).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RawBar {
+    pub ts: DateTime<Utc>,
+    pub close: Option<f64>,
+    pub volume: Option<i64>,
+}
+
+/// What [`load_bars`] returns for one symbol.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BarsRead {
+    /// Rows before the read's start (partial reads only).
+    pub rows_before: Option<i64>,
+    /// Time of the first valid bar of the whole history (partial reads only).
+    pub first_valid: Option<DateTime<Utc>>,
+    /// Rows at or after the start, sorted by time.
+    pub bars: Vec<RawBar>,
+}
+
+/// Bars of each `(symbol, from)`; `from` None reads the whole history. Aligned with `requests`.
+pub async fn load_bars(
+    tx: &Transaction<'_>,
+    requests: &[(String, Option<DateTime<Utc>>)],
+) -> Result<Vec<BarsRead>, IndicatorError> {
+    let symbols: Vec<&str> = requests.iter().map(|(s, _)| s.as_str()).collect();
+    let from: Vec<Option<DateTime<Utc>>> = requests.iter().map(|(_, f)| *f).collect();
+    let rows = tx
+        .query(LOAD_BARS_SQL, &[&symbols, &from])
+        .await
+        .map_err(IndicatorError::query("loading bars"))?;
+    let mut out = vec![BarsRead::default(); requests.len()];
+    for r in rows {
+        let ord: i32 = r.get(0);
+        let Some(slot) = usize::try_from(ord - 1).ok().and_then(|i| out.get_mut(i)) else {
+            continue;
+        };
+        let ts: Option<Vec<DateTime<Utc>>> = r.get(3);
+        let closes: Option<Vec<Option<f64>>> = r.get(4);
+        let volumes: Option<Vec<Option<i64>>> = r.get(5);
+        let mut bars: Vec<RawBar> = ts
+            .unwrap_or_default()
+            .into_iter()
+            .zip(closes.unwrap_or_default())
+            .zip(volumes.unwrap_or_default())
+            .map(|((ts, close), volume)| RawBar { ts, close, volume })
+            .collect();
+        if !bars.is_sorted_by_key(|b| b.ts) {
+            bars.sort_by_key(|b| b.ts);
+        }
+        *slot = BarsRead {
+            rows_before: r.get(1),
+            first_valid: r.get(2),
+            bars,
+        };
+    }
+    Ok(out)
+}
+
+/// The bar's date: its instant's calendar date in `tz`.
+pub fn bar_date(tz: Tz, ts: DateTime<Utc>) -> NaiveDate {
+    ts.with_timezone(&tz).date_naive()
+}
+
+/// The first instant whose date in `tz` is `date`: `ts >= start_of_day(d)` exactly when
+/// `bar_date(ts) >= d`, which is how a read "from date d" is expressed on the timestamp index.
+/// Midnight normally; after a gap at midnight (zones whose DST starts at 00:00), the gap's end.
+pub fn start_of_day(tz: Tz, date: NaiveDate) -> DateTime<Utc> {
+    let midnight = date.and_hms_opt(0, 0, 0).unwrap_or_default();
+    for quarter in 0..96 {
+        let local = midnight + chrono::Duration::minutes(15 * quarter);
+        if let Some(t) = tz.from_local_datetime(&local).earliest() {
+            return t.with_timezone(&Utc);
+        }
+    }
+    // Unreachable for real zones (gaps last hours, not a day); UTC midnight is a safe bound.
+    Utc.from_utc_datetime(&midnight)
+}
+
+/// Precision and scale of a NUMERIC column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NumericType {
+    pub precision: u32,
+    pub scale: u32,
+}
+
+const N15_4: NumericType = NumericType {
+    precision: 15,
+    scale: 4,
+};
+const N5_2: NumericType = NumericType {
+    precision: 5,
+    scale: 2,
+};
+const N5_4: NumericType = NumericType {
+    precision: 5,
+    scale: 4,
+};
+const N10_4: NumericType = NumericType {
+    precision: 10,
+    scale: 4,
+};
+const N12_2: NumericType = NumericType {
+    precision: 12,
+    scale: 2,
+};
+
+/// Column type of each of [`IndicatorRow::named_values`], in that order (V10).
+const COLUMN_TYPES: [NumericType; 19] = [
+    N15_4, N15_4, N15_4, // sma_20/50/200
+    N15_4, N15_4, N15_4, // ema_12/26/50
+    N5_2,  // rsi_14 (written to rsi and rsi_14)
+    N15_4, N15_4, N15_4, // macd
+    N15_4, N15_4, N15_4, // bb upper/middle/lower
+    N5_4,  // bb_position
+    N10_4, // bb_width
+    N12_2, N12_2, N12_2, N12_2, // volatility_20, price_change_1d/5d/30d
+];
+
+/// `|v|·10^scale` rounded half away from zero (as PostgreSQL rounds a NUMERIC to its scale),
+/// computed exactly from the binary value, with the sign. None for NaN/±inf and for
+/// magnitudes beyond 2^113, which fit no column anyway.
+pub fn scaled_round(v: f64, scale: u32) -> Option<(bool, u128)> {
+    if !v.is_finite() || scale > 4 {
+        return None;
+    }
+    let bits = v.to_bits();
+    let negative = bits >> 63 == 1;
+    let exp = ((bits >> 52) & 0x7ff) as i32;
+    let frac = bits & ((1u64 << 52) - 1);
+    let (mantissa, e) = if exp == 0 {
+        (frac, -1074)
+    } else {
+        (frac | (1u64 << 52), exp - 1075)
+    };
+    // < 2^53 · 10^4 < 2^67
+    let num = u128::from(mantissa) * 10u128.pow(scale);
+    let n = if e >= 0 {
+        if e > 60 {
+            return None;
+        }
+        num << e
+    } else {
+        let k = (-e) as u32;
+        if k >= 100 {
+            0 // num < 2^67 < half of 2^k
+        } else {
+            let q = num >> k;
+            let r = num & ((1u128 << k) - 1);
+            if r >= 1u128 << (k - 1) {
+                q + 1
+            } else {
+                q
+            }
+        }
+    };
+    Some((negative && n != 0, n))
+}
+
+/// A value rounded to `ty`, or None when it does not fit (or is not finite).
+pub fn fit_numeric(v: f64, ty: NumericType) -> Option<(bool, u128)> {
+    let (neg, n) = scaled_round(v, ty.scale)?;
+    (n < 10u128.pow(ty.precision)).then_some((neg, n))
+}
+
+/// `round(v)` for a BIGINT column (avg_volume_20), half away from zero like NUMERIC → BIGINT.
+pub fn fit_bigint(v: f64) -> Option<i64> {
+    // ±2^63 are exact in f64; every f64 in between converts to i64 without loss.
+    const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+    let r = v.round();
+    (-TWO_63..TWO_63).contains(&r).then_some(r as i64)
+}
+
+/// PostgreSQL's binary NUMERIC of `±n / 10^scale` (scale ≤ 4): base-10000 digits, leading and
+/// trailing zero digits stripped, display scale = the column's scale.
+fn put_numeric(buf: &mut Vec<u8>, negative: bool, n: u128, scale: u32) {
+    let pow = 10u128.pow(scale);
+    let (int, frac) = (n / pow, (n % pow) as u16 * 10u16.pow(4 - scale));
+    let mut digits = [0u16; 12];
+    let mut len = 0usize;
+    let mut x = int;
+    while x > 0 {
+        digits[len] = (x % 10_000) as u16;
+        x /= 10_000;
+        len += 1;
+    }
+    digits[..len].reverse();
+    let weight: i16 = if len > 0 { len as i16 - 1 } else { -1 };
+    digits[len] = frac;
+    len += 1;
+    // Leading zeros can only be the absent integer part; trailing ones are stripped.
+    while len > 0 && digits[len - 1] == 0 {
+        len -= 1;
+    }
+    let (weight, sign) = if len == 0 {
+        (0i16, 0u16)
+    } else if negative {
+        (weight, 0x4000u16)
+    } else {
+        (weight, 0u16)
+    };
+    buf.extend_from_slice(&(8 + 2 * len as i32).to_be_bytes());
+    buf.extend_from_slice(&(len as i16).to_be_bytes());
+    buf.extend_from_slice(&weight.to_be_bytes());
+    buf.extend_from_slice(&sign.to_be_bytes());
+    buf.extend_from_slice(&(scale as i16).to_be_bytes());
+    for d in &digits[..len] {
+        buf.extend_from_slice(&d.to_be_bytes());
+    }
+}
+
+fn put_null(buf: &mut Vec<u8>) {
+    buf.extend_from_slice(&(-1i32).to_be_bytes());
+}
+
+fn put_i64(buf: &mut Vec<u8>, v: i64) {
+    buf.extend_from_slice(&8i32.to_be_bytes());
+    buf.extend_from_slice(&v.to_be_bytes());
+}
+
+/// PostgreSQL's binary DATE: days since 2000-01-01.
+fn put_date(buf: &mut Vec<u8>, d: NaiveDate) {
+    const PG_EPOCH_DAYS_CE: i32 = 730_120; // 2000-01-01 as days from 0001-01-01
+    buf.extend_from_slice(&4i32.to_be_bytes());
+    buf.extend_from_slice(&(d.num_days_from_ce() - PG_EPOCH_DAYS_CE).to_be_bytes());
+}
+
+/// A value written NULL because it does not fit its column.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Overflow {
+    pub column: &'static str,
+    pub date: NaiveDate,
+    pub value: f64,
+}
+
+/// Builds a binary COPY payload of technical_indicators rows (the column list of
+/// [`COPY_ROWS_SQL`] and [`COPY_STAGED_ROWS_SQL`]). Values are rounded to their column here and
+/// only here; one that does not fit is written NULL and reported.
+#[derive(Debug)]
+pub struct RowEncoder {
+    /// Filled pieces of about [`PIECE_BYTES`], sent as separate COPY messages so no single
+    /// buffer (or frame) grows with the chunk.
+    pieces: Vec<Vec<u8>>,
+    buf: Vec<u8>,
+    rows: u64,
+}
+
+const PIECE_BYTES: usize = 1 << 20;
+
+impl Default for RowEncoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RowEncoder {
+    pub fn new() -> Self {
+        let mut buf = Vec::with_capacity(PIECE_BYTES + 1024);
+        buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+        buf.extend_from_slice(&0i32.to_be_bytes()); // flags
+        buf.extend_from_slice(&0i32.to_be_bytes()); // header extension length
+        RowEncoder {
+            pieces: Vec::new(),
+            buf,
+            rows: 0,
+        }
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Appends one row; pushes every value written NULL for not fitting onto `overflows`.
+    pub fn push(&mut self, symbol: &str, row: &IndicatorRow, overflows: &mut Vec<Overflow>) {
+        if self.buf.len() >= PIECE_BYTES {
+            let full = std::mem::replace(&mut self.buf, Vec::with_capacity(PIECE_BYTES + 1024));
+            self.pieces.push(full);
+        }
+        let buf = &mut self.buf;
+        buf.extend_from_slice(&24i16.to_be_bytes());
+        buf.extend_from_slice(&(symbol.len() as i32).to_be_bytes());
+        buf.extend_from_slice(symbol.as_bytes());
+        put_date(buf, row.date);
+        let values = row.named_values();
+        for ((column, value), ty) in values[..19].iter().zip(COLUMN_TYPES) {
+            let fitted = value.map(|v| (v, fit_numeric(v, ty)));
+            let times = if *column == "rsi_14" { 2 } else { 1 };
+            for _ in 0..times {
+                match fitted {
+                    None => put_null(buf),
+                    Some((_, Some((neg, n)))) => put_numeric(buf, neg, n, ty.scale),
+                    Some((v, None)) => {
+                        put_null(buf);
+                        overflows.push(Overflow {
+                            column,
+                            date: row.date,
+                            value: v,
+                        });
+                    }
+                }
+            }
+        }
+        match row.avg_volume_20.map(|v| (v, fit_bigint(v))) {
+            None => put_null(buf),
+            Some((_, Some(n))) => put_i64(buf, n),
+            Some((v, None)) => {
+                put_null(buf);
+                overflows.push(Overflow {
+                    column: "avg_volume_20",
+                    date: row.date,
+                    value: v,
+                });
+            }
+        }
+        put_i64(buf, row.current_volume);
+        self.rows += 1;
+    }
+
+    /// The finished payload (with the trailer).
+    pub fn finish(mut self) -> CopyPayload {
+        self.buf.extend_from_slice(&(-1i16).to_be_bytes());
+        self.pieces.push(self.buf);
+        CopyPayload {
+            pieces: self.pieces,
+            rows: self.rows,
+        }
+    }
+}
+
+/// A binary COPY stream in pieces.
+#[derive(Debug, Default)]
+pub struct CopyPayload {
+    pieces: Vec<Vec<u8>>,
+    pub rows: u64,
+}
+
+/// Sends a payload built by [`RowEncoder`] with `copy_sql`; returns the rows copied.
+pub async fn copy_rows(
+    tx: &Transaction<'_>,
+    copy_sql: &str,
+    payload: CopyPayload,
+) -> Result<u64, IndicatorError> {
+    let sink = tx
+        .copy_in::<_, Cursor<Vec<u8>>>(copy_sql)
+        .await
+        .map_err(IndicatorError::query("starting the row COPY"))?;
+    futures::pin_mut!(sink);
+    for piece in payload.pieces {
+        sink.feed(Cursor::new(piece))
+            .await
+            .map_err(IndicatorError::query("copying indicator rows"))?;
+    }
+    sink.as_mut()
+        .finish()
+        .await
+        .map_err(IndicatorError::query("copying indicator rows"))
+}
+
+/// Deletes each symbol's rows dated on or after its date (None: all of them).
+pub async fn delete_rows_from(
+    tx: &Transaction<'_>,
+    targets: &[(String, Option<NaiveDate>)],
+) -> Result<u64, IndicatorError> {
+    if targets.is_empty() {
+        return Ok(0);
+    }
+    let symbols: Vec<&str> = targets.iter().map(|(s, _)| s.as_str()).collect();
+    let dates: Vec<Option<NaiveDate>> = targets.iter().map(|(_, d)| *d).collect();
+    tx.execute(DELETE_ROWS_FROM_SQL, &[&symbols, &dates])
+        .await
+        .map_err(IndicatorError::query("deleting rows to rewrite"))
+}
+
+/// Writes recomputed symbols' rows through the staging table: rows of dates that are gone are
+/// deleted, changed rows updated, new ones inserted. Returns rows inserted or changed.
+pub async fn upsert_rows(
+    tx: &Transaction<'_>,
+    symbols: &[String],
+    payload: CopyPayload,
+) -> Result<u64, IndicatorError> {
+    copy_rows(tx, COPY_STAGED_ROWS_SQL, payload).await?;
+    tx.execute(DELETE_UNSTAGED_ROWS_SQL, &[&symbols])
+        .await
+        .map_err(IndicatorError::query("deleting rows of vanished bars"))?;
+    tx.execute(upsert_staged_rows_sql().as_str(), &[])
+        .await
+        .map_err(IndicatorError::query("upserting recomputed rows"))
+}
+
+pub async fn refresh_latest(
+    tx: &Transaction<'_>,
+    symbols: &[String],
+) -> Result<(), IndicatorError> {
+    if symbols.is_empty() {
+        return Ok(());
+    }
+    tx.execute(refresh_latest_sql().as_str(), &[&symbols])
+        .await
+        .map_err(IndicatorError::query(
+            "updating technical_indicators_latest",
+        ))?;
+    tx.execute(DELETE_ORPHAN_LATEST_SQL, &[&symbols])
+        .await
+        .map_err(IndicatorError::query(
+            "updating technical_indicators_latest",
+        ))?;
+    Ok(())
+}
+
+/// A state to persist.
+#[derive(Debug, Clone)]
+pub struct StateToSave {
+    pub symbol: String,
+    pub state: IndicatorState,
+    pub rows_before_tail: i64,
+}
+
+pub async fn save_states(
+    tx: &Transaction<'_>,
+    states: &[StateToSave],
+) -> Result<(), IndicatorError> {
+    if states.is_empty() {
+        return Ok(());
+    }
+    let err = IndicatorError::query("saving indicator states");
+    let sink = tx.copy_in(COPY_STATES_SQL).await.map_err(err)?;
+    let types = [
+        Type::VARCHAR,
+        Type::INT4,
+        Type::DATE,
+        Type::DATE,
+        Type::INT8,
+        Type::FLOAT8_ARRAY,
+        Type::DATE_ARRAY,
+        Type::INT8_ARRAY,
+        Type::FLOAT8,
+        Type::FLOAT8,
+        Type::FLOAT8,
+        Type::FLOAT8,
+        Type::FLOAT8,
+        Type::FLOAT8,
+        Type::FLOAT8,
+        Type::FLOAT8,
+        Type::FLOAT8,
+        Type::INT8,
+    ];
+    let writer = BinaryCopyInWriter::new(sink, &types);
+    futures::pin_mut!(writer);
+    for s in states {
+        let st = &s.state;
+        let closes: Vec<f64> = st.closes.iter().copied().collect();
+        let dates: Vec<NaiveDate> = st.close_dates.iter().copied().collect();
+        let volumes: Vec<i64> = st.volumes.iter().copied().collect();
+        let prev_close = st.prev_close();
+        writer
+            .as_mut()
+            .write(&[
+                &s.symbol,
+                &st.spec_version,
+                &st.first_date,
+                &st.last_date,
+                &st.bars_consumed,
+                &closes,
+                &dates,
+                &volumes,
+                &st.ema12,
+                &st.ema26,
+                &st.ema50,
+                &st.macd_fast,
+                &st.macd_signal,
+                &st.macd_seed_sum,
+                &st.avg_gain,
+                &st.avg_loss,
+                &prev_close,
+                &s.rows_before_tail,
+            ])
+            .await
+            .map_err(IndicatorError::query("saving indicator states"))?;
+    }
+    writer
+        .finish()
+        .await
+        .map_err(IndicatorError::query("saving indicator states"))?;
+    tx.execute(UPSERT_STATES_SQL, &[])
+        .await
+        .map_err(IndicatorError::query("saving indicator states"))?;
+    Ok(())
+}
+
+pub async fn delete_states(tx: &Transaction<'_>, symbols: &[String]) -> Result<(), IndicatorError> {
+    if symbols.is_empty() {
+        return Ok(());
+    }
+    tx.execute(DELETE_STATES_SQL, &[&symbols])
+        .await
+        .map_err(IndicatorError::query("deleting indicator states"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_numeric(b: &[u8]) -> Option<String> {
+        let len = i32::from_be_bytes(b[0..4].try_into().unwrap());
+        if len < 0 {
+            return None;
+        }
+        let b = &b[4..];
+        let nd = i16::from_be_bytes([b[0], b[1]]) as usize;
+        let weight = i16::from_be_bytes([b[2], b[3]]) as i32;
+        let sign = u16::from_be_bytes([b[4], b[5]]);
+        let dscale = i16::from_be_bytes([b[6], b[7]]) as usize;
+        assert_eq!(len as usize, 8 + 2 * nd);
+        let digits: Vec<u16> = (0..nd)
+            .map(|i| u16::from_be_bytes([b[8 + 2 * i], b[9 + 2 * i]]))
+            .collect();
+        assert!(digits.iter().all(|&d| d < 10_000));
+        if nd > 0 {
+            assert_ne!(digits[nd - 1], 0, "trailing zero digit");
+        }
+        // Value as a decimal string with dscale digits.
+        let mut int = String::new();
+        for w in (0..=weight.max(0)).rev() {
+            let idx = weight - w;
+            let d = if idx >= 0 && (idx as usize) < nd {
+                digits[idx as usize]
+            } else {
+                0
+            };
+            int.push_str(&format!("{d:04}"));
+        }
+        let int = int.trim_start_matches('0');
+        let int = if int.is_empty() { "0" } else { int };
+        let mut frac = String::new();
+        for k in 1..=dscale.div_ceil(4) as i32 {
+            let idx = weight + k;
+            let d = if idx >= 0 && (idx as usize) < nd {
+                digits[idx as usize]
+            } else {
+                0
+            };
+            frac.push_str(&format!("{d:04}"));
+        }
+        frac.truncate(dscale);
+        let s = if sign == 0x4000 { "-" } else { "" };
+        Some(format!("{s}{int}.{frac}"))
+    }
+
+    fn encode(v: f64, ty: NumericType) -> Option<String> {
+        let mut buf = Vec::new();
+        match fit_numeric(v, ty) {
+            Some((neg, n)) => put_numeric(&mut buf, neg, n, ty.scale),
+            None => put_null(&mut buf),
+        }
+        decode_numeric(&buf)
+    }
+
+    fn reference(v: f64, scale: u32) -> String {
+        use rust_decimal::prelude::*;
+        let d = Decimal::from_f64_retain(v)
+            .unwrap()
+            .round_dp_with_strategy(scale, RoundingStrategy::MidpointAwayFromZero);
+        let mut s = format!("{d:.prec$}", prec = scale as usize);
+        if s.starts_with("-") && s[1..].chars().all(|c| c == '0' || c == '.') {
+            s.remove(0);
+        }
+        s
+    }
+
+    #[test]
+    fn numeric_encoding_rounds_half_away_from_zero() {
+        for (v, ty, want) in [
+            (0.0, N15_4, Some("0.0000")),
+            (-0.0, N15_4, Some("0.0000")),
+            (1.0, N15_4, Some("1.0000")),
+            (0.125, N5_2, Some("0.13")),
+            (-0.125, N5_2, Some("-0.13")),
+            (0.375, N5_2, Some("0.38")),
+            (2.5e-5, N15_4, Some("0.0000")), // just below 0.000025 in binary
+            (0.00005, N15_4, Some("0.0001")),
+            (-0.00004, N15_4, Some("0.0000")),
+            (12345.6789, N15_4, Some("12345.6789")),
+            (99_999_999_999.999_94, N15_4, Some("99999999999.9999")),
+            (99_999_999_999.999_95, N15_4, None),
+            (999.99, N5_2, Some("999.99")),
+            (999.995, N5_2, None),
+            (1000.0, N5_2, None),
+            (9.99994, N5_4, Some("9.9999")),
+            (10.0, N5_4, None),
+            (1e300, N15_4, None),
+            (f64::NAN, N15_4, None),
+            (f64::INFINITY, N12_2, None),
+            (100000000.0, N15_4, Some("100000000.0000")),
+            (10000.0001, N15_4, Some("10000.0001")),
+            (5e-324, N15_4, Some("0.0000")),
+        ] {
+            assert_eq!(encode(v, ty).as_deref(), want, "{v:e} as {ty:?}");
+        }
+    }
+
+    #[test]
+    fn numeric_encoding_matches_decimal_rounding() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for i in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mag = 10f64.powi(i % 14 - 4);
+            let v = ((x >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * mag;
+            for ty in [N15_4, N12_2] {
+                assert_eq!(encode(v, ty), Some(reference(v, ty.scale)), "{v:e}");
+            }
+        }
+    }
+
+    #[test]
+    fn bigint_rounding() {
+        assert_eq!(fit_bigint(2.5), Some(3));
+        assert_eq!(fit_bigint(-2.5), Some(-3));
+        assert_eq!(fit_bigint(9.3e18), None);
+        assert_eq!(fit_bigint(f64::NAN), None);
+        assert_eq!(fit_bigint(9.2e18), Some(9_200_000_000_000_000_000));
+    }
+
+    #[test]
+    fn start_of_day_is_the_first_instant_of_the_local_date() {
+        let ny = chrono_tz::America::New_York;
+        let d = NaiveDate::from_ymd_opt(2027, 3, 14).unwrap();
+        let t = start_of_day(ny, d);
+        assert_eq!(t.to_rfc3339(), "2027-03-14T05:00:00+00:00");
+        assert_eq!(bar_date(ny, t), d);
+        assert!(bar_date(ny, t - chrono::Duration::microseconds(1)) < d);
+        // A zone whose DST began at midnight: 2018-11-04 00:00 did not exist in São Paulo.
+        let sp = chrono_tz::America::Sao_Paulo;
+        let d = NaiveDate::from_ymd_opt(2018, 11, 4).unwrap();
+        let t = start_of_day(sp, d);
+        assert_eq!(bar_date(sp, t), d);
+        assert!(bar_date(sp, t - chrono::Duration::microseconds(1)) < d);
+    }
+
+    #[test]
+    fn lock_keys_are_stable() {
+        assert_eq!(symbol_lock_key(""), 0x811c_9dc5u32 as i32);
+        assert_ne!(symbol_lock_key("AAPL"), symbol_lock_key("MSFT"));
+        assert_eq!(symbol_lock_key("AAPL"), symbol_lock_key("AAPL"));
+    }
+}

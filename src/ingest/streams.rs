@@ -1,0 +1,503 @@
+//! Redis streams in: the same `data_sync:*` keys read through a consumer group.
+//!
+//! Durable where pub/sub is not: an entry stays pending in Redis until the transaction that
+//! applied it has committed and the writer hands it back here to XACK. On start a consumer
+//! re-reads its own pending entries; entries left pending by a dead consumer are taken over with
+//! XAUTOCLAIM after `claim_idle_ms`; an entry delivered more than `max_deliveries` times is
+//! dead-lettered (by the writer) and acknowledged. Reading waits when the queue is full —
+//! Redis keeps the entries, so backpressure loses nothing.
+//!
+//! It must not decode events or touch PostgreSQL.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
+use redis::{AsyncConnectionConfig, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::pubsub::IngestError;
+use super::queue::{Inbound, QueueSender, StreamAck};
+use crate::config::StreamsConfig;
+use crate::daemon::heartbeat::Heartbeat;
+use crate::events::ChannelKind;
+
+/// Consumer lag and liveness, for /readyz, metrics and tests.
+#[derive(Debug, Default)]
+pub struct StreamHealth {
+    /// True while the reader's connection works.
+    pub live: AtomicBool,
+    pub read: AtomicU64,
+    pub claimed: AtomicU64,
+    pub acked: AtomicU64,
+    /// Entries pending for the group (all consumers), summed over keys.
+    pub pending: AtomicU64,
+    /// Age of the oldest pending entry, milliseconds.
+    pub oldest_pending_ms: AtomicU64,
+    /// Entries in the streams (XLEN), summed.
+    pub length: AtomicU64,
+    pub heartbeat: Heartbeat,
+}
+
+pub struct StreamSource {
+    pub url: String,
+    /// Stream keys read, with the channel each carries.
+    pub keys: Vec<(Arc<str>, ChannelKind)>,
+    pub settings: StreamsConfig,
+    pub consumer: String,
+    pub max_backoff: Duration,
+    pub health: Arc<StreamHealth>,
+}
+
+/// Why a reading session ended.
+enum SessionEnd {
+    Shutdown,
+    /// The connection failed; reconnect after a backoff.
+    Disconnected(redis::RedisError),
+}
+
+impl StreamSource {
+    /// Checks that Redis answers and creates the consumer groups; fails fast at startup.
+    pub async fn prepare(&self) -> Result<(), IngestError> {
+        let mut conn = self.connection(false).await?;
+        self.create_groups(&mut conn)
+            .await
+            .map_err(IngestError::Connect)
+    }
+
+    /// A connection of its own; a blocking one has no response timeout shorter than BLOCK
+    /// (redis-rs's 500 ms default would fail every XREADGROUP BLOCK 2000).
+    async fn connection(&self, blocking: bool) -> Result<MultiplexedConnection, IngestError> {
+        let client = redis::Client::open(self.url.as_str()).map_err(IngestError::Connect)?;
+        let mut config =
+            AsyncConnectionConfig::new().set_connection_timeout(Some(Duration::from_secs(5)));
+        if blocking {
+            config = config.set_response_timeout(None);
+        }
+        client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(IngestError::Connect)
+    }
+
+    async fn create_groups(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+        for (key, _) in &self.keys {
+            let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(&**key)
+                .arg(&self.settings.group)
+                .arg(&self.settings.start_id)
+                .arg("MKSTREAM")
+                .query_async(conn)
+                .await;
+            match created {
+                Ok(()) => {
+                    tracing::info!(stream = %key, group = %self.settings.group, "created consumer group")
+                }
+                Err(e) if e.code() == Some("BUSYGROUP") => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads until shutdown, reconnecting with capped backoff.
+    pub async fn run_reader(&self, queue: QueueSender, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.session(&queue, &shutdown).await {
+                SessionEnd::Shutdown => break,
+                SessionEnd::Disconnected(e) => {
+                    self.health.live.store(false, Ordering::Release);
+                    metrics::counter!("trading_sync_reconnects_total", "server" => "redis-streams")
+                        .increment(1);
+                    tracing::warn!(
+                        server = "redis",
+                        error = %e,
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "stream reader lost Redis; entries stay pending there and nothing is lost"
+                    );
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(self.max_backoff);
+                }
+            }
+        }
+        self.health.live.store(false, Ordering::Release);
+    }
+
+    async fn session(&self, queue: &QueueSender, shutdown: &CancellationToken) -> SessionEnd {
+        let mut conn = match self.connection(true).await {
+            Ok(c) => c,
+            Err(IngestError::Connect(e)) => return SessionEnd::Disconnected(e),
+            Err(e) => {
+                return SessionEnd::Disconnected(redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "bad stream configuration",
+                    e.to_string(),
+                )))
+            }
+        };
+        if let Err(e) = self.create_groups(&mut conn).await {
+            return SessionEnd::Disconnected(e);
+        }
+        self.health.live.store(true, Ordering::Release);
+
+        // Our own pending entries first: delivered to us before a crash or restart, never acked.
+        let mut cursors: Vec<String> = vec!["0".into(); self.keys.len()];
+        loop {
+            let reply = match self.read(&mut conn, &cursors, None).await {
+                Ok(r) => r,
+                Err(e) => return SessionEnd::Disconnected(e),
+            };
+            let mut any = false;
+            for (index, key) in self.key_order(&reply) {
+                if let Some(last) = key.ids.last() {
+                    cursors[index] = last.id.clone();
+                    any = true;
+                }
+            }
+            if !any {
+                break;
+            }
+            if let Err(end) = self.deliver(&mut conn, reply, true, queue, shutdown).await {
+                return end;
+            }
+        }
+
+        let claim_every = Duration::from_millis((self.settings.claim_idle_ms / 2).max(500));
+        let mut next_claim = tokio::time::Instant::now();
+        let new_only: Vec<String> = vec![">".into(); self.keys.len()];
+        loop {
+            self.health.heartbeat.beat();
+            if tokio::time::Instant::now() >= next_claim {
+                next_claim = tokio::time::Instant::now() + claim_every;
+                if let Err(e) = self.claim_abandoned(&mut conn, queue, shutdown).await {
+                    return e;
+                }
+                if let Err(e) = self.measure_lag(&mut conn).await {
+                    return SessionEnd::Disconnected(e);
+                }
+            }
+            let block = Some(self.settings.block_ms.min(claim_every.as_millis() as u64));
+            let reply = tokio::select! {
+                () = shutdown.cancelled() => return SessionEnd::Shutdown,
+                r = self.read(&mut conn, &new_only, block) => match r {
+                    Ok(r) => r,
+                    Err(e) => return SessionEnd::Disconnected(e),
+                },
+            };
+            if let Err(end) = self.deliver(&mut conn, reply, false, queue, shutdown).await {
+                return end;
+            }
+        }
+    }
+
+    async fn read(
+        &self,
+        conn: &mut MultiplexedConnection,
+        ids: &[String],
+        block_ms: Option<u64>,
+    ) -> redis::RedisResult<StreamReadReply> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&self.settings.group)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(self.settings.read_count);
+        if let Some(ms) = block_ms {
+            cmd.arg("BLOCK").arg(ms);
+        }
+        cmd.arg("STREAMS");
+        for (key, _) in &self.keys {
+            cmd.arg(&**key);
+        }
+        for id in ids {
+            cmd.arg(id);
+        }
+        let reply: Option<StreamReadReply> = cmd.query_async(conn).await?;
+        Ok(reply.unwrap_or_default())
+    }
+
+    /// Pairs each key of a reply with its index in `self.keys`.
+    fn key_order<'a>(
+        &self,
+        reply: &'a StreamReadReply,
+    ) -> impl Iterator<Item = (usize, &'a redis::streams::StreamKey)> + 'a {
+        let names: Vec<Arc<str>> = self.keys.iter().map(|(k, _)| k.clone()).collect();
+        reply.keys.iter().filter_map(move |k| {
+            names
+                .iter()
+                .position(|n| **n == *k.key)
+                .map(|index| (index, k))
+        })
+    }
+
+    /// Queues entries (waiting for room). `redelivered` entries get their delivery count from
+    /// XPENDING so that poison is recognised.
+    async fn deliver(
+        &self,
+        conn: &mut MultiplexedConnection,
+        reply: StreamReadReply,
+        redelivered: bool,
+        queue: &QueueSender,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SessionEnd> {
+        let mut batches = Vec::new();
+        for (index, key) in self.key_order(&reply) {
+            batches.push((index, key.ids.clone()));
+        }
+        for (index, entries) in batches {
+            self.enqueue(conn, index, entries, redelivered, queue, shutdown)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn enqueue(
+        &self,
+        conn: &mut MultiplexedConnection,
+        index: usize,
+        entries: Vec<StreamId>,
+        redelivered: bool,
+        queue: &QueueSender,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SessionEnd> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let (key, channel) = self.keys[index].clone();
+        let deliveries = if redelivered {
+            self.delivery_counts(conn, &key, &entries)
+                .await
+                .map_err(SessionEnd::Disconnected)?
+        } else {
+            HashMap::new()
+        };
+        tracing::debug!(stream = %key, entries = entries.len(), redelivered, counts = ?deliveries, "queueing stream entries");
+        for entry in entries {
+            let count = deliveries.get(&entry.id).copied().unwrap_or(1);
+            let (payload, mut reject) = match entry.map.get(&self.settings.field) {
+                Some(Value::BulkString(bytes)) => (bytes.clone(), None),
+                _ => (
+                    describe_entry(&entry),
+                    Some(format!(
+                        "stream entry has no `{}` field holding the event",
+                        self.settings.field
+                    )),
+                ),
+            };
+            if count > self.settings.max_deliveries {
+                reject = Some(format!(
+                    "delivered {count} times (streams.max_deliveries = {}) without being applied",
+                    self.settings.max_deliveries
+                ));
+            }
+            let mut inbound = Inbound::new(channel, payload);
+            inbound.ack = Some(StreamAck {
+                key: key.clone(),
+                id: entry.id,
+                deliveries: Some(count),
+                reject,
+            });
+            self.health.read.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("trading_sync_events_received_total", "channel" => channel.suffix())
+                .increment(1);
+            tokio::select! {
+                // Not queued: it stays pending in Redis and is re-read at the next start.
+                () = shutdown.cancelled() => return Err(SessionEnd::Shutdown),
+                sent = queue.send_wait(inbound) => {
+                    if sent.is_err() {
+                        return Err(SessionEnd::Shutdown);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Delivery counts of our pending entries in the id range of `entries`.
+    async fn delivery_counts(
+        &self,
+        conn: &mut MultiplexedConnection,
+        key: &str,
+        entries: &[StreamId],
+    ) -> redis::RedisResult<HashMap<String, u32>> {
+        let (first, last) = (&entries[0].id, &entries[entries.len() - 1].id);
+        let reply: StreamPendingCountReply = redis::cmd("XPENDING")
+            .arg(key)
+            .arg(&self.settings.group)
+            .arg(first)
+            .arg(last)
+            .arg(entries.len())
+            .arg(&self.consumer)
+            .query_async(conn)
+            .await?;
+        Ok(reply
+            .ids
+            .into_iter()
+            .map(|p| (p.id, p.times_delivered as u32))
+            .collect())
+    }
+
+    /// Takes over entries another consumer left pending longer than `claim_idle_ms`.
+    async fn claim_abandoned(
+        &self,
+        conn: &mut MultiplexedConnection,
+        queue: &QueueSender,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SessionEnd> {
+        for index in 0..self.keys.len() {
+            let key = self.keys[index].0.clone();
+            let mut cursor = "0-0".to_owned();
+            loop {
+                let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                    .arg(&*key)
+                    .arg(&self.settings.group)
+                    .arg(&self.consumer)
+                    .arg(self.settings.claim_idle_ms)
+                    .arg(&cursor)
+                    .arg("COUNT")
+                    .arg(self.settings.read_count)
+                    .query_async(conn)
+                    .await
+                    .map_err(SessionEnd::Disconnected)?;
+                let claimed: Vec<StreamId> = reply.claimed;
+                if !claimed.is_empty() {
+                    self.health
+                        .claimed
+                        .fetch_add(claimed.len() as u64, Ordering::Relaxed);
+                    metrics::counter!("trading_sync_stream_claimed_total")
+                        .increment(claimed.len() as u64);
+                    tracing::warn!(
+                        stream = %key,
+                        entries = claimed.len(),
+                        "took over entries left pending by another consumer"
+                    );
+                    self.enqueue(conn, index, claimed, true, queue, shutdown)
+                        .await?;
+                }
+                if reply.next_stream_id == "0-0" {
+                    break;
+                }
+                cursor = reply.next_stream_id;
+            }
+        }
+        Ok(())
+    }
+
+    /// Pending entries, oldest pending age and stream length, summed over the keys.
+    async fn measure_lag(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+        let (mut pending, mut oldest, mut length) = (0u64, 0u64, 0u64);
+        let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+        for (key, _) in &self.keys {
+            let summary: Value = redis::cmd("XPENDING")
+                .arg(&**key)
+                .arg(&self.settings.group)
+                .query_async(conn)
+                .await?;
+            if let Value::Array(items) = summary {
+                if let Some(Value::Int(n)) = items.first() {
+                    pending += *n as u64;
+                }
+                if let Some(Value::BulkString(min_id)) = items.get(1) {
+                    let ms = String::from_utf8_lossy(min_id)
+                        .split('-')
+                        .next()
+                        .and_then(|ms| ms.parse::<u64>().ok())
+                        .unwrap_or(now_ms);
+                    oldest = oldest.max(now_ms.saturating_sub(ms));
+                }
+            }
+            let len: u64 = redis::cmd("XLEN").arg(&**key).query_async(conn).await?;
+            length += len;
+        }
+        self.health.pending.store(pending, Ordering::Relaxed);
+        self.health
+            .oldest_pending_ms
+            .store(oldest, Ordering::Relaxed);
+        self.health.length.store(length, Ordering::Relaxed);
+        metrics::gauge!("trading_sync_stream_pending").set(pending as f64);
+        metrics::gauge!("trading_sync_stream_oldest_pending_seconds").set(oldest as f64 / 1000.0);
+        metrics::gauge!("trading_sync_stream_length").set(length as f64);
+        Ok(())
+    }
+
+    /// XACKs what the writer committed. Runs until the writer drops its sender; during
+    /// shutdown, an ack that keeps failing is given up after a few tries (the entries stay
+    /// pending and are re-read, then recognised as duplicates, at the next start).
+    pub async fn run_acker(
+        &self,
+        mut committed: mpsc::UnboundedReceiver<Vec<StreamAck>>,
+        shutdown: CancellationToken,
+    ) {
+        let mut conn: Option<MultiplexedConnection> = None;
+        while let Some(acks) = committed.recv().await {
+            let mut by_key: BTreeMap<Arc<str>, Vec<String>> = BTreeMap::new();
+            for ack in acks {
+                by_key.entry(ack.key).or_default().push(ack.id);
+            }
+            let mut attempt = 0u32;
+            loop {
+                attempt += 1;
+                let result = async {
+                    if conn.is_none() {
+                        conn = Some(self.connection(false).await.map_err(|e| e.to_string())?);
+                    }
+                    let c = conn.as_mut().expect("connected above");
+                    let mut pipe = redis::pipe();
+                    for (key, ids) in &by_key {
+                        pipe.cmd("XACK")
+                            .arg(&**key)
+                            .arg(&self.settings.group)
+                            .arg(ids)
+                            .ignore();
+                    }
+                    pipe.query_async::<()>(c).await.map_err(|e| e.to_string())
+                }
+                .await;
+                match result {
+                    Ok(()) => {
+                        let n: usize = by_key.values().map(Vec::len).sum();
+                        self.health.acked.fetch_add(n as u64, Ordering::Relaxed);
+                        metrics::counter!("trading_sync_stream_acked_total").increment(n as u64);
+                        break;
+                    }
+                    Err(e) => {
+                        conn = None;
+                        tracing::warn!(error = %e, attempt, "cannot acknowledge stream entries; retrying");
+                        if shutdown.is_cancelled() && attempt >= 3 {
+                            break;
+                        }
+                        let wait = Duration::from_millis(50 * 2u64.pow(attempt.min(6)));
+                        tokio::time::sleep(wait.min(self.max_backoff)).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A readable rendering of an entry without the expected field, kept as its dead letter's
+/// payload.
+fn describe_entry(entry: &StreamId) -> Vec<u8> {
+    let mut fields: Vec<(&String, String)> = entry
+        .map
+        .iter()
+        .map(|(k, v)| {
+            let shown = match v {
+                Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                other => format!("{other:?}"),
+            };
+            (k, shown)
+        })
+        .collect();
+    fields.sort();
+    format!("{fields:?}").into_bytes()
+}
