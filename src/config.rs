@@ -237,6 +237,9 @@ pub struct StreamsConfig {
     pub block_ms: u64,
     /// Entries per read.
     pub read_count: usize,
+    /// Entries read but not yet committed, at most. Redis keeps the rest; reading far ahead
+    /// would only make a crash re-deliver (and count against max_deliveries) more entries.
+    pub read_ahead: usize,
     /// Entries pending this long with another (dead) consumer are taken over (XAUTOCLAIM).
     pub claim_idle_ms: u64,
     /// An entry delivered more than this many times is dead-lettered and acknowledged.
@@ -252,8 +255,9 @@ impl Default for StreamsConfig {
             start_id: "0".into(),
             block_ms: 2_000,
             read_count: 1_000,
+            read_ahead: 10_000,
             claim_idle_ms: 30_000,
-            max_deliveries: 5,
+            max_deliveries: 16,
         }
     }
 }
@@ -523,6 +527,7 @@ impl Config {
         }
         range("streams.block_ms", self.streams.block_ms, 1, 60_000)?;
         range("streams.read_count", self.streams.read_count, 1, 100_000)?;
+        range("streams.read_ahead", self.streams.read_ahead, 1, 10_000_000)?;
         range(
             "streams.claim_idle_ms",
             self.streams.claim_idle_ms,

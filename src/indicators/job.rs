@@ -526,9 +526,16 @@ fn from_scratch(symbol: &str, why: &Scratch, read: &BarsRead, dates: &[NaiveDate
         _ => None,
     };
     let Some(&d0) = state.close_dates.front() else {
+        // No valid bar: nothing to write for a symbol never computed (and counted as up to
+        // date, not again as computed on every run); a computed one loses its rows and state.
+        let write = if *why == Scratch::NoState {
+            Write::Nothing
+        } else {
+            Write::Vanish
+        };
         return Computed {
             symbol: symbol.to_owned(),
-            write: Write::Vanish,
+            write,
             rows,
             state: None,
             invalid,

@@ -160,6 +160,19 @@ impl QueueSender {
         }
     }
 
+    /// Waits until fewer than `depth` messages are queued or in flight.
+    pub async fn wait_below(&self, depth: usize) {
+        loop {
+            let space = self.space.notified();
+            tokio::pin!(space);
+            space.as_mut().enable();
+            if self.stats.depth.load(Ordering::Acquire) < depth || self.tx.is_closed() {
+                return;
+            }
+            space.await;
+        }
+    }
+
     pub fn stats(&self) -> &Arc<QueueStats> {
         &self.stats
     }

@@ -186,6 +186,10 @@ impl StreamSource {
                 }
             }
             let block = Some(self.settings.block_ms.min(claim_every.as_millis() as u64));
+            tokio::select! {
+                () = shutdown.cancelled() => return SessionEnd::Shutdown,
+                () = queue.wait_below(self.settings.read_ahead) => {}
+            }
             let reply = tokio::select! {
                 () = shutdown.cancelled() => return SessionEnd::Shutdown,
                 r = self.read(&mut conn, &new_only, block) => match r {
@@ -280,7 +284,7 @@ impl StreamSource {
         } else {
             HashMap::new()
         };
-        tracing::debug!(stream = %key, entries = entries.len(), redelivered, counts = ?deliveries, "queueing stream entries");
+        tracing::debug!(stream = %key, entries = entries.len(), redelivered, "queueing stream entries");
         for entry in entries {
             let count = deliveries.get(&entry.id).copied().unwrap_or(1);
             let (payload, mut reject) = match entry.map.get(&self.settings.field) {

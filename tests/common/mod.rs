@@ -6,6 +6,8 @@
 //! databases of test processes that died are dropped when a new template is built.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
