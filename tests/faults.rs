@@ -188,9 +188,20 @@ async fn killing_the_writer_connection_in_stream_mode_loses_nothing() {
         &stream_env("pgkill", 60_000),
     );
     let publisher = spawn_stream_publisher(key.clone(), TRADES);
+    // Startup itself must not be the victim: wait until the daemon is applying.
+    eventually("the daemon applying", Duration::from_secs(60), || async {
+        (totals(&db).await.0 > 0).then_some(())
+    })
+    .await;
     let admin = common::connect(&common::admin_url()).await;
     let mut killed = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while !publisher.is_finished() || killed < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "killed {killed} writer connections in 120 s; daemon logs:\n{}",
+            daemon.log_text()
+        );
         killed += admin
             .query(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \

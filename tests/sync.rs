@@ -411,7 +411,12 @@ async fn killing_the_writer_connection_mid_stream_loses_and_doubles_nothing() {
     });
     let admin = common::connect(&common::admin_url()).await;
     let mut killed = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while !publisher.is_finished() || killed == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no writer connection to kill"
+        );
         let n = admin
             .query(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
