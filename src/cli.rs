@@ -34,6 +34,15 @@ pub enum Command {
     CheckConfig,
     /// Run the daemon: apply Redis data_sync events to PostgreSQL until SIGTERM/SIGINT.
     Run,
+    /// Compute technical indicators once (backfill or repair), then exit.
+    Indicators {
+        /// Only these symbols (repeatable); default: every symbol with yahoo bars.
+        #[arg(long = "symbol", value_name = "SYM")]
+        symbols: Vec<String>,
+        /// Recompute from each symbol's first bar, rewriting its rows.
+        #[arg(long)]
+        full: bool,
+    },
 }
 
 impl Cli {
@@ -79,4 +88,35 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     let shutdown = tokio_util::sync::CancellationToken::new();
     crate::daemon::cancel_on_signals(shutdown.clone())?;
     crate::daemon::run(config, shutdown, Default::default(), || {}).await
+}
+
+pub async fn indicators(config: &Config, symbols: Vec<String>, full: bool) -> anyhow::Result<()> {
+    use crate::indicators::job::{run_once, JobSettings, Mode, Selection};
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    crate::daemon::cancel_on_signals(shutdown.clone())?;
+    let settings = JobSettings {
+        bar_timezone: config.exchange_tz()?,
+        ..JobSettings::default()
+    };
+    let selection = if symbols.is_empty() {
+        Selection::All
+    } else {
+        Selection::Symbols(symbols)
+    };
+    let mode = if full { Mode::Full } else { Mode::Incremental };
+    let summary = run_once(&config.pg_config()?, &settings, &selection, mode, &shutdown)
+        .await
+        .context("while computing indicators")?;
+    println!("{summary:#?}");
+    anyhow::ensure!(
+        summary.failures == 0,
+        "{} symbol(s) failed: {}",
+        summary.failures,
+        summary.failed_symbols.join(", ")
+    );
+    anyhow::ensure!(
+        !summary.cancelled,
+        "interrupted before every symbol was computed"
+    );
+    Ok(())
 }

@@ -27,6 +27,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Migrate => cli::migrate(&config).await,
         Command::Run => cli::run(&config).await,
+        Command::Indicators { symbols, full } => cli::indicators(&config, symbols, full).await,
         Command::CheckConfig => {
             cli::check_config(&config);
             Ok(())

@@ -652,3 +652,51 @@ async fn a_value_too_large_for_its_column_is_written_null() {
     // Rows before the jump are exact.
     assert_rows_eq(&got[..35], &want[..35], "HUGE before the jump");
 }
+
+/// The daemon path: a `market_data_updated` event for a yahoo bar makes the running daemon
+/// compute that symbol within seconds (debounced), with no scheduled run involved.
+#[tokio::test]
+async fn a_yahoo_bar_event_triggers_the_symbols_indicators_in_the_daemon() {
+    let mut app = common::spawn_app(|c| {
+        c.indicators.enabled = true;
+        c.indicators.run_at_start = false;
+        c.indicators.debounce_ms = 50;
+    })
+    .await;
+    add_symbols(&app.db, &["TRIG"]).await;
+    let dates = weekdays(d(2025, 1, 2), 40);
+    insert_bars(&app.db, "TRIG", "yahoo", &walk(5, &dates, 50.0)).await;
+    assert!(latest(&app.db, "TRIG").await.is_none());
+    let last = dates[dates.len() - 1];
+    let event = common::python_dumps(&serde_json::json!({
+        "type": "market_data_updated", "service": "data_ingestion",
+        "data": {"symbol": "TRIG", "timestamp": format!("{last}T00:00:00-05:00"), "open": 50.0,
+                 "high": 51.0, "low": 49.0, "close": 50.5, "volume": 1000, "data_source": "yahoo"},
+        "timestamp": "2025-02-27T21:00:00"}));
+    app.publish("market_data", event).await;
+    let row = common::eventually(
+        "indicators for TRIG",
+        std::time::Duration::from_secs(30),
+        || async { latest(&app.db, "TRIG").await },
+    )
+    .await;
+    assert_eq!(row.0, last);
+    app.stop().await.unwrap();
+}
+
+#[test]
+fn the_indicators_command_reports_an_unreachable_database() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trading-sync"))
+        .args(["indicators", "--symbol", "AAPL"])
+        .env(
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:1/trading_system",
+        )
+        .env_remove("TRADING_SYNC_CONFIG")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("while computing indicators"), "{stderr}");
+}

@@ -142,6 +142,22 @@ pub async fn run(
     let tasks_stop = CancellationToken::new();
 
     let slow_query = Duration::from_millis(config.database.slow_query_ms);
+    // Yahoo bars seen by the writer go to the indicator scheduler (debounced there).
+    let (indicator_tx, indicator_rx) =
+        if config.indicators.enabled && config.indicators.on_market_data {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+    let indicator_settings = if config.indicators.enabled {
+        Some(
+            crate::indicators::schedule::SchedulerSettings::from_config(config)
+                .context("while reading [indicators]")?,
+        )
+    } else {
+        None
+    };
     let writer = Writer::new(
         WriterSettings {
             batch_max_events: config.sync.batch_max_events,
@@ -155,7 +171,7 @@ pub async fn run(
             max_backoff: Duration::from_millis(config.redis.reconnect_max_backoff_ms),
             slow_query,
         },
-        None,
+        indicator_tx.clone(),
         writer_stop.clone(),
         state.writer.clone(),
     );
@@ -195,6 +211,32 @@ pub async fn run(
         background.spawn(supervise("maintenance", stop.clone(), move || {
             maintenance_loop(config.clone(), pg.clone(), slow_query, stop.clone())
         }));
+    }
+    if let Some(settings) = indicator_settings {
+        let stop = tasks_stop.clone();
+        background.spawn(async move {
+            // The receiver is single-use, so a failed scheduler restarts without the live
+            // trigger; the cron schedule and catch-up run still apply.
+            let mut symbols = indicator_rx;
+            let mut backoff = Duration::from_secs(1);
+            loop {
+                let rx = symbols.take().unwrap_or_else(|| tokio::sync::mpsc::unbounded_channel().1);
+                match crate::indicators::schedule::run_scheduler(settings.clone(), rx, stop.clone()).await {
+                    Ok(()) => return,
+                    Err(_) if stop.is_cancelled() => return,
+                    Err(e) => {
+                        metrics::counter!("trading_sync_task_restarts_total", "task" => "indicators")
+                            .increment(1);
+                        tracing::error!(task = "indicators", error = %e, "indicator scheduler failed; restarting it");
+                        tokio::select! {
+                            () = stop.cancelled() => return,
+                            () = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(60));
+                    }
+                }
+            }
+        });
     }
     background.spawn(monitor(
         state.clone(),
