@@ -126,7 +126,7 @@ impl Default for SyncConfig {
         SyncConfig {
             batch_max_events: 5_000,
             batch_max_wait_ms: 5,
-            queue_max_bytes: 64 * 1024 * 1024,
+            queue_max_bytes: 80 * 1024 * 1024,
             max_message_bytes: 64 * 1024,
             exchange_timezone: "America/New_York".into(),
             drain_deadline_ms: 10_000,

@@ -134,32 +134,62 @@ impl Writer {
         let shutdown = self.shutdown.clone();
         // Beats while idle too: an empty queue is not a stuck writer.
         let mut idle_beat = tokio::time::interval(Duration::from_secs(1));
+        // The next batch, taken from the queue and planned while the previous one committed:
+        // decoding (CPU) and the transaction (database) then overlap instead of alternating.
+        let mut prefetched: Option<(Vec<Inbound>, fold::BatchPlan)> = None;
         loop {
             self.stats.heartbeat.beat();
             if shutdown.is_cancelled() {
                 self.start_drain(&mut queue);
             }
-            let first = if self.drain_deadline.is_some() {
-                // Draining: the queue is closed, so None means it is empty.
-                match queue.try_recv() {
-                    Some(m) => m,
-                    None => return Ok(WriterEnd::Drained),
-                }
-            } else {
-                tokio::select! {
-                    biased;
-                    () = shutdown.cancelled() => continue,
-                    _ = idle_beat.tick() => continue,
-                    m = queue.recv() => match m {
-                        Some(m) => m,
-                        None => return Ok(WriterEnd::Drained),
-                    },
+            let (batch, planned) = match prefetched.take() {
+                Some((batch, plan)) => (batch, Some(plan)),
+                None => {
+                    let first = if self.drain_deadline.is_some() {
+                        // Draining: the queue is closed, so None means it is empty.
+                        match queue.try_recv() {
+                            Some(m) => m,
+                            None => return Ok(WriterEnd::Drained),
+                        }
+                    } else {
+                        tokio::select! {
+                            biased;
+                            () = shutdown.cancelled() => continue,
+                            _ = idle_beat.tick() => continue,
+                            m = queue.recv() => match m {
+                                Some(m) => m,
+                                None => return Ok(WriterEnd::Drained),
+                            },
+                        }
+                    };
+                    (self.collect(first, &mut queue).await, None)
                 }
             };
-            let batch = self.collect(first, &mut queue).await;
             let bytes: usize = batch.iter().map(Inbound::cost).sum();
             let count = batch.len();
-            if !self.commit(batch).await? {
+            let (limits, max) = (self.settings.limits, self.settings.batch_max_events);
+            let prefetch = async {
+                let mut next = Vec::new();
+                while next.len() < max {
+                    match queue.try_recv() {
+                        Some(m) => next.push(m),
+                        None => break,
+                    }
+                }
+                if next.is_empty() {
+                    return None;
+                }
+                let planned = tokio::task::spawn_blocking(move || {
+                    let p = plan(&next, &limits);
+                    (next, p)
+                })
+                .await
+                .expect("planning a batch never panics");
+                Some(planned)
+            };
+            let (committed, next) = tokio::join!(self.commit(batch, planned), prefetch);
+            prefetched = next;
+            if !committed? {
                 // Depth still counts this batch: it is released only once committed.
                 let left = queue
                     .stats()
@@ -198,7 +228,10 @@ impl Writer {
         let max = self.settings.batch_max_events;
         let mut batch = Vec::with_capacity(max.min(1024));
         batch.push(first);
-        let until = tokio::time::Instant::now() + self.settings.batch_max_wait;
+        // The window runs from the first message's arrival, not from now: time it already waited
+        // behind the previous commit counts.
+        let until =
+            tokio::time::Instant::from_std(batch[0].received_at) + self.settings.batch_max_wait;
         while batch.len() < max {
             if let Some(m) = queue.try_recv() {
                 batch.push(m);
@@ -217,13 +250,19 @@ impl Writer {
 
     /// Commits a batch, retrying transient failures and isolating bad events. Returns false
     /// if the drain deadline passed before it could commit.
-    async fn commit(&mut self, batch: Vec<Inbound>) -> Result<bool, ApplyError> {
+    async fn commit(
+        &mut self,
+        batch: Vec<Inbound>,
+        planned: Option<fold::BatchPlan>,
+    ) -> Result<bool, ApplyError> {
+        // The plan made ahead is for the whole batch's first attempt only.
+        let mut planned = planned;
         // Work list of slices still to commit; a data error replaces a slice by its halves.
         let mut pending: Vec<Vec<Inbound>> = vec![batch];
         let mut backoff = Duration::from_millis(50);
         while let Some(slice) = pending.pop() {
             let started = Instant::now();
-            match self.try_commit(&slice).await {
+            match self.try_commit(&slice, planned.take()).await {
                 Ok(()) => {
                     backoff = Duration::from_millis(50);
                     let took = started.elapsed();
@@ -354,8 +393,12 @@ impl Writer {
         Ok(self.client.as_mut().expect("just connected"))
     }
 
-    async fn try_commit(&mut self, slice: &[Inbound]) -> Result<(), Failure> {
-        let plan = plan(slice, &self.settings.limits);
+    async fn try_commit(
+        &mut self,
+        slice: &[Inbound],
+        planned: Option<fold::BatchPlan>,
+    ) -> Result<(), Failure> {
+        let plan = planned.unwrap_or_else(|| plan(slice, &self.settings.limits));
         let (client, stmts) = self.client().await.map_err(classify)?;
         let applied = store::apply(client, stmts, &plan).await.map_err(classify)?;
 

@@ -144,19 +144,22 @@ fn push_handler(
     move |push: PushInfo| {
         match push.kind {
             PushKind::Message => {
+                // Owned: the payload moves into the queue without a copy.
+                let mut data = push.data.into_iter();
                 let (Some(Value::BulkString(name)), Some(Value::BulkString(payload))) =
-                    (push.data.first(), push.data.get(1))
+                    (data.next(), data.next())
                 else {
                     return Ok(());
                 };
-                let Some((_, kind)) = channels.iter().find(|(n, _)| n.as_bytes() == &name[..])
+                let Some(index) = channels.iter().position(|(n, _)| n.as_bytes() == &name[..])
                 else {
                     return Ok(());
                 };
+                let kind = &channels[index].1;
                 health.received.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("trading_sync_events_received_total", "channel" => kind.suffix())
                     .increment(1);
-                let inbound = Inbound::new(*kind, payload.clone());
+                let inbound = Inbound::new(*kind, payload);
                 if let Err(refused) = queue.offer(inbound) {
                     metrics::counter!("trading_sync_queue_refused_total", "channel" => kind.suffix())
                         .increment(1);
