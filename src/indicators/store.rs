@@ -159,26 +159,24 @@ DELETE FROM analytics.technical_indicators t
                     WHERE s.symbol = t.symbol AND s.date = t.date)
 "#;
 
+/// The value columns as `c = EXCLUDED.c, …`, `alias.c, …` and `EXCLUDED.c, …`: the SET list and
+/// the two sides of the "did anything change" comparison of an upsert.
+fn upsert_column_lists(alias: &str) -> (String, String, String) {
+    let cols: Vec<&str> = VALUE_COLUMNS.split(", ").collect();
+    let join =
+        |f: &dyn Fn(&str) -> String| cols.iter().map(|c| f(c)).collect::<Vec<_>>().join(", ");
+    (
+        join(&|c| format!("{c} = EXCLUDED.{c}")),
+        join(&|c| format!("{alias}.{c}")),
+        join(&|c| format!("EXCLUDED.{c}")),
+    )
+}
+
 /// Upsert of a recomputed symbol's rows that touches only rows whose rounded values changed,
 /// so a revision of last week's bar rewrites last week onwards and leaves the years before it
 /// (and their updated_at) alone. Its row count is the number of rows inserted or changed.
 pub fn upsert_staged_rows_sql() -> String {
-    let cols: Vec<&str> = VALUE_COLUMNS.split(", ").collect();
-    let set = cols
-        .iter()
-        .map(|c| format!("{c} = EXCLUDED.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let old = cols
-        .iter()
-        .map(|c| format!("t.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let new = cols
-        .iter()
-        .map(|c| format!("EXCLUDED.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let (set, old, new) = upsert_column_lists("t");
     format!(
         "INSERT INTO analytics.technical_indicators AS t (symbol, date, {VALUE_COLUMNS}) \
          SELECT symbol, date, {VALUE_COLUMNS} FROM pg_temp.indicator_rows_stage \
@@ -191,22 +189,8 @@ pub fn upsert_staged_rows_sql() -> String {
 /// the table rather than sent again: it is then the newest row by construction, also after a
 /// revision deleted rows. Unchanged rows are not rewritten.
 pub fn refresh_latest_sql() -> String {
-    let cols: Vec<&str> = VALUE_COLUMNS.split(", ").collect();
-    let set = cols
-        .iter()
-        .map(|c| format!("{c} = EXCLUDED.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let old = cols
-        .iter()
-        .map(|c| format!("l.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let new = cols
-        .iter()
-        .map(|c| format!("EXCLUDED.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let (set, old, new) = upsert_column_lists("l");
+    let (_, tcols, _) = upsert_column_lists("t");
     format!(
         "INSERT INTO analytics.technical_indicators_latest AS l (symbol, calculated_date, {VALUE_COLUMNS}) \
          SELECT t.symbol, t.date, {tcols} \
@@ -214,12 +198,7 @@ pub fn refresh_latest_sql() -> String {
           CROSS JOIN LATERAL (SELECT * FROM analytics.technical_indicators x \
                                WHERE x.symbol = s.symbol ORDER BY x.date DESC LIMIT 1) t \
          ON CONFLICT (symbol) DO UPDATE SET calculated_date = EXCLUDED.calculated_date, {set} \
-         WHERE (l.calculated_date, {old}) IS DISTINCT FROM (EXCLUDED.calculated_date, {new})",
-        tcols = cols
-            .iter()
-            .map(|c| format!("t.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+         WHERE (l.calculated_date, {old}) IS DISTINCT FROM (EXCLUDED.calculated_date, {new})"
     )
 }
 
