@@ -616,12 +616,7 @@ async fn performance_metrics_win_rate_is_derived_from_counts() {
 async fn indicator_columns_hold_values_the_seed_overflowed() {
     let db = TestDb::new().await;
     let c = &db.client;
-    c.execute(
-        "INSERT INTO data_ingestion.symbols (symbol) VALUES ('MOON')",
-        &[],
-    )
-    .await
-    .unwrap();
+    add_symbol(c, "MOON").await;
 
     // NUMERIC(5,2) in the seed: 999.99 at most. A +12,345 % 30-bar change must fit now.
     let big = dec("12345.67");
@@ -647,12 +642,7 @@ async fn indicator_columns_hold_values_the_seed_overflowed() {
 async fn indicator_state_round_trips_f64_bits() {
     let db = TestDb::new().await;
     let c = &db.client;
-    c.execute(
-        "INSERT INTO data_ingestion.symbols (symbol) VALUES ('BITS')",
-        &[],
-    )
-    .await
-    .unwrap();
+    add_symbol(c, "BITS").await;
 
     let closes: Vec<f64> = vec![
         0.1 + 0.2,
@@ -803,4 +793,14 @@ async fn trading_sync_role_has_least_privilege() {
     }
 
     c.batch_execute("RESET ROLE").await.unwrap();
+}
+
+/// A row in data_ingestion.symbols, which the indicator tables reference.
+async fn add_symbol(c: &tokio_postgres::Client, symbol: &str) {
+    c.execute(
+        "INSERT INTO data_ingestion.symbols (symbol) VALUES ($1)",
+        &[&symbol],
+    )
+    .await
+    .unwrap();
 }

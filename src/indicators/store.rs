@@ -447,26 +447,15 @@ pub struct NumericType {
     pub scale: u32,
 }
 
-const N15_4: NumericType = NumericType {
-    precision: 15,
-    scale: 4,
-};
-const N5_2: NumericType = NumericType {
-    precision: 5,
-    scale: 2,
-};
-const N5_4: NumericType = NumericType {
-    precision: 5,
-    scale: 4,
-};
-const N10_4: NumericType = NumericType {
-    precision: 10,
-    scale: 4,
-};
-const N12_2: NumericType = NumericType {
-    precision: 12,
-    scale: 2,
-};
+const fn numeric(precision: u32, scale: u32) -> NumericType {
+    NumericType { precision, scale }
+}
+
+const N15_4: NumericType = numeric(15, 4);
+const N5_2: NumericType = numeric(5, 2);
+const N5_4: NumericType = numeric(5, 4);
+const N10_4: NumericType = numeric(10, 4);
+const N12_2: NumericType = numeric(12, 2);
 
 /// Column type of each of [`IndicatorRow::named_values`], in that order (V10).
 const COLUMN_TYPES: [NumericType; 19] = [
