@@ -339,7 +339,7 @@ async fn rows_match_step_full_and_incremental_runs_write_only_new_rows() {
     let st = db
         .client
         .query_one(
-            "SELECT closes, close_dates, ema50, macd_signal, avg_gain, bars_consumed, rows_before_tail
+            "SELECT closes, close_dates, ema50, macd_signal, avg_gain, bars_consumed
                FROM analytics.indicator_state WHERE symbol = 'AAA'",
             &[],
         )
@@ -371,7 +371,6 @@ async fn rows_match_step_full_and_incremental_runs_write_only_new_rows() {
         full_state.avg_gain.map(f64::to_bits)
     );
     assert_eq!(st.get::<_, i64>(5), 260);
-    assert_eq!(st.get::<_, Option<i64>>(6), Some(60));
 
     // Append bars: only the new rows are written, and they equal a full recomputation.
     let before = snapshot(&db).await;
@@ -496,6 +495,164 @@ async fn revised_history_is_detected_and_rewritten_from_the_change() {
         &expected(&bars),
         "REV after append",
     );
+}
+
+async fn pending_changes(db: &TestDb) -> i64 {
+    db.client
+        .query_one("SELECT count(*) FROM analytics.indicator_bar_changes", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn a_revision_older_than_the_stored_tail_is_detected() {
+    let db = TestDb::new().await;
+    add_symbols(&db, &["OLD"]).await;
+    let dates = weekdays(d(2019, 1, 1), 400);
+    let mut bars = walk(21, &dates, 60.0);
+    insert_bars(&db, "OLD", "yahoo", &bars).await;
+    run(&db, Selection::All, Mode::Incremental).await;
+    assert_eq!(
+        pending_changes(&db).await,
+        0,
+        "the run consumed its changes"
+    );
+
+    // Bar 30 is 370 bars back, far before the 200 closes the state keeps: EMAs, RSI and MACD
+    // of every later row depend on it.
+    let k = 30;
+    let before = xmins(&db, "OLD").await;
+    bars[k].close = Some("61.2345".into());
+    set_close(&db, "OLD", bars[k].date, "61.2345").await;
+    let s = run(&db, Selection::All, Mode::Incremental).await;
+    assert_eq!((s.recomputed_after_revision, s.symbols_computed), (1, 1));
+    assert_rows_eq(
+        &rows(&db, "OLD").await,
+        &expected(&bars),
+        "OLD after revision",
+    );
+    let after = xmins(&db, "OLD").await;
+    // Rows before the changed bar are not even sent; the row of the bar itself is rewritten.
+    for (i, b) in bars.iter().enumerate().take(k + 1) {
+        assert_eq!(
+            before[&b.date] == after[&b.date],
+            i < k,
+            "row of {}",
+            b.date
+        );
+    }
+    assert_eq!(pending_changes(&db).await, 0);
+}
+
+#[tokio::test]
+async fn yahoo_resending_identical_bars_is_not_a_change() {
+    let db = TestDb::new().await;
+    add_symbols(&db, &["SAME"]).await;
+    let dates = weekdays(d(2021, 6, 1), 120);
+    let bars = walk(31, &dates, 20.0);
+    insert_bars(&db, "SAME", "yahoo", &bars).await;
+    run(&db, Selection::All, Mode::Incremental).await;
+
+    // The daily download upserts the last days again, values unchanged; an UPDATE that sets a
+    // column to itself and one that only touches a column the indicators do not read are no
+    // changes either.
+    db.client
+        .execute(
+            "INSERT INTO data_ingestion.market_data
+                 (symbol, \"timestamp\", open, high, low, close, volume, data_source)
+             SELECT symbol, \"timestamp\", open, high, low, close, volume, data_source
+               FROM data_ingestion.market_data
+              WHERE symbol = 'SAME' AND \"timestamp\" >= $1::date::timestamptz
+             ON CONFLICT (symbol, \"timestamp\", data_source) DO UPDATE
+                SET open = EXCLUDED.open, close = EXCLUDED.close, volume = EXCLUDED.volume",
+            &[&dates[110]],
+        )
+        .await
+        .unwrap();
+    db.client
+        .execute(
+            "UPDATE data_ingestion.market_data SET close = close, open = open * 1
+              WHERE symbol = 'SAME'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(pending_changes(&db).await, 0);
+    let before = snapshot(&db).await;
+    let s = run(&db, Selection::All, Mode::Incremental).await;
+    assert_eq!((s.symbols_up_to_date, s.symbols_computed), (1, 0));
+    assert_eq!(snapshot(&db).await, before);
+
+    // A changed volume is a change: avg_volume_20 and current_volume read it.
+    let n = db
+        .client
+        .execute(
+            "UPDATE data_ingestion.market_data SET volume = volume + 1
+              WHERE symbol = 'SAME' AND (\"timestamp\" AT TIME ZONE 'America/New_York')::date = $1",
+            &[&dates[100]],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let mut bars = bars;
+    bars[100].volume += 1;
+    let s = run(&db, Selection::All, Mode::Incremental).await;
+    assert_eq!(s.recomputed_after_revision, 1);
+    assert_rows_eq(
+        &rows(&db, "SAME").await,
+        &expected(&bars),
+        "SAME after volume",
+    );
+}
+
+#[tokio::test]
+async fn a_bar_written_while_a_run_reads_is_left_for_the_next_run() {
+    let db = TestDb::new().await;
+    add_symbols(&db, &["RACE"]).await;
+    let dates = weekdays(d(2022, 1, 3), 60);
+    let bars = walk(41, &dates, 30.0);
+    insert_bars(&db, "RACE", "yahoo", &bars[..50]).await;
+
+    // What a chunk does, with a second writer between its read of the change and its consume.
+    let mut reader = common::connect(&db.url).await;
+    let tx = reader.transaction().await.unwrap();
+    let symbols = vec!["RACE".to_owned()];
+    let seen = trading_sync::indicators::store::load_changes(&tx, &symbols)
+        .await
+        .unwrap();
+    let seen_seq = seen["RACE"].change_seq;
+    insert_bars(&db, "RACE", "yahoo", &bars[50..]).await;
+    trading_sync::indicators::store::consume_changes(&tx, &[("RACE".to_owned(), seen_seq)])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(pending_changes(&db).await, 1, "the newer change survives");
+
+    // The run sees all 60 bars (no state yet: computed from scratch).
+    run(&db, Selection::All, Mode::Incremental).await;
+    assert_rows_eq(&rows(&db, "RACE").await, &expected(&bars), "RACE");
+    assert_eq!(pending_changes(&db).await, 0);
+}
+
+#[tokio::test]
+async fn truncating_market_data_removes_the_indicators() {
+    let db = TestDb::new().await;
+    add_symbols(&db, &["TR1", "TR2"]).await;
+    let dates = weekdays(d(2022, 1, 3), 40);
+    insert_bars(&db, "TR1", "yahoo", &walk(51, &dates, 30.0)).await;
+    insert_bars(&db, "TR2", "yahoo", &walk(52, &dates, 10.0)).await;
+    run(&db, Selection::All, Mode::Incremental).await;
+    assert_eq!(rows(&db, "TR1").await.len(), 40);
+
+    db.client
+        .batch_execute("TRUNCATE data_ingestion.market_data")
+        .await
+        .unwrap();
+    assert_eq!(pending_changes(&db).await, 2);
+    let s = run(&db, Selection::All, Mode::Incremental).await;
+    assert_eq!((s.symbols_computed, s.recomputed_after_revision), (2, 2));
+    assert_eq!(snapshot(&db).await, vec![]);
 }
 
 async fn xmins(db: &TestDb, symbol: &str) -> BTreeMap<NaiveDate, String> {

@@ -5,12 +5,13 @@
 //! and bars, compute on a blocking thread, write rows, latest rows and states, commit. A chunk
 //! that fails is retried one symbol per transaction, so one bad symbol costs only itself.
 //!
-//! Per symbol (INDICATORS.md, "Revisions"): with a usable state the run reads only the bars
-//! from the first date of the stored tail on, checks the stored ≤ 200 dates, closes (and the
-//! ≤ 20 volumes) against them, the count of rows before the tail and the first valid date,
-//! and folds `step` over the bars after the state's last date. A mismatch means history was
-//! revised: the symbol is recomputed from its first bar in the same transaction and its rows
-//! upserted, which rewrites exactly the rows whose rounded values changed.
+//! Per symbol (INDICATORS.md, "Revisions"), from the bar changes market_data's triggers
+//! recorded (V19) and the persisted state: no change, nothing is read; changes only after the
+//! state's last date, the bars after it are read and folded into the state; a change on or
+//! before it (a revised, inserted or deleted past bar, however old), the symbol is recomputed
+//! from its first bar in the same transaction and its rows from the changed date on upserted,
+//! which rewrites exactly the rows whose rounded values changed. The change rows read are
+//! consumed in the transaction that wrote their results.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +24,9 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use super::step::{self, Bar, IndicatorRow, IndicatorState, SkipReason};
-use super::store::{self, BarsRead, ListedSymbol, Overflow, RowEncoder, StateToSave, StoredState};
+use super::store::{
+    self, bar_date, BarChange, ListedSymbol, Overflow, RawBar, RowEncoder, StateToSave,
+};
 use super::IndicatorError;
 
 /// Tuning of a run. `Default` is what the daemon and the CLI use.
@@ -79,7 +82,7 @@ pub struct RunSummary {
     pub symbols_selected: u64,
     /// Rows, latest row or state written.
     pub symbols_computed: u64,
-    /// State verified against the database, no new bar.
+    /// No bar changed since its state was written (or, never computed, no valid bar).
     pub symbols_up_to_date: u64,
     /// Another instance held the symbol's lock (it is computing it).
     pub skipped_locked: u64,
@@ -401,10 +404,12 @@ async fn process_alone(client: &mut Client, symbol: &str, ctx: &Ctx) -> RunSumma
 /// Where a symbol's computation starts.
 #[derive(Debug, Clone)]
 pub(crate) enum Start {
+    /// No bar changed since the state was written: nothing to read or compute.
+    Unchanged,
     /// From the first bar; the reason decides how rows are written.
     Scratch(Scratch),
     /// From the persisted state, over bars after its last date.
-    Continue(Box<StoredState>),
+    Continue(Box<IndicatorState>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -413,21 +418,26 @@ pub(crate) enum Scratch {
     NoState,
     /// `--full`: rows replaced.
     Forced,
-    /// State unusable or history revised: rows upserted, only changes written.
-    Recompute(String),
+    /// State unusable or history revised: rows upserted from `from` on (None: all of them),
+    /// only changes written. Rows before the first changed bar come from the same bars
+    /// through the same steps, so they are bit-identical and need not even be sent.
+    Recompute {
+        reason: String,
+        from: Option<NaiveDate>,
+    },
 }
 
 /// What to write for one symbol.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Write {
-    /// Verified, nothing new.
+    /// Nothing new.
     Nothing,
     /// New rows after the state's last date.
     Append { after: NaiveDate },
     /// All rows replaced (delete, then copy).
     Replace,
-    /// All rows upserted, only changed ones written.
-    Upsert,
+    /// Rows from the date on (None: all) upserted, only changed ones written.
+    Upsert { from: Option<NaiveDate> },
     /// No valid bar left: rows, latest row and state deleted.
     Vanish,
 }
@@ -443,64 +453,121 @@ pub(crate) struct Computed {
     pub recomputed: Option<String>,
 }
 
-/// Decides where to start and from when to read.
+/// Decides where to start and from when to read bars: `None` reads nothing, `Some(None)` the
+/// whole history, `Some(Some(t))` the bars at or after `t`.
 pub(crate) fn plan(
-    stored: Option<StoredState>,
+    stored: Option<IndicatorState>,
+    change: Option<BarChange>,
     mode: Mode,
     tz: Tz,
-) -> (Start, Option<DateTime<Utc>>) {
-    let stored = match (mode, stored) {
-        (Mode::Full, _) => return (Start::Scratch(Scratch::Forced), None),
-        (Mode::Incremental, None) => return (Start::Scratch(Scratch::NoState), None),
+) -> (Start, Option<Option<DateTime<Utc>>>) {
+    let state = match (mode, stored) {
+        (Mode::Full, _) => return (Start::Scratch(Scratch::Forced), Some(None)),
+        (Mode::Incremental, None) => return (Start::Scratch(Scratch::NoState), Some(None)),
         (Mode::Incremental, Some(s)) => s,
     };
-    let why = if stored.state.spec_version != step::SPEC_VERSION {
+    let unusable = if state.spec_version != step::SPEC_VERSION {
         Some(format!(
             "state is of spec version {}, this build computes {}",
-            stored.state.spec_version,
+            state.spec_version,
             step::SPEC_VERSION
         ))
-    } else if !stored.state.is_consistent() {
+    } else if !state.is_consistent() {
         Some("stored state is inconsistent".to_owned())
-    } else if stored.rows_before_tail.is_none() {
-        Some("stored state has no bar count".to_owned())
     } else {
         None
     };
-    match (why, stored.state.close_dates.front().copied()) {
-        (None, Some(d0)) => {
-            let from = store::start_of_day(tz, d0);
-            (Start::Continue(Box::new(stored)), Some(from))
+    let Some(last) = state.last_date.filter(|_| unusable.is_none()) else {
+        let reason = unusable.unwrap_or_else(|| "stored state is empty".to_owned());
+        return (
+            Start::Scratch(Scratch::Recompute { reason, from: None }),
+            Some(None),
+        );
+    };
+    let Some(change) = change else {
+        return (Start::Unchanged, None);
+    };
+    match change.earliest.map(|t| bar_date(tz, t)) {
+        Some(d) if d > last => {
+            let from = store::start_of_day(tz, last.succ_opt().unwrap_or(last));
+            (Start::Continue(Box::new(state)), Some(Some(from)))
         }
-        (why, _) => (
-            Start::Scratch(Scratch::Recompute(
-                why.unwrap_or_else(|| "stored state is empty".to_owned()),
-            )),
-            None,
+        changed => {
+            let reason = match changed {
+                Some(d) => format!("a bar of {d} changed, on or before the last computed {last}"),
+                None => "market_data was truncated".to_owned(),
+            };
+            let from = changed;
+            (
+                Start::Scratch(Scratch::Recompute { reason, from }),
+                Some(None),
+            )
+        }
+    }
+}
+
+/// Computes one symbol from the bars `plan` asked for, sorted by time.
+pub(crate) fn compute(symbol: &str, start: Start, bars: &[RawBar], tz: Tz) -> Computed {
+    let recomputed = match &start {
+        Start::Scratch(Scratch::Recompute { reason, .. }) => Some(reason.clone()),
+        _ => None,
+    };
+    let never_computed = matches!(start, Start::Scratch(Scratch::NoState));
+    let (mut state, write) = match start {
+        Start::Unchanged => (None, Write::Nothing),
+        Start::Continue(state) => {
+            let after = state.last_date.unwrap_or(NaiveDate::MIN);
+            (Some(*state), Write::Append { after })
+        }
+        Start::Scratch(why) => (
+            Some(IndicatorState::new()),
+            match why {
+                Scratch::Recompute { from, .. } => Write::Upsert { from },
+                Scratch::NoState | Scratch::Forced => Write::Replace,
+            },
         ),
+    };
+    let mut rows = Vec::with_capacity(bars.len());
+    let (mut invalid, mut duplicate) = (0, 0);
+    if let Some(state) = state.as_mut() {
+        for raw in bars {
+            match step::try_step(state, &to_bar(raw, bar_date(tz, raw.ts))) {
+                Ok(row) => rows.push(row),
+                Err(SkipReason::InvalidClose) => invalid += 1,
+                Err(SkipReason::NotAfterLastDate) => duplicate += 1,
+            }
+        }
+    }
+    let state = state.filter(|s| s.last_date.is_some());
+    let write = match (write, &state) {
+        // Bars changed after the last one computed, but none of them is valid (or new).
+        (Write::Append { .. }, _) if rows.is_empty() => Write::Nothing,
+        // No valid bar at all: nothing to write for a symbol never computed (and counted as
+        // up to date, not again as computed on every run); a computed one loses its rows and
+        // state.
+        (Write::Replace, None) if never_computed => Write::Nothing,
+        (Write::Replace | Write::Upsert { .. }, None) => Write::Vanish,
+        (write, _) => write,
+    };
+    let state = match write {
+        Write::Nothing | Write::Vanish => None,
+        _ => state.map(|state| StateToSave {
+            symbol: symbol.to_owned(),
+            state,
+        }),
+    };
+    Computed {
+        symbol: symbol.to_owned(),
+        write,
+        rows,
+        state,
+        invalid,
+        duplicate,
+        recomputed,
     }
 }
 
-/// Computes one symbol. Err(reason) when a `Continue` start finds revised history: the caller
-/// reads the whole history and calls again with `Scratch::Recompute(reason)`.
-pub(crate) fn compute(
-    symbol: &str,
-    start: &Start,
-    read: &BarsRead,
-    tz: Tz,
-) -> Result<Computed, String> {
-    let dates: Vec<NaiveDate> = read
-        .bars
-        .iter()
-        .map(|b| store::bar_date(tz, b.ts))
-        .collect();
-    match start {
-        Start::Continue(stored) => continue_from(symbol, stored, read, &dates, tz),
-        Start::Scratch(why) => Ok(from_scratch(symbol, why, read, &dates)),
-    }
-}
-
-fn to_bar(raw: &store::RawBar, date: NaiveDate) -> Bar {
+fn to_bar(raw: &RawBar, date: NaiveDate) -> Bar {
     Bar {
         date,
         // NULL is as much "not a bar" as NaN; step refuses both.
@@ -508,176 +575,6 @@ fn to_bar(raw: &store::RawBar, date: NaiveDate) -> Bar {
         // A bar without a volume still has a price; its volume counts as 0.
         volume: raw.volume.unwrap_or(0),
     }
-}
-
-fn from_scratch(symbol: &str, why: &Scratch, read: &BarsRead, dates: &[NaiveDate]) -> Computed {
-    let mut state = IndicatorState::new();
-    let mut rows = Vec::with_capacity(read.bars.len());
-    let (mut invalid, mut duplicate) = (0, 0);
-    for (raw, &date) in read.bars.iter().zip(dates) {
-        match step::try_step(&mut state, &to_bar(raw, date)) {
-            Ok(row) => rows.push(row),
-            Err(SkipReason::InvalidClose) => invalid += 1,
-            Err(SkipReason::NotAfterLastDate) => duplicate += 1,
-        }
-    }
-    let recomputed = match why {
-        Scratch::Recompute(reason) => Some(reason.clone()),
-        _ => None,
-    };
-    let Some(&d0) = state.close_dates.front() else {
-        // No valid bar: nothing to write for a symbol never computed (and counted as up to
-        // date, not again as computed on every run); a computed one loses its rows and state.
-        let write = if *why == Scratch::NoState {
-            Write::Nothing
-        } else {
-            Write::Vanish
-        };
-        return Computed {
-            symbol: symbol.to_owned(),
-            write,
-            rows,
-            state: None,
-            invalid,
-            duplicate,
-            recomputed,
-        };
-    };
-    let rows_before_tail = dates.iter().take_while(|&&d| d < d0).count() as i64;
-    Computed {
-        symbol: symbol.to_owned(),
-        write: match why {
-            Scratch::Recompute(_) => Write::Upsert,
-            Scratch::NoState | Scratch::Forced => Write::Replace,
-        },
-        rows,
-        state: Some(StateToSave {
-            symbol: symbol.to_owned(),
-            state,
-            rows_before_tail,
-        }),
-        invalid,
-        duplicate,
-        recomputed,
-    }
-}
-
-fn continue_from(
-    symbol: &str,
-    stored: &StoredState,
-    read: &BarsRead,
-    dates: &[NaiveDate],
-    tz: Tz,
-) -> Result<Computed, String> {
-    let st = &stored.state;
-    let (Some(last), Some(&d0)) = (st.last_date, st.close_dates.front()) else {
-        return Err("stored state is empty".to_owned());
-    };
-    if read.rows_before != stored.rows_before_tail {
-        return Err(format!(
-            "{} rows before {d0} in the database, {} when last computed",
-            read.rows_before.unwrap_or(-1),
-            stored.rows_before_tail.unwrap_or(-1)
-        ));
-    }
-    let first_db = read.first_valid.map(|t| store::bar_date(tz, t));
-    if first_db != st.first_date {
-        return Err(format!(
-            "first valid bar is of {}, was of {}",
-            first_db.map_or("nothing".to_owned(), |d| d.to_string()),
-            st.first_date
-                .map_or("nothing".to_owned(), |d| d.to_string()),
-        ));
-    }
-    continue_checked(symbol, stored, read, dates, last)
-}
-
-fn continue_checked(
-    symbol: &str,
-    stored: &StoredState,
-    read: &BarsRead,
-    dates: &[NaiveDate],
-    last: NaiveDate,
-) -> Result<Computed, String> {
-    let st = &stored.state;
-    let mut state = st.clone();
-    let mut tail_i = 0usize;
-    let mut tail_volumes: Vec<i64> = Vec::with_capacity(st.closes.len());
-    let mut prev: Option<NaiveDate> = None;
-    let mut rows = Vec::new();
-    let (mut invalid, mut duplicate) = (0, 0);
-    for (raw, &date) in read.bars.iter().zip(dates) {
-        if date > last {
-            match step::try_step(&mut state, &to_bar(raw, date)) {
-                Ok(row) => rows.push(row),
-                Err(SkipReason::InvalidClose) => invalid += 1,
-                Err(SkipReason::NotAfterLastDate) => duplicate += 1,
-            }
-            continue;
-        }
-        // The stored tail's range: re-apply step's acceptance rule and compare.
-        let Some(close) = raw.close.filter(|&c| step::is_valid_close(c)) else {
-            continue;
-        };
-        if prev.is_some_and(|p| date <= p) {
-            continue;
-        }
-        prev = Some(date);
-        match (st.close_dates.get(tail_i), st.closes.get(tail_i)) {
-            (Some(&d), Some(&c)) if d == date && c.to_bits() == close.to_bits() => {}
-            (Some(&d), Some(&c)) => {
-                return Err(if d == date {
-                    format!("close of {date} is {close}, was {c}")
-                } else {
-                    format!("bar of {} in the database where {d} was", date.min(d))
-                })
-            }
-            _ => {
-                return Err(format!(
-                    "bar of {date} in the database after the stored tail"
-                ))
-            }
-        }
-        tail_volumes.push(raw.volume.unwrap_or(0));
-        tail_i += 1;
-    }
-    if tail_i != st.closes.len() {
-        return Err(format!(
-            "stored bar of {} is gone from the database",
-            st.close_dates[tail_i]
-        ));
-    }
-    let vol_tail = &tail_volumes[tail_volumes.len() - st.volumes.len()..];
-    if !vol_tail.iter().eq(st.volumes.iter()) {
-        return Err("a volume of the last 20 bars changed".to_owned());
-    }
-    if rows.is_empty() {
-        return Ok(Computed {
-            symbol: symbol.to_owned(),
-            write: Write::Nothing,
-            rows,
-            state: None,
-            invalid,
-            duplicate,
-            recomputed: None,
-        });
-    }
-    let new_d0 = state.close_dates[0];
-    let rows_before_tail = stored.rows_before_tail.unwrap_or(0)
-        + dates.iter().take_while(|&&d| d < new_d0).count() as i64;
-    Ok(Computed {
-        symbol: symbol.to_owned(),
-        write: Write::Append { after: last },
-        rows,
-        state: Some(StateToSave {
-            symbol: symbol.to_owned(),
-            state,
-            rows_before_tail,
-        }),
-        invalid,
-        duplicate,
-        recomputed: None,
-    })
 }
 
 /// One chunk in one transaction.
@@ -711,54 +608,43 @@ async fn process_chunk(
             .map_err(IndicatorError::query("committing"))?;
         return Ok(summary);
     }
-    // Read after the locks: under READ COMMITTED this statement sees the commit of an
-    // instance that held a lock a moment ago, never a state it is about to replace.
+    // Read after the locks: under READ COMMITTED these statements see the commit of an
+    // instance that held a lock a moment ago, never a state it is about to replace. Changes
+    // before bars: a bar committed after this read bumps its change row, which then survives
+    // this chunk's consume_changes, so it is never lost between the two reads.
+    let mut changes = store::load_changes(&tx, &mine).await?;
     let mut states = store::load_states(&tx, &mine).await?;
-    let mut starts = Vec::with_capacity(mine.len());
-    let mut requests = Vec::with_capacity(mine.len());
+    let mut consumed = Vec::new();
+    let mut planned = Vec::with_capacity(mine.len());
+    let mut requests = Vec::new();
     for symbol in mine {
-        let (start, from) = plan(states.remove(&symbol), ctx.mode, ctx.tz);
-        requests.push((symbol, from));
-        starts.push(start);
+        let change = changes.remove(&symbol);
+        if let Some(c) = change {
+            consumed.push((symbol.clone(), c.change_seq));
+        }
+        let (start, read) = plan(states.remove(&symbol), change, ctx.mode, ctx.tz);
+        let slot = read.map(|from| {
+            requests.push((symbol.clone(), from));
+            requests.len() - 1
+        });
+        planned.push((symbol, start, slot));
     }
     let reads = store::load_bars(&tx, &requests).await?;
-    let symbols: Vec<String> = requests.into_iter().map(|(s, _)| s).collect();
     let tz = ctx.tz;
-    let (mut computed, revised) = blocking(move || {
-        let mut computed = Vec::with_capacity(symbols.len());
-        let mut revised = Vec::new();
-        for ((symbol, start), read) in symbols.into_iter().zip(starts).zip(reads) {
-            match compute(&symbol, &start, &read, tz) {
-                Ok(c) => computed.push(c),
-                Err(reason) => revised.push((symbol, reason)),
-            }
-        }
-        (computed, revised)
+    let plan = blocking(move || {
+        let computed = planned
+            .into_iter()
+            .map(|(symbol, start, slot)| {
+                let bars = slot.map_or(&[][..], |i| reads[i].as_slice());
+                compute(&symbol, start, bars, tz)
+            })
+            .collect();
+        encode(computed)
     })
     .await?;
-
-    if !revised.is_empty() {
-        let requests: Vec<(String, Option<DateTime<Utc>>)> =
-            revised.iter().map(|(s, _)| (s.clone(), None)).collect();
-        let reads = store::load_bars(&tx, &requests).await?;
-        let again = blocking(move || {
-            revised
-                .into_iter()
-                .zip(reads)
-                .map(|((symbol, reason), read)| {
-                    let start = Start::Scratch(Scratch::Recompute(reason));
-                    compute(&symbol, &start, &read, tz)
-                })
-                .collect::<Vec<_>>()
-        })
-        .await?;
-        // A scratch start never reports a revision.
-        computed.extend(again.into_iter().flatten());
-    }
-
-    let plan = blocking(move || encode(computed)).await?;
     summary.merge(plan.summary.clone());
     write(&tx, plan, &mut summary).await?;
+    store::consume_changes(&tx, &consumed).await?;
     tx.commit()
         .await
         .map_err(IndicatorError::query("committing"))?;
@@ -779,7 +665,7 @@ struct WritePlan {
     delete_from: Vec<(String, Option<NaiveDate>)>,
     direct: RowEncoder,
     staged: RowEncoder,
-    staged_symbols: Vec<String>,
+    staged_targets: Vec<(String, Option<NaiveDate>)>,
     latest: Vec<String>,
     states: Vec<StateToSave>,
     vanished: Vec<String>,
@@ -791,7 +677,7 @@ fn encode(computed: Vec<Computed>) -> WritePlan {
         delete_from: Vec::new(),
         direct: RowEncoder::new(),
         staged: RowEncoder::new(),
-        staged_symbols: Vec::new(),
+        staged_targets: Vec::new(),
         latest: Vec::new(),
         states: Vec::new(),
         vanished: Vec::new(),
@@ -830,8 +716,8 @@ fn encode(computed: Vec<Computed>) -> WritePlan {
                 plan.delete_from.push((c.symbol.clone(), None));
                 direct.push(i);
             }
-            Write::Upsert => {
-                plan.staged_symbols.push(c.symbol.clone());
+            Write::Upsert { from } => {
+                plan.staged_targets.push((c.symbol.clone(), *from));
                 staged.push(i);
             }
         }
@@ -868,10 +754,15 @@ fn encode_rows(
     let mut order: Vec<(NaiveDate, usize, usize)> = which
         .iter()
         .flat_map(|&i| {
+            let from = match computed[i].write {
+                Write::Upsert { from: Some(from) } => from,
+                _ => NaiveDate::MIN,
+            };
             computed[i]
                 .rows
                 .iter()
                 .enumerate()
+                .filter(move |(_, row)| row.date >= from)
                 .map(move |(r, row)| (row.date, i, r))
         })
         .collect();
@@ -908,9 +799,9 @@ async fn write(
         summary.rows_written +=
             store::copy_rows(tx, store::COPY_ROWS_SQL, plan.direct.finish()).await?;
     }
-    if !plan.staged_symbols.is_empty() {
+    if !plan.staged_targets.is_empty() {
         summary.rows_written +=
-            store::upsert_rows(tx, &plan.staged_symbols, plan.staged.finish()).await?;
+            store::upsert_rows(tx, &plan.staged_targets, plan.staged.finish()).await?;
     }
     store::refresh_latest(tx, &plan.latest).await?;
     store::save_states(tx, &plan.states).await?;

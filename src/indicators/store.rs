@@ -22,25 +22,20 @@ use super::step::{IndicatorRow, IndicatorState};
 use super::IndicatorError;
 
 /// The work list of a run over all symbols: every symbol of data_ingestion.symbols that has a
-/// state or at least one yahoo bar, plus the symbols missing from data_ingestion.symbols that
-/// got yahoo bars in the last 30 days (reported and skipped: the indicator tables reference
-/// data_ingestion.symbols). A symbol with a state is listed without touching market_data, so
-/// the daily run pays nothing here per symbol. Unknown symbols are looked for among recent
-/// bars only because finding every distinct symbol of market_data costs a probe of every
-/// partition per symbol (seconds at 5,000 symbols); a symbol whose bars are all older than
-/// that has been missing from data_ingestion.symbols for a month and was reported then.
+/// state or recorded bar changes, plus the symbols with bar changes that are missing from
+/// data_ingestion.symbols (reported and skipped: the indicator tables reference it). Two index
+/// lookups per symbol, none into market_data: which symbols have new or revised bars is what
+/// analytics.indicator_bar_changes (V19) records.
 pub const LIST_ALL_SYMBOLS_SQL: &str = r#"
 SELECT y.symbol::text, true, st.symbol IS NOT NULL
   FROM data_ingestion.symbols y
   LEFT JOIN analytics.indicator_state st ON st.symbol = y.symbol
  WHERE st.symbol IS NOT NULL
-    OR EXISTS (SELECT 1 FROM data_ingestion.market_data m
-                WHERE m.symbol = y.symbol AND m.data_source = 'yahoo')
+    OR EXISTS (SELECT 1 FROM analytics.indicator_bar_changes c WHERE c.symbol = y.symbol)
 UNION ALL
-SELECT DISTINCT m.symbol::text, false, false
-  FROM data_ingestion.market_data m
- WHERE m."timestamp" >= now() - interval '30 days' AND m.data_source = 'yahoo'
-   AND NOT EXISTS (SELECT 1 FROM data_ingestion.symbols y WHERE y.symbol = m.symbol)
+SELECT c.symbol::text, false, false
+  FROM analytics.indicator_bar_changes c
+ WHERE NOT EXISTS (SELECT 1 FROM data_ingestion.symbols y WHERE y.symbol = c.symbol)
 "#;
 
 /// The same three facts for a given list of symbols (`indicators --symbol`, market data events).
@@ -65,32 +60,32 @@ SELECT k.ord::int4
 
 pub const LOAD_STATES_SQL: &str = r#"
 SELECT symbol::text, spec_version, first_date, last_date, bars_consumed, closes, close_dates,
-       volumes, ema12, ema26, ema50, macd_fast, macd_signal, macd_seed_sum, avg_gain, avg_loss,
-       rows_before_tail
+       volumes, ema12, ema26, ema50, macd_fast, macd_signal, macd_seed_sum, avg_gain, avg_loss
   FROM analytics.indicator_state
  WHERE symbol = ANY($1::text[])
 "#;
 
+/// The recorded bar changes of a chunk's symbols. `-infinity` (TRUNCATE: everything) reads as
+/// NULL, which chrono has no value for.
+pub const LOAD_CHANGES_SQL: &str = r#"
+SELECT symbol::text, CASE WHEN earliest > '-infinity' THEN earliest END, change_seq
+  FROM analytics.indicator_bar_changes
+ WHERE symbol = ANY($1::text[])
+"#;
+
+/// Removes the change rows a chunk consumed, each only if no write recorded a newer change
+/// since it was read: that one stays for the next run. Under READ COMMITTED a row another
+/// transaction is updating is waited for and its new change_seq re-checked.
+pub const CONSUME_CHANGES_SQL: &str = r#"
+DELETE FROM analytics.indicator_bar_changes c
+ USING unnest($1::text[], $2::int8[]) AS d(symbol, change_seq)
+ WHERE c.symbol = d.symbol AND c.change_seq = d.change_seq
+"#;
+
 /// Yahoo bars at or after each symbol's `from_ts` (NULL: all of them), as three arrays in the
-/// same (unspecified) order, sorted by the caller; plus, for a partial read, what the revision
-/// check needs about the bars before `from_ts`: how many rows there are (an index-only count,
-/// valid or not) and when the first valid bar is (ordered by symbol too, or the planner may walk
-/// the all-symbols timestamp index and filter). `close <> 'NaN'` because NaN sorts above
-/// every number in PostgreSQL, so `close > 0` alone lets it through. CASE evaluates its
-/// subqueries only for the branch taken, so a full read pays for neither.
+/// same (unspecified) order, sorted by the caller.
 pub const LOAD_BARS_SQL: &str = r#"
-SELECT s.ord::int4,
-       CASE WHEN s.from_ts IS NOT NULL THEN
-           (SELECT count(*) FROM data_ingestion.market_data m
-             WHERE m.symbol = s.symbol AND m.data_source = 'yahoo' AND m."timestamp" < s.from_ts)
-       END,
-       CASE WHEN s.from_ts IS NOT NULL THEN
-           (SELECT m."timestamp" FROM data_ingestion.market_data m
-             WHERE m.symbol = s.symbol AND m.data_source = 'yahoo'
-               AND m.close > 0 AND m.close <> 'NaN'
-             ORDER BY m.symbol, m."timestamp" LIMIT 1)
-       END,
-       b.ts, b.closes, b.volumes
+SELECT s.ord::int4, b.ts, b.closes, b.volumes
   FROM unnest($1::text[], $2::timestamptz[]) WITH ORDINALITY AS s(symbol, from_ts, ord)
  CROSS JOIN LATERAL (
        SELECT array_agg(m."timestamp") AS ts,
@@ -105,10 +100,19 @@ SELECT s.ord::int4,
 /// Removes each symbol's rows dated on or after its `from_date` (NULL: all its rows) before new
 /// rows for those dates are copied in. For an appending symbol there are normally none; they
 /// exist only if something else wrote them, and a COPY would then fail on the unique key.
+/// The rows are found symbol by symbol on the (symbol, date) key (`OFFSET 0` keeps the lateral
+/// subquery from being flattened into a join) and deleted by id: as a join, the planner cannot
+/// tell how few rows the dates select and hashes the whole table (200 ms for 600k rows,
+/// against 7 ms this way; seconds at 12 million, for a delete that usually finds nothing).
 pub const DELETE_ROWS_FROM_SQL: &str = r#"
 DELETE FROM analytics.technical_indicators t
- USING unnest($1::text[], $2::date[]) AS d(symbol, from_date)
- WHERE t.symbol = d.symbol AND t.date >= coalesce(d.from_date, '-infinity')
+ WHERE t.id = ANY (ARRAY(
+       SELECT x.id
+         FROM unnest($1::text[], $2::date[]) AS d(symbol, from_date)
+        CROSS JOIN LATERAL (
+              SELECT x.id FROM analytics.technical_indicators x
+               WHERE x.symbol = d.symbol AND x.date >= coalesce(d.from_date, '-infinity')
+              OFFSET 0) x))
 "#;
 
 /// The indicator columns in table order; `rsi` and `rsi_14` carry the same value.
@@ -141,7 +145,7 @@ CREATE TEMP TABLE IF NOT EXISTS indicator_state_stage (
     last_date date NOT NULL, bars_consumed int8 NOT NULL, closes float8[] NOT NULL,
     close_dates date[] NOT NULL, volumes int8[] NOT NULL, ema12 float8, ema26 float8,
     ema50 float8, macd_fast float8, macd_signal float8, macd_seed_sum float8, avg_gain float8,
-    avg_loss float8, prev_close float8, rows_before_tail int8 NOT NULL
+    avg_loss float8, prev_close float8
 ) ON COMMIT DELETE ROWS;
 "#;
 
@@ -150,13 +154,20 @@ pub const COPY_STAGED_ROWS_SQL: &str = "COPY pg_temp.indicator_rows_stage (symbo
     bb_upper, bb_middle, bb_lower, bb_position, bb_width, volatility_20, price_change_1d, \
     price_change_5d, price_change_30d, avg_volume_20, current_volume) FROM STDIN (FORMAT binary)";
 
-/// A recomputed symbol's rows whose date is no longer a bar date (a bar was deleted, or its
-/// close became invalid).
+/// A recomputed symbol's rows, from its first changed date on (NULL: all), whose date is no
+/// longer a bar date (a bar was deleted, or its close became invalid). Found by key and
+/// deleted by id, as [`DELETE_ROWS_FROM_SQL`].
 pub const DELETE_UNSTAGED_ROWS_SQL: &str = r#"
 DELETE FROM analytics.technical_indicators t
- WHERE t.symbol = ANY($1::text[])
-   AND NOT EXISTS (SELECT 1 FROM pg_temp.indicator_rows_stage s
-                    WHERE s.symbol = t.symbol AND s.date = t.date)
+ WHERE t.id = ANY (ARRAY(
+       SELECT x.id
+         FROM unnest($1::text[], $2::date[]) AS d(symbol, from_date)
+        CROSS JOIN LATERAL (
+              SELECT x.id, x.symbol, x.date FROM analytics.technical_indicators x
+               WHERE x.symbol = d.symbol AND x.date >= coalesce(d.from_date, '-infinity')
+              OFFSET 0) x
+        WHERE NOT EXISTS (SELECT 1 FROM pg_temp.indicator_rows_stage s
+                           WHERE s.symbol = x.symbol AND s.date = x.date)))
 "#;
 
 /// The value columns as `c = EXCLUDED.c, …`, `alias.c, …` and `EXCLUDED.c, …`: the SET list and
@@ -211,16 +222,15 @@ DELETE FROM analytics.technical_indicators_latest l
 
 pub const COPY_STATES_SQL: &str = "COPY pg_temp.indicator_state_stage (symbol, spec_version, \
     first_date, last_date, bars_consumed, closes, close_dates, volumes, ema12, ema26, ema50, \
-    macd_fast, macd_signal, macd_seed_sum, avg_gain, avg_loss, prev_close, rows_before_tail) \
+    macd_fast, macd_signal, macd_seed_sum, avg_gain, avg_loss, prev_close) \
     FROM STDIN (FORMAT binary)";
 
 pub const UPSERT_STATES_SQL: &str = r#"
 INSERT INTO analytics.indicator_state AS st (symbol, spec_version, first_date, last_date,
        bars_consumed, closes, close_dates, volumes, ema12, ema26, ema50, macd_fast, macd_signal,
-       macd_seed_sum, avg_gain, avg_loss, prev_close, rows_before_tail)
+       macd_seed_sum, avg_gain, avg_loss, prev_close)
 SELECT symbol, spec_version, first_date, last_date, bars_consumed, closes, close_dates, volumes,
-       ema12, ema26, ema50, macd_fast, macd_signal, macd_seed_sum, avg_gain, avg_loss, prev_close,
-       rows_before_tail
+       ema12, ema26, ema50, macd_fast, macd_signal, macd_seed_sum, avg_gain, avg_loss, prev_close
   FROM pg_temp.indicator_state_stage
 ON CONFLICT (symbol) DO UPDATE SET
        spec_version = EXCLUDED.spec_version, first_date = EXCLUDED.first_date,
@@ -229,8 +239,7 @@ ON CONFLICT (symbol) DO UPDATE SET
        ema12 = EXCLUDED.ema12, ema26 = EXCLUDED.ema26, ema50 = EXCLUDED.ema50,
        macd_fast = EXCLUDED.macd_fast, macd_signal = EXCLUDED.macd_signal,
        macd_seed_sum = EXCLUDED.macd_seed_sum, avg_gain = EXCLUDED.avg_gain,
-       avg_loss = EXCLUDED.avg_loss, prev_close = EXCLUDED.prev_close,
-       rows_before_tail = EXCLUDED.rows_before_tail
+       avg_loss = EXCLUDED.avg_loss, prev_close = EXCLUDED.prev_close
 "#;
 
 pub const DELETE_STATES_SQL: &str =
@@ -309,18 +318,10 @@ pub async fn try_lock_symbols(
     Ok(got)
 }
 
-/// A persisted state and the revision-check count stored with it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredState {
-    pub state: IndicatorState,
-    /// Yahoo rows dated before `state.close_dates[0]`; None when unknown (recompute).
-    pub rows_before_tail: Option<i64>,
-}
-
 pub async fn load_states(
     tx: &Transaction<'_>,
     symbols: &[String],
-) -> Result<HashMap<String, StoredState>, IndicatorError> {
+) -> Result<HashMap<String, IndicatorState>, IndicatorError> {
     let rows = tx
         .query(LOAD_STATES_SQL, &[&symbols])
         .await
@@ -351,15 +352,54 @@ pub async fn load_states(
             avg_gain: r.get(14),
             avg_loss: r.get(15),
         };
-        out.insert(
-            r.get(0),
-            StoredState {
-                state,
-                rows_before_tail: r.get(16),
-            },
-        );
+        out.insert(r.get(0), state);
     }
     Ok(out)
+}
+
+/// Bar changes recorded for a symbol since the job last consumed them (V19).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BarChange {
+    /// Earliest bar time inserted, deleted or changed; None: everything (TRUNCATE).
+    pub earliest: Option<DateTime<Utc>>,
+    /// What the row must still hold for this run to consume it.
+    pub change_seq: i64,
+}
+
+pub async fn load_changes(
+    tx: &Transaction<'_>,
+    symbols: &[String],
+) -> Result<HashMap<String, BarChange>, IndicatorError> {
+    let rows = tx
+        .query(LOAD_CHANGES_SQL, &[&symbols])
+        .await
+        .map_err(IndicatorError::query("loading bar changes"))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let change = BarChange {
+                earliest: r.get(1),
+                change_seq: r.get(2),
+            };
+            (r.get(0), change)
+        })
+        .collect())
+}
+
+/// Deletes the change rows this run consumed (unless changed again meanwhile).
+pub async fn consume_changes(
+    tx: &Transaction<'_>,
+    consumed: &[(String, i64)],
+) -> Result<(), IndicatorError> {
+    if consumed.is_empty() {
+        return Ok(());
+    }
+    let symbols: Vec<&str> = consumed.iter().map(|(s, _)| s.as_str()).collect();
+    let seqs: Vec<i64> = consumed.iter().map(|(_, q)| *q).collect();
+    tx.execute(CONSUME_CHANGES_SQL, &[&symbols, &seqs])
+        .await
+        .map_err(IndicatorError::query("consuming bar changes"))?;
+    Ok(())
 }
 
 /// One yahoo row of market_data as read: the close may be NULL (or NaN).
@@ -370,37 +410,27 @@ pub struct RawBar {
     pub volume: Option<i64>,
 }
 
-/// What [`load_bars`] returns for one symbol.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct BarsRead {
-    /// Rows before the read's start (partial reads only).
-    pub rows_before: Option<i64>,
-    /// Time of the first valid bar of the whole history (partial reads only).
-    pub first_valid: Option<DateTime<Utc>>,
-    /// Rows at or after the start, sorted by time.
-    pub bars: Vec<RawBar>,
-}
-
-/// Bars of each `(symbol, from)`; `from` None reads the whole history. Aligned with `requests`.
+/// Bars of each `(symbol, from)`, sorted by time; `from` None reads the whole history.
+/// Aligned with `requests`.
 pub async fn load_bars(
     tx: &Transaction<'_>,
     requests: &[(String, Option<DateTime<Utc>>)],
-) -> Result<Vec<BarsRead>, IndicatorError> {
+) -> Result<Vec<Vec<RawBar>>, IndicatorError> {
     let symbols: Vec<&str> = requests.iter().map(|(s, _)| s.as_str()).collect();
     let from: Vec<Option<DateTime<Utc>>> = requests.iter().map(|(_, f)| *f).collect();
     let rows = tx
         .query(LOAD_BARS_SQL, &[&symbols, &from])
         .await
         .map_err(IndicatorError::query("loading bars"))?;
-    let mut out = vec![BarsRead::default(); requests.len()];
+    let mut out = vec![Vec::new(); requests.len()];
     for r in rows {
         let ord: i32 = r.get(0);
         let Some(slot) = usize::try_from(ord - 1).ok().and_then(|i| out.get_mut(i)) else {
             continue;
         };
-        let ts: Option<Vec<DateTime<Utc>>> = r.get(3);
-        let closes: Option<Vec<Option<f64>>> = r.get(4);
-        let volumes: Option<Vec<Option<i64>>> = r.get(5);
+        let ts: Option<Vec<DateTime<Utc>>> = r.get(1);
+        let closes: Option<Vec<Option<f64>>> = r.get(2);
+        let volumes: Option<Vec<Option<i64>>> = r.get(3);
         let mut bars: Vec<RawBar> = ts
             .unwrap_or_default()
             .into_iter()
@@ -411,11 +441,7 @@ pub async fn load_bars(
         if !bars.is_sorted_by_key(|b| b.ts) {
             bars.sort_by_key(|b| b.ts);
         }
-        *slot = BarsRead {
-            rows_before: r.get(1),
-            first_valid: r.get(2),
-            bars,
-        };
+        *slot = bars;
     }
     Ok(out)
 }
@@ -723,15 +749,18 @@ pub async fn delete_rows_from(
         .map_err(IndicatorError::query("deleting rows to rewrite"))
 }
 
-/// Writes recomputed symbols' rows through the staging table: rows of dates that are gone are
-/// deleted, changed rows updated, new ones inserted. Returns rows inserted or changed.
+/// Writes recomputed symbols' rows through the staging table: the payload holds each symbol's
+/// rows from its date on (None: all); rows of those dates that are gone are deleted, changed
+/// rows updated, new ones inserted. Returns rows inserted or changed.
 pub async fn upsert_rows(
     tx: &Transaction<'_>,
-    symbols: &[String],
+    targets: &[(String, Option<NaiveDate>)],
     payload: CopyPayload,
 ) -> Result<u64, IndicatorError> {
     copy_rows(tx, COPY_STAGED_ROWS_SQL, payload).await?;
-    tx.execute(DELETE_UNSTAGED_ROWS_SQL, &[&symbols])
+    let symbols: Vec<&str> = targets.iter().map(|(s, _)| s.as_str()).collect();
+    let dates: Vec<Option<NaiveDate>> = targets.iter().map(|(_, d)| *d).collect();
+    tx.execute(DELETE_UNSTAGED_ROWS_SQL, &[&symbols, &dates])
         .await
         .map_err(IndicatorError::query("deleting rows of vanished bars"))?;
     tx.execute(upsert_staged_rows_sql().as_str(), &[])
@@ -764,7 +793,6 @@ pub async fn refresh_latest(
 pub struct StateToSave {
     pub symbol: String,
     pub state: IndicatorState,
-    pub rows_before_tail: i64,
 }
 
 pub async fn save_states(
@@ -794,7 +822,6 @@ pub async fn save_states(
         Type::FLOAT8,
         Type::FLOAT8,
         Type::FLOAT8,
-        Type::INT8,
     ];
     let writer = BinaryCopyInWriter::new(sink, &types);
     futures::pin_mut!(writer);
@@ -824,7 +851,6 @@ pub async fn save_states(
                 &st.avg_gain,
                 &st.avg_loss,
                 &prev_close,
-                &s.rows_before_tail,
             ])
             .await
             .map_err(IndicatorError::query("saving indicator states"))?;
