@@ -633,6 +633,44 @@ async fn a_bar_written_while_a_run_reads_is_left_for_the_next_run() {
     run(&db, Selection::All, Mode::Incremental).await;
     assert_rows_eq(&rows(&db, "RACE").await, &expected(&bars), "RACE");
     assert_eq!(pending_changes(&db).await, 0);
+
+    // An ingestion transaction still open on the symbol's change row: the run neither waits
+    // for it nor loses it.
+    let more = walk(42, &weekdays(dates[59].succ_opt().unwrap(), 3), 31.0);
+    insert_bars(&db, "RACE", "yahoo", &more).await;
+    let mut writer = common::connect(&db.url).await;
+    let open = writer.transaction().await.unwrap();
+    open.execute(
+        "UPDATE data_ingestion.market_data SET volume = volume + 1
+          WHERE symbol = 'RACE' AND (\"timestamp\" AT TIME ZONE 'America/New_York')::date = $1",
+        &[&dates[59]],
+    )
+    .await
+    .unwrap();
+    let s = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        run(&db, Selection::All, Mode::Incremental),
+    )
+    .await
+    .expect("the run waited for an open ingestion transaction");
+    assert_eq!(s.rows_written, 3);
+    open.commit().await.unwrap();
+    assert_eq!(
+        pending_changes(&db).await,
+        1,
+        "the open transaction's change is kept"
+    );
+    let mut bars = bars;
+    bars[59].volume += 1;
+    bars.extend(more);
+    let s = run(&db, Selection::All, Mode::Incremental).await;
+    assert_eq!(s.recomputed_after_revision, 1);
+    assert_rows_eq(
+        &rows(&db, "RACE").await,
+        &expected(&bars),
+        "RACE after volume",
+    );
+    assert_eq!(pending_changes(&db).await, 0);
 }
 
 #[tokio::test]

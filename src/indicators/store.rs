@@ -74,12 +74,19 @@ SELECT symbol::text, CASE WHEN earliest > '-infinity' THEN earliest END, change_
 "#;
 
 /// Removes the change rows a chunk consumed, each only if no write recorded a newer change
-/// since it was read: that one stays for the next run. Under READ COMMITTED a row another
-/// transaction is updating is waited for and its new change_seq re-checked.
+/// since it was read: that one stays for the next run. A row an ingestion transaction is
+/// writing right now is skipped, not waited for: that transaction bumps change_seq anyway, and
+/// waiting could close a deadlock cycle with its next statement (which may want a row this
+/// chunk already deleted), aborting the ingestion's transaction.
 pub const CONSUME_CHANGES_SQL: &str = r#"
 DELETE FROM analytics.indicator_bar_changes c
- USING unnest($1::text[], $2::int8[]) AS d(symbol, change_seq)
- WHERE c.symbol = d.symbol AND c.change_seq = d.change_seq
+ WHERE c.symbol IN (
+       SELECT x.symbol
+         FROM analytics.indicator_bar_changes x
+         JOIN unnest($1::text[], $2::int8[]) AS d(symbol, change_seq)
+           ON x.symbol = d.symbol AND x.change_seq = d.change_seq
+        ORDER BY x.symbol
+          FOR UPDATE OF x SKIP LOCKED)
 "#;
 
 /// Yahoo bars at or after each symbol's `from_ts` (NULL: all of them), as three arrays in the
