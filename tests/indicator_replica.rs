@@ -351,7 +351,7 @@ async fn unreachable_replica_falls_back_to_the_primary_and_says_so() {
     assert!(counter(metric) >= before + 3, "{}", prometheus().render());
     let text = logs.text();
     assert!(
-        text.contains("instead of the replica") && text.contains("cannot connect to the replica"),
+        text.contains("instead of the replica") && text.contains("replica unreachable"),
         "{text}"
     );
     let want = dump(&plain.client).await;

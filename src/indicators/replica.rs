@@ -82,6 +82,10 @@ const REPLAY_POSITION_SQL: &str = "SELECT pg_is_in_recovery(), pg_last_wal_repla
 const FIRST_POLL: Duration = Duration::from_millis(1);
 const MAX_POLL: Duration = Duration::from_millis(50);
 
+/// A poll may take the rest of the wait, and at least this: a replica whose host vanished
+/// leaves the query unanswered for as long as TCP retransmits, not the wait's few seconds.
+const MIN_POLL_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// After a failed connection attempt no other is made for this long, doubling up to the cap:
 /// an unreachable host would otherwise cost every chunk a connect timeout.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
@@ -93,7 +97,7 @@ static WARNED_NOT_IN_RECOVERY: AtomicBool = AtomicBool::new(false);
 /// Why a chunk read its bars from the primary although a replica is configured.
 #[derive(Debug, thiserror::Error)]
 enum Fallback {
-    #[error("cannot connect to the replica: {0}")]
+    #[error("replica unreachable: {0}")]
     Connect(#[source] crate::db::DbError),
     #[error("the replica could not be reached moments ago; next attempt in {0:?}")]
     NotYet(Duration),
@@ -105,6 +109,8 @@ enum Fallback {
     },
     #[error("the replica is no longer in recovery (promoted?)")]
     Promoted,
+    #[error("the replica did not answer a replay position query within {0:?}; reconnecting")]
+    Unresponsive(Duration),
     #[error(
         "the replica is a standby of another cluster (system identifier {replica}, the primary's is {primary})"
     )]
@@ -127,7 +133,7 @@ impl Fallback {
             Fallback::Lag { .. } => "lag",
             Fallback::Promoted => "promoted",
             Fallback::OtherCluster { .. } => "other_cluster",
-            Fallback::Query { .. } | Fallback::Read(_) => "error",
+            Fallback::Unresponsive(_) | Fallback::Query { .. } | Fallback::Read(_) => "error",
         }
     }
 
@@ -152,6 +158,8 @@ struct Reader {
     replica: Option<Replica>,
     /// Commits the flushing message on the primary; opened when first needed.
     flusher: Option<Client>,
+    /// The primary refused the message (a revoked grant): not asked again in this run.
+    flush_refused: bool,
     retry_at: Option<Instant>,
     retry_after: Duration,
     /// The previous wait ran out. Later chunks then look once rather than wait again: a
@@ -165,6 +173,7 @@ impl BarSource {
             settings,
             replica: None,
             flusher: None,
+            flush_refused: false,
             retry_at: None,
             retry_after: FIRST_RETRY,
             lagging: false,
@@ -223,7 +232,8 @@ impl Reader {
             },
         };
         let result = self.read(&replica, tx, requests).await;
-        if !replica.client.is_closed() {
+        let hung = matches!(result, Ok(Err(Fallback::Unresponsive(_))));
+        if !hung && !replica.client.is_closed() {
             self.replica = Some(replica);
         }
         result
@@ -248,7 +258,7 @@ impl Reader {
                     primary,
                 }));
             }
-            if flushed < target {
+            if flushed < target && !self.flush_refused {
                 self.flush().await;
             }
             if let Err(f) = self.wait(replica, target).await {
@@ -301,7 +311,14 @@ impl Reader {
         }
         if let Some(c) = &self.flusher {
             if let Err(e) = c.batch_execute(FLUSH_SQL).await {
-                tracing::warn!(error = %e, "cannot make the primary flush its WAL");
+                // A server-side error will recur (pg_logical_emit_message revoked, say); a
+                // broken connection is reopened next time.
+                self.flush_refused = e.as_db_error().is_some();
+                tracing::warn!(
+                    error = %e, refused = self.flush_refused,
+                    "cannot make the primary flush its WAL; waits may run out when nothing else \
+                     commits"
+                );
                 self.flusher = None;
             }
         }
@@ -318,11 +335,14 @@ impl Reader {
         let deadline = started + max_wait;
         let mut pause = FIRST_POLL;
         loop {
-            let row = replica
-                .client
-                .query_one(REPLAY_POSITION_SQL, &[])
-                .await
-                .map_err(Fallback::query("reading the replay position"))?;
+            let limit = deadline
+                .saturating_duration_since(Instant::now())
+                .max(MIN_POLL_TIMEOUT);
+            let row =
+                tokio::time::timeout(limit, replica.client.query_one(REPLAY_POSITION_SQL, &[]))
+                    .await
+                    .map_err(|_| Fallback::Unresponsive(limit))?
+                    .map_err(Fallback::query("reading the replay position"))?;
             let (in_recovery, replayed): (bool, Option<PgLsn>) = (row.get(0), row.get(1));
             if !in_recovery {
                 return Err(Fallback::Promoted);
