@@ -96,6 +96,7 @@ pub async fn indicators(config: &Config, symbols: Vec<String>, full: bool) -> an
     crate::daemon::cancel_on_signals(shutdown.clone())?;
     let settings = JobSettings {
         bar_timezone: config.exchange_tz()?,
+        replica: crate::indicators::replica::ReplicaSettings::from_config(config)?,
         ..JobSettings::default()
     };
     let selection = if symbols.is_empty() {

@@ -5,8 +5,9 @@
 //!
 //! Precedence (later wins): [`Config::default`] → the TOML file → `TRADING_SYNC__SECTION__KEY`
 //! variables → `DATABASE_URL` / `REDIS_URL` (the names every PostgreSQL and Redis tool already
-//! understands) → `DATABASE_URL_FILE` / `REDIS_URL_FILE`. Secrets may come from files
-//! (`database.password_file`, `redis.password_file`, `*_URL_FILE`); a relative secret path is
+//! understands) → `DATABASE_URL_FILE` / `REDIS_URL_FILE` / `DATABASE_REPLICA_URL_FILE`. Secrets
+//! may come from files (`database.password_file`, `database.replica_password_file`,
+//! `redis.password_file`, `*_URL_FILE`); a relative secret path is
 //! resolved against `$CREDENTIALS_DIRECTORY`, so systemd's `LoadCredential=` works unchanged.
 
 use std::fmt;
@@ -57,6 +58,12 @@ pub struct DatabaseConfig {
     pub url: String,
     /// File holding the password; overrides one in `url` so the URL itself can be public.
     pub password_file: Option<PathBuf>,
+    /// A physical streaming replica of that database: the indicator job reads bars there.
+    /// Its password is a secret, like `url`'s.
+    pub replica_url: Option<String>,
+    /// File holding the replica's password. Unset: `password_file` (a physical standby has
+    /// the primary's roles).
+    pub replica_password_file: Option<PathBuf>,
     /// Database `migrate` connects to when the target database does not exist yet.
     pub maintenance_db: String,
     /// Connections kept by the daemon's pool.
@@ -72,6 +79,8 @@ impl Default for DatabaseConfig {
         DatabaseConfig {
             url: "postgres://postgres@127.0.0.1:5432/trading_system".into(),
             password_file: None,
+            replica_url: None,
+            replica_password_file: None,
             maintenance_db: "postgres".into(),
             pool_size: 8,
             connect_timeout_ms: 5_000,
@@ -148,6 +157,9 @@ pub struct IndicatorsConfig {
     pub on_market_data: bool,
     /// Quiet period that folds a burst of bar events into one run.
     pub debounce_ms: u64,
+    /// How long a chunk waits for `database.replica_url` to replay the primary's WAL before
+    /// reading its bars from the primary instead.
+    pub replica_max_wait_ms: u64,
 }
 
 impl Default for IndicatorsConfig {
@@ -159,6 +171,7 @@ impl Default for IndicatorsConfig {
             run_at_start: true,
             on_market_data: true,
             debounce_ms: 2_000,
+            replica_max_wait_ms: 5_000,
         }
     }
 }
@@ -373,6 +386,10 @@ impl Config {
                 *config.url_mut(target) = read_secret(Path::new(&path), var)?;
             }
         }
+        if let Ok(path) = std::env::var("DATABASE_REPLICA_URL_FILE") {
+            config.database.replica_url =
+                Some(read_secret(Path::new(&path), "DATABASE_REPLICA_URL_FILE")?);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -387,25 +404,15 @@ impl Config {
 
     /// Every check that can be made without a network: URLs, ranges, time zones, cron.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let pg = tokio_postgres::Config::from_str(&self.database.url).map_err(|e| {
-            ConfigError::invalid("database.url", format!("not a PostgreSQL URL: {e}"))
-        })?;
-        if !self.database.url.starts_with("postgres://")
-            && !self.database.url.starts_with("postgresql://")
-        {
-            return Err(ConfigError::invalid(
-                "database.url",
-                "must start with postgres:// or postgresql://",
-            ));
-        }
-        if pg.get_dbname().is_none_or(str::is_empty) {
-            return Err(ConfigError::invalid(
-                "database.url",
-                "names no database (add /trading_system)",
-            ));
+        validate_pg_url("database.url", &self.database.url)?;
+        if let Some(url) = &self.database.replica_url {
+            validate_pg_url("database.replica_url", url)?;
         }
         if let Some(p) = &self.database.password_file {
             read_secret(p, "database.password_file")?;
+        }
+        if let Some(p) = &self.database.replica_password_file {
+            read_secret(p, "database.replica_password_file")?;
         }
         if let Some(p) = &self.redis.password_file {
             read_secret(p, "redis.password_file")?;
@@ -495,6 +502,12 @@ impl Config {
             self.indicators.debounce_ms,
             0,
             3_600_000,
+        )?;
+        range(
+            "indicators.replica_max_wait_ms",
+            self.indicators.replica_max_wait_ms,
+            0,
+            600_000,
         )?;
         self.http_listen()?;
         self.maintenance_schedule()?;
@@ -608,6 +621,7 @@ impl Config {
     pub fn to_masked_toml(&self) -> String {
         let mut shown = self.clone();
         shown.database.url = mask_url(&shown.database.url);
+        shown.database.replica_url = shown.database.replica_url.as_deref().map(mask_url);
         shown.redis.url = mask_url(&shown.redis.url);
         toml_string(&shown)
     }
@@ -615,10 +629,39 @@ impl Config {
 
 impl DatabaseConfig {
     pub fn pg_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
-        let mut pg = tokio_postgres::Config::from_str(&self.url)
-            .map_err(|e| ConfigError::invalid("database.url", e.to_string()))?;
-        if let Some(p) = &self.password_file {
-            pg.password(read_secret(p, "database.password_file")?);
+        self.connection_config(
+            "database.url",
+            &self.url,
+            self.password_file
+                .as_deref()
+                .map(|p| (p, "database.password_file")),
+        )
+    }
+
+    /// The replica's connection settings, if `replica_url` is set.
+    pub fn replica_pg_config(&self) -> Result<Option<tokio_postgres::Config>, ConfigError> {
+        let Some(url) = &self.replica_url else {
+            return Ok(None);
+        };
+        let password = match (&self.replica_password_file, &self.password_file) {
+            (Some(p), _) => Some((p.as_path(), "database.replica_password_file")),
+            (None, Some(p)) => Some((p.as_path(), "database.password_file")),
+            (None, None) => None,
+        };
+        self.connection_config("database.replica_url", url, password)
+            .map(Some)
+    }
+
+    fn connection_config(
+        &self,
+        key: &str,
+        url: &str,
+        password_file: Option<(&Path, &str)>,
+    ) -> Result<tokio_postgres::Config, ConfigError> {
+        let mut pg = tokio_postgres::Config::from_str(url)
+            .map_err(|e| ConfigError::invalid(key, e.to_string()))?;
+        if let Some((path, key)) = password_file {
+            pg.password(read_secret(path, key)?);
         }
         pg.connect_timeout(std::time::Duration::from_millis(self.connect_timeout_ms));
         if pg.get_application_name().is_none() {
@@ -660,6 +703,25 @@ fn range<T: PartialOrd + fmt::Display + Copy>(
         return Err(ConfigError::invalid(
             key,
             format!("{value} is outside {min}..={max}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A libpq-style URL with a database name; an error names `key`.
+fn validate_pg_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    let pg = tokio_postgres::Config::from_str(url)
+        .map_err(|e| ConfigError::invalid(key, format!("not a PostgreSQL URL: {e}")))?;
+    if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+        return Err(ConfigError::invalid(
+            key,
+            "must start with postgres:// or postgresql://",
+        ));
+    }
+    if pg.get_dbname().is_none_or(str::is_empty) {
+        return Err(ConfigError::invalid(
+            key,
+            "names no database (add /trading_system)",
         ));
     }
     Ok(())

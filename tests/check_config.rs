@@ -95,15 +95,23 @@ fn secrets_are_masked() {
                 "postgres://app:hunter2@127.0.0.1/trading_system",
             ),
             ("REDIS_URL", "redis://:swordfish@127.0.0.1:6379/0"),
+            (
+                "TRADING_SYNC__DATABASE__REPLICA_URL",
+                "postgres://ro:tiger@10.0.0.2/trading_system",
+            ),
         ],
     );
     let out = stdout(&o);
     assert!(o.status.success());
     assert!(
-        !out.contains("hunter2") && !out.contains("swordfish"),
+        !out.contains("hunter2") && !out.contains("swordfish") && !out.contains("tiger"),
         "{out}"
     );
     assert!(out.contains("app:********@"), "{out}");
+    assert!(
+        out.contains("replica_url = \"postgres://ro:********@10.0.0.2/trading_system\""),
+        "{out}"
+    );
 }
 
 #[test]
@@ -138,6 +146,44 @@ fn secrets_come_from_files_and_credentials_directory() {
 }
 
 #[test]
+fn replica_url_comes_from_a_file_and_is_masked() {
+    let dir = tempdir();
+    std::fs::write(
+        dir.join("replica_url"),
+        "postgres://ro:fromfile@10.0.0.2:5433/trading_system\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("replica_password"), "s3cret\n").unwrap();
+    let o = check_config(
+        Some("[database]\nreplica_password_file = \"replica_password\"\n"),
+        &[
+            (
+                "DATABASE_REPLICA_URL_FILE",
+                dir.join("replica_url").to_str().unwrap(),
+            ),
+            ("CREDENTIALS_DIRECTORY", dir.to_str().unwrap()),
+        ],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out.contains("replica_url = \"postgres://ro:********@10.0.0.2:5433/trading_system\""),
+        "{out}"
+    );
+    assert!(
+        !out.contains("fromfile") && !out.contains("s3cret"),
+        "{out}"
+    );
+
+    let o = check_config(
+        None,
+        &[("DATABASE_REPLICA_URL_FILE", "/nonexistent/replica_url")],
+    );
+    assert_rejected(&o, "DATABASE_REPLICA_URL_FILE");
+}
+
+#[test]
 fn unknown_keys_are_rejected_with_their_name() {
     assert_rejected(
         &check_config(Some("[sync]\nbatch_max_event = 3\n"), &[]),
@@ -164,6 +210,23 @@ fn bad_values_are_rejected_with_their_key() {
         ("[redis]\nurl = \"http://127.0.0.1\"\n", "redis.url"),
         ("[redis]\nurl = \"not a url\"\n", "redis.url"),
         ("[database]\npool_size = 0\n", "database.pool_size"),
+        (
+            "[database]\nreplica_url = \"mysql://x/y\"\n",
+            "database.replica_url",
+        ),
+        (
+            "[database]\nreplica_url = \"postgres://127.0.0.1\"\n",
+            "database.replica_url",
+        ),
+        ("[database]\nreplica_url = \"\"\n", "database.replica_url"),
+        (
+            "[database]\nreplica_password_file = \"/nonexistent/pw\"\n",
+            "database.replica_password_file",
+        ),
+        (
+            "[indicators]\nreplica_max_wait_ms = 600001\n",
+            "indicators.replica_max_wait_ms",
+        ),
         ("[sync]\nbatch_max_events = 0\n", "sync.batch_max_events"),
         ("[sync]\nqueue_max_bytes = 1000\n", "sync.queue_max_bytes"),
         (

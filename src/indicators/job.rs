@@ -23,6 +23,7 @@ use chrono_tz::Tz;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
+use super::replica::{BarSource, ReplicaSettings};
 use super::step::{self, Bar, IndicatorRow, IndicatorState, SkipReason};
 use super::store::{
     self, bar_date, BarChange, ListedSymbol, Overflow, RawBar, RowEncoder, StateToSave,
@@ -44,6 +45,8 @@ pub struct JobSettings {
     pub full_chunk: usize,
     /// Interval of the progress log line of long runs.
     pub progress_every: Duration,
+    /// Where bars are read, if not on the primary.
+    pub replica: Option<ReplicaSettings>,
 }
 
 impl Default for JobSettings {
@@ -54,6 +57,7 @@ impl Default for JobSettings {
             incremental_chunk: 500,
             full_chunk: 64,
             progress_every: Duration::from_secs(5),
+            replica: None,
         }
     }
 }
@@ -100,6 +104,10 @@ pub struct RunSummary {
     pub bars_skipped_duplicate_date: u64,
     /// Values written NULL because they did not fit their column.
     pub values_nulled: u64,
+    /// Chunks whose bars were read on the replica.
+    pub replica_reads: u64,
+    /// Chunks whose bars were read on the primary although a replica is configured.
+    pub replica_fallbacks: u64,
     /// The run stopped early on request; the symbols not reached are in no count.
     pub cancelled: bool,
     pub duration: Duration,
@@ -120,6 +128,8 @@ impl RunSummary {
         self.bars_skipped_invalid += o.bars_skipped_invalid;
         self.bars_skipped_duplicate_date += o.bars_skipped_duplicate_date;
         self.values_nulled += o.values_nulled;
+        self.replica_reads += o.replica_reads;
+        self.replica_fallbacks += o.replica_fallbacks;
         self.locked_symbols.extend(o.locked_symbols);
         self.failed_symbols.extend(o.failed_symbols);
     }
@@ -229,6 +239,7 @@ async fn run_inner(
         pg: pg.clone(),
         tz: settings.bar_timezone,
         mode,
+        replica: settings.replica.clone(),
     });
     let workers = settings
         .connections
@@ -302,6 +313,7 @@ struct Ctx {
     pg: tokio_postgres::Config,
     tz: Tz,
     mode: Mode,
+    replica: Option<ReplicaSettings>,
 }
 
 async fn worker(
@@ -319,6 +331,7 @@ async fn worker(
             c
         }
     };
+    let mut bars = BarSource::new(ctx.replica.clone());
     let mut summary = RunSummary::default();
     loop {
         if cancel.is_cancelled() {
@@ -327,7 +340,7 @@ async fn worker(
         let Some(chunk) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
             break;
         };
-        let part = match process_chunk(&mut client, &chunk, &ctx).await {
+        let part = match process_chunk(&mut client, &mut bars, &chunk, &ctx).await {
             Ok(part) => part,
             Err(e) if chunk.len() > 1 => {
                 tracing::warn!(
@@ -336,7 +349,7 @@ async fn worker(
                 );
                 let mut part = RunSummary::default();
                 for symbol in &chunk {
-                    part.merge(process_alone(&mut client, symbol, &ctx).await);
+                    part.merge(process_alone(&mut client, &mut bars, symbol, &ctx).await);
                 }
                 part
             }
@@ -376,7 +389,12 @@ async fn prepare_connection(client: &Client) -> Result<(), IndicatorError> {
 }
 
 /// One symbol in its own transaction, reconnecting first if the connection died.
-async fn process_alone(client: &mut Client, symbol: &str, ctx: &Ctx) -> RunSummary {
+async fn process_alone(
+    client: &mut Client,
+    bars: &mut BarSource,
+    symbol: &str,
+    ctx: &Ctx,
+) -> RunSummary {
     if client.is_closed() {
         match crate::db::connect(&ctx.pg).await {
             Ok(c) => {
@@ -392,7 +410,7 @@ async fn process_alone(client: &mut Client, symbol: &str, ctx: &Ctx) -> RunSumma
             }
         }
     }
-    match process_chunk(client, &[symbol.to_owned()], ctx).await {
+    match process_chunk(client, bars, &[symbol.to_owned()], ctx).await {
         Ok(part) => part,
         Err(e) => {
             tracing::error!(symbol, error = %e, "indicators failed for symbol");
@@ -580,6 +598,7 @@ fn to_bar(raw: &RawBar, date: NaiveDate) -> Bar {
 /// One chunk in one transaction.
 async fn process_chunk(
     client: &mut Client,
+    bars: &mut BarSource,
     symbols: &[String],
     ctx: &Ctx,
 ) -> Result<RunSummary, IndicatorError> {
@@ -629,7 +648,7 @@ async fn process_chunk(
         });
         planned.push((symbol, start, slot));
     }
-    let reads = store::load_bars(&tx, &requests).await?;
+    let reads = bars.load_bars(&tx, &requests, &mut summary).await?;
     let tz = ctx.tz;
     let plan = blocking(move || {
         let computed = planned

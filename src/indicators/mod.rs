@@ -4,9 +4,11 @@
 //! - [`step`]: the math (INDICATORS.md), pure.
 //! - [`store`]: SQL and persistence, a chunk of symbols per round trip.
 //! - [`job`]: one run (all symbols or a list, incremental or full), parallel over connections.
+//! - [`replica`]: bar reads from a read replica, never staler than the chunk's change rows.
 //! - [`schedule`]: the daemon task (cron, catch-up at start, debounced market-data triggers).
 
 pub mod job;
+pub mod replica;
 pub mod schedule;
 pub mod step;
 pub mod store;

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::job::{self, JobSettings, Mode, RunSummary, Selection};
+use super::replica::ReplicaSettings;
 use super::IndicatorError;
 use crate::config::Config;
 
@@ -61,6 +62,7 @@ impl SchedulerSettings {
             pg: config.pg_config()?,
             job: JobSettings {
                 bar_timezone: config.exchange_tz()?,
+                replica: ReplicaSettings::from_config(config)?,
                 ..JobSettings::default()
             },
             schedule: config.indicators.schedule.clone(),

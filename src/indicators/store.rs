@@ -16,7 +16,7 @@ use chrono_tz::Tz;
 use futures::SinkExt;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
-use tokio_postgres::Transaction;
+use tokio_postgres::{GenericClient, Transaction};
 
 use super::step::{IndicatorRow, IndicatorState};
 use super::IndicatorError;
@@ -418,14 +418,14 @@ pub struct RawBar {
 }
 
 /// Bars of each `(symbol, from)`, sorted by time; `from` None reads the whole history.
-/// Aligned with `requests`.
+/// Aligned with `requests`. On the chunk's transaction, or on a read replica (`replica.rs`).
 pub async fn load_bars(
-    tx: &Transaction<'_>,
+    client: &impl GenericClient,
     requests: &[(String, Option<DateTime<Utc>>)],
 ) -> Result<Vec<Vec<RawBar>>, IndicatorError> {
     let symbols: Vec<&str> = requests.iter().map(|(s, _)| s.as_str()).collect();
     let from: Vec<Option<DateTime<Utc>>> = requests.iter().map(|(_, f)| *f).collect();
-    let rows = tx
+    let rows = client
         .query(LOAD_BARS_SQL, &[&symbols, &from])
         .await
         .map_err(IndicatorError::query("loading bars"))?;
