@@ -13,6 +13,9 @@
 //! of the cluster; the bench creates `ts_bench_ind_<pid>` next to it and drops it at the end
 //! (`--keep` leaves it). Loading the bars is untimed; so are the VACUUM ANALYZEs, which stand
 //! in for autovacuum between a backfill and the next day's run.
+//! After the daily run it times two runs that must find little to do: one after every symbol's
+//! last five bars were upserted again unchanged (Yahoo's overlapping download), one after a
+//! close 1,000 bars back was revised for 1 % of the symbols.
 
 use std::io::{Cursor, Write as _};
 use std::process::Command;
@@ -25,6 +28,25 @@ use tokio_util::sync::CancellationToken;
 use trading_sync::config::DatabaseConfig;
 use trading_sync::indicators::job::{self, JobSettings, Mode, RunSummary, Selection};
 use trading_sync::indicators::store::start_of_day;
+
+/// Every yahoo bar from `$1` on written again with the values it has.
+const RESEND_LAST_BARS_SQL: &str = r#"
+INSERT INTO data_ingestion.market_data
+       (symbol, "timestamp", open, high, low, close, volume, data_source)
+SELECT symbol, "timestamp", open, high, low, close, volume, data_source
+  FROM data_ingestion.market_data
+ WHERE "timestamp" >= $1 AND data_source = 'yahoo'
+ON CONFLICT (symbol, "timestamp", data_source) DO UPDATE
+   SET open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low,
+       close = EXCLUDED.close, volume = EXCLUDED.volume
+"#;
+
+/// One bar of each symbol in `$1`, at `$2`, one cent higher.
+const REVISE_CLOSE_SQL: &str = r#"
+UPDATE data_ingestion.market_data
+   SET close = close + 0.01, high = high + 0.01
+ WHERE symbol = ANY($1::text[]) AND "timestamp" = $2 AND data_source = 'yahoo'
+"#;
 
 struct Args {
     symbols: usize,
@@ -341,6 +363,50 @@ async fn main() -> anyhow::Result<()> {
         t.elapsed().as_secs_f64(),
         noop.symbols_up_to_date
     );
+    // Yahoo's daily download overlaps: the last five bars of every symbol upserted again with
+    // the same values. Not a change (V19), so the run must find nothing to do.
+    let t = Instant::now();
+    client
+        .execute(
+            RESEND_LAST_BARS_SQL,
+            &[&start_of_day(
+                chrono_tz::America::New_York,
+                dates[a.bars - 4],
+            )],
+        )
+        .await?;
+    let resend_ingest_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let resent = ours(&url, a.connections).await?;
+    println!(
+        "ours   run after re-sent bars: {:6.2} s  ({} up to date, {} computed; the upsert itself took {resend_ingest_s:.2} s)",
+        t.elapsed().as_secs_f64(),
+        resent.symbols_up_to_date,
+        resent.symbols_computed
+    );
+    // Yahoo re-adjusts history: one close 1,000 bars back changed for 1 % of the symbols.
+    let revised: Vec<String> = (0..a.symbols).step_by(100).map(symbol).collect();
+    let back = a.bars.saturating_sub(1_000);
+    client
+        .execute(
+            REVISE_CLOSE_SQL,
+            &[
+                &revised,
+                &start_of_day(chrono_tz::America::New_York, dates[back]),
+            ],
+        )
+        .await?;
+    let t = Instant::now();
+    let rev = ours(&url, a.connections).await?;
+    println!(
+        "ours   run after revisions:    {:6.2} s  ({} symbols recomputed, {} rows rewritten)",
+        t.elapsed().as_secs_f64(),
+        rev.recomputed_after_revision,
+        rev.rows_written
+    );
+    if resent.symbols_computed != 0 || rev.recomputed_after_revision != revised.len() as u64 {
+        bail!("unexpected change detection: {resent:?} {rev:?}");
+    }
     let rows = scalar(
         &client,
         "SELECT count(*) FROM analytics.technical_indicators",
