@@ -173,19 +173,28 @@ async fn build_template() -> String {
     template
 }
 
-/// Drops templates of other migration sets and databases left by test processes that died.
+/// Templates of other migration sets kept besides the current one: two checkouts (branches,
+/// worktrees) testing at the same time each need their own, and dropping the other's would
+/// fail its clones mid-run.
+const OTHER_TEMPLATES_KEPT: usize = 3;
+
+/// Drops templates of older migration sets and databases left by test processes that died.
 async fn clean_stale(admin: &tokio_postgres::Client, keep: &str) {
     let rows = admin
         .query(
-            "SELECT datname FROM pg_database WHERE datname LIKE 'ts\\_tpl\\_%' OR datname LIKE 'ts\\_test\\_%'",
+            "SELECT datname FROM pg_database WHERE datname LIKE 'ts\\_tpl\\_%' OR datname LIKE 'ts\\_test\\_%' \
+             ORDER BY oid DESC",
             &[],
         )
         .await
         .expect("list databases");
+    let mut templates_seen = 0;
     for row in rows {
         let name: String = row.get(0);
         let stale = if name.starts_with("ts_tpl_") {
-            name != keep
+            // Newest first: the most recently built templates survive.
+            templates_seen += usize::from(name != keep);
+            name != keep && templates_seen > OTHER_TEMPLATES_KEPT
         } else {
             name.split('_')
                 .nth(2)
