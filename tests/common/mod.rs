@@ -345,3 +345,96 @@ pub async fn spawn_app(tweak: impl FnOnce(&mut trading_sync::config::Config)) ->
 pub fn python_dumps(value: &serde_json::Value) -> String {
     trading_sync::loadgen::python_dumps(value)
 }
+
+/// Publishes `messages` under `prefix` in pipelines and returns each PUBLISH's receiver count:
+/// 0 means no subscriber got the message, which is how a test tells what pub/sub delivered.
+pub async fn publish_counted(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    messages: &[trading_sync::loadgen::Message],
+    pipeline: usize,
+) -> redis::RedisResult<Vec<i64>> {
+    let mut receivers = Vec::with_capacity(messages.len());
+    for chunk in messages.chunks(pipeline.max(1)) {
+        let mut pipe = redis::pipe();
+        for m in chunk {
+            pipe.cmd("PUBLISH")
+                .arg(format!("{prefix}:{}", m.channel.suffix()))
+                .arg(&m.payload);
+        }
+        let counts: Vec<i64> = pipe.query_async(conn).await?;
+        receivers.extend(counts);
+    }
+    Ok(receivers)
+}
+
+/// Subscribers of each of the prefix's three channels (PUBSUB NUMSUB).
+pub async fn subscribers(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> Vec<i64> {
+    let mut cmd = redis::cmd("PUBSUB");
+    cmd.arg("NUMSUB");
+    for kind in trading_sync::events::ChannelKind::ALL {
+        cmd.arg(format!("{prefix}:{}", kind.suffix()));
+    }
+    let reply: Vec<redis::Value> = cmd.query_async(conn).await.expect("PUBSUB NUMSUB");
+    reply
+        .chunks(2)
+        .map(|pair| match pair.get(1) {
+            Some(redis::Value::Int(n)) => *n,
+            _ => 0,
+        })
+        .collect()
+}
+
+/// XLEN, 0 for a missing key.
+pub async fn xlen(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> u64 {
+    redis::cmd("XLEN")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .expect("XLEN")
+}
+
+/// Entries ever added to a stream (XINFO STREAM `entries-added`, Redis 7): unlike XLEN it does
+/// not go down when the stream is trimmed. 0 for a missing key.
+pub async fn entries_added(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> u64 {
+    let reply: redis::RedisResult<redis::Value> = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(key)
+        .query_async(conn)
+        .await;
+    let Ok(value) = reply else { return 0 };
+    let pairs: Vec<(redis::Value, redis::Value)> = match value {
+        redis::Value::Map(pairs) => pairs,
+        redis::Value::Array(items) => items
+            .chunks(2)
+            .filter_map(|p| Some((p.first()?.clone(), p.get(1)?.clone())))
+            .collect(),
+        _ => return 0,
+    };
+    pairs
+        .into_iter()
+        .find_map(|(k, v)| match (k, v) {
+            (redis::Value::BulkString(k), redis::Value::Int(n)) if k == b"entries-added" => {
+                Some(n as u64)
+            }
+            (redis::Value::SimpleString(k), redis::Value::Int(n)) if k == "entries-added" => {
+                Some(n as u64)
+            }
+            _ => None,
+        })
+        .expect("XINFO STREAM has entries-added (Redis 7 or later)")
+}
+
+/// Deletes keys of the shared Redis a test created.
+pub async fn delete_keys(keys: &[&str]) {
+    let mut conn = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("DEL")
+        .arg(keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
