@@ -296,7 +296,8 @@ pub struct JournalConfig {
     /// XADDs sent per pipelined round trip.
     pub append_batch: usize,
     /// Bytes of received messages not yet in the journal held in memory; past it a message
-    /// is refused, counted and logged (as sync.queue_max_bytes does).
+    /// is refused, counted and logged (as sync.queue_max_bytes does). It absorbs bursts faster
+    /// than Redis takes XADDs, the role the queue has without the journal: same default.
     pub buffer_max_bytes: usize,
     /// Applied entries are trimmed (XTRIM MINID) at most this often.
     pub trim_interval_ms: u64,
@@ -307,7 +308,7 @@ impl Default for JournalConfig {
         JournalConfig {
             key: None,
             append_batch: 1_000,
-            buffer_max_bytes: 16 * 1024 * 1024,
+            buffer_max_bytes: 80 * 1024 * 1024,
             trim_interval_ms: 1_000,
         }
     }

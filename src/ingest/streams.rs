@@ -274,12 +274,12 @@ impl StreamSource {
         queue: &QueueSender,
         shutdown: &CancellationToken,
     ) -> Result<(), SessionEnd> {
-        let mut batches = Vec::new();
-        for (index, key) in self.key_order(&reply) {
-            batches.push((index, key.ids.clone()));
-        }
-        for (index, entries) in batches {
-            self.enqueue(conn, index, entries, redelivered, queue, shutdown)
+        // Consumed, not cloned: a reply holds up to read_count entries per key.
+        for key in reply.keys {
+            let Some(index) = self.keys.iter().position(|(name, _)| **name == *key.key) else {
+                continue;
+            };
+            self.enqueue(conn, index, key.ids, redelivered, queue, shutdown)
                 .await?;
         }
         Ok(())
@@ -306,17 +306,23 @@ impl StreamSource {
             HashMap::new()
         };
         tracing::debug!(stream = %key, entries = entries.len(), redelivered, "queueing stream entries");
-        for entry in entries {
+        for mut entry in entries {
             let count = deliveries.get(&entry.id).copied().unwrap_or(1);
-            let (payload, mut reject) = match entry.map.get(&self.settings.field) {
-                Some(Value::BulkString(bytes)) => (bytes.clone(), None),
-                _ => (
-                    describe_entry(&entry),
-                    Some(format!(
-                        "stream entry has no `{}` field holding the event",
-                        self.settings.field
-                    )),
-                ),
+            // Moved out of the entry: the payload is the bulk of it.
+            let (payload, mut reject) = match entry.map.remove(&self.settings.field) {
+                Some(Value::BulkString(bytes)) => (bytes, None),
+                other => {
+                    if let Some(value) = other {
+                        entry.map.insert(self.settings.field.clone(), value);
+                    }
+                    (
+                        describe_entry(&entry),
+                        Some(format!(
+                            "stream entry has no `{}` field holding the event",
+                            self.settings.field
+                        )),
+                    )
+                }
             };
             let channel = match role {
                 KeyRole::Channel(channel) => channel,
