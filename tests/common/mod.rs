@@ -2,8 +2,10 @@
 //! in parallel against the real PostgreSQL and leave nothing behind.
 //!
 //! The template `ts_tpl_<hash of migrations/>` is built once (under an advisory lock, so parallel
-//! test binaries agree) and reused until the migrations change; templates of other hashes and
-//! databases of test processes that died are dropped when a new template is built.
+//! test binaries agree) and reused until the migrations change. Databases of test processes that
+//! died are dropped when a new template is built; templates of other hashes only in CI, because
+//! on a shared development cluster they belong to other work trees running their tests (and a
+//! template dropped that way is rebuilt by the next test that needs it).
 #![allow(dead_code)]
 
 pub mod process;
@@ -69,12 +71,18 @@ impl TestDb {
         let name = unique_name("ts_test");
         let admin = connect(&admin_url()).await;
         // CREATE DATABASE cannot run inside a multi-statement batch (PITFALLS.md).
-        admin
-            .batch_execute(&format!(
-                "CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""
-            ))
-            .await
-            .unwrap_or_else(|e| panic!("cannot clone {template}: {e}"));
+        let create = format!("CREATE DATABASE \"{name}\" TEMPLATE \"{template}\"");
+        if let Err(e) = admin.batch_execute(&create).await {
+            // Another work tree's test run with other migrations dropped it: build it again.
+            if e.code() != Some(&tokio_postgres::error::SqlState::UNDEFINED_DATABASE) {
+                panic!("cannot clone {template}: {e:?}");
+            }
+            build_template_blocking();
+            admin
+                .batch_execute(&create)
+                .await
+                .unwrap_or_else(|e| panic!("cannot clone {template}: {e:?}"));
+        }
         let url = database_url(&name);
         let client = connect(&url).await;
         TestDb { name, url, client }
@@ -112,19 +120,21 @@ pub fn drop_database_blocking(name: String) {
 /// The template's name, building it on first use in this process.
 fn template() -> String {
     static TEMPLATE: OnceLock<String> = OnceLock::new();
-    TEMPLATE
-        .get_or_init(|| {
-            std::thread::spawn(|| {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime")
-                    .block_on(build_template())
-            })
-            .join()
-            .expect("building the template database panicked")
-        })
-        .clone()
+    TEMPLATE.get_or_init(build_template_blocking).clone()
+}
+
+/// Builds the template if it is missing, from a thread of its own (callers may be inside a
+/// runtime).
+fn build_template_blocking() -> String {
+    std::thread::spawn(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(build_template())
+    })
+    .join()
+    .expect("building the template database panicked")
 }
 
 const TEMPLATE_LOCK_KEY: i64 = 0x7473_7465_7374_7470;
@@ -185,7 +195,7 @@ async fn clean_stale(admin: &tokio_postgres::Client, keep: &str) {
     for row in rows {
         let name: String = row.get(0);
         let stale = if name.starts_with("ts_tpl_") {
-            name != keep
+            name != keep && std::env::var_os("CI").is_some()
         } else {
             name.split('_')
                 .nth(2)
