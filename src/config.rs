@@ -49,6 +49,7 @@ pub struct Config {
     pub maintenance: MaintenanceConfig,
     pub transport: TransportConfig,
     pub streams: StreamsConfig,
+    pub journal: JournalConfig,
 }
 
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
@@ -222,9 +223,19 @@ pub struct TransportConfig {
     pub trades: Transport,
     pub positions: Transport,
     pub market_data: Transport,
+    /// XADD every pub/sub message to the journal stream on receipt and apply it from there,
+    /// so that a PostgreSQL outage or a crash after receipt loses nothing.
+    pub journal: bool,
 }
 
 impl TransportConfig {
+    /// Whether any channel is read through pub/sub (the journal needs one).
+    pub fn any_pubsub(&self) -> bool {
+        [self.trades, self.positions, self.market_data]
+            .iter()
+            .any(|t| t.pubsub())
+    }
+
     pub fn for_channel(&self, channel: crate::events::ChannelKind) -> Transport {
         match channel {
             crate::events::ChannelKind::Trades => self.trades,
@@ -284,6 +295,35 @@ impl StreamsConfig {
                 .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| "trading-sync".into())
         })
+    }
+}
+
+/// The pub/sub journal (`transport.journal = true`): one stream holding every pub/sub message
+/// from receipt until its transaction committed, read through `streams.group`.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalConfig {
+    /// Stream key. Default `<redis.channel_prefix>:journal`, which keeps a hash tag of the
+    /// prefix, so that in Redis Cluster the journal lives on the channels' shard.
+    pub key: Option<String>,
+    /// XADDs sent per pipelined round trip.
+    pub append_batch: usize,
+    /// Bytes of received messages not yet in the journal held in memory; past it a message
+    /// is refused, counted and logged (as sync.queue_max_bytes does). It absorbs bursts faster
+    /// than Redis takes XADDs, the role the queue has without the journal: same default.
+    pub buffer_max_bytes: usize,
+    /// Applied entries are trimmed (XTRIM MINID) at most this often.
+    pub trim_interval_ms: u64,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            key: None,
+            append_batch: 1_000,
+            buffer_max_bytes: 80 * 1024 * 1024,
+            trim_interval_ms: 1_000,
+        }
     }
 }
 
@@ -553,6 +593,7 @@ impl Config {
             1,
             1_000,
         )?;
+        self.validate_journal()?;
         parse_tz("maintenance.timezone", &self.maintenance.timezone)?;
         range(
             "log.summary_interval_secs",
@@ -565,6 +606,66 @@ impl Config {
                 .map_err(|e| ConfigError::invalid("log.filter", e.to_string()))?;
         }
         Ok(())
+    }
+
+    fn validate_journal(&self) -> Result<(), ConfigError> {
+        if let Some(key) = &self.journal.key {
+            if key.is_empty() || key.contains([' ', '\n', '\r']) {
+                return Err(ConfigError::invalid(
+                    "journal.key",
+                    "must be non-empty and contain no spaces or line breaks",
+                ));
+            }
+        }
+        let key = self.journal_key();
+        // The stream transport reads the channel keys as streams: a journal there would be read
+        // twice, once as events of one channel.
+        if let Some((_, kind)) = crate::ingest::pubsub::channel_names(&self.redis.channel_prefix)
+            .into_iter()
+            .find(|(name, _)| *name == key)
+        {
+            return Err(ConfigError::invalid(
+                "journal.key",
+                format!("`{key}` is the {kind} channel's key; the journal needs a key of its own"),
+            ));
+        }
+        if self.transport.journal && !self.transport.any_pubsub() {
+            return Err(ConfigError::invalid(
+                "transport.journal",
+                "is true but no channel uses pub/sub (transport.trades, .positions, \
+                 .market_data are all \"stream\"): there is nothing to journal",
+            ));
+        }
+        range(
+            "journal.append_batch",
+            self.journal.append_batch,
+            1,
+            100_000,
+        )?;
+        range(
+            "journal.trim_interval_ms",
+            self.journal.trim_interval_ms,
+            10,
+            3_600_000,
+        )?;
+        if self.journal.buffer_max_bytes < self.sync.max_message_bytes {
+            return Err(ConfigError::invalid(
+                "journal.buffer_max_bytes",
+                format!(
+                    "{} is smaller than sync.max_message_bytes ({}): one message could never fit",
+                    self.journal.buffer_max_bytes, self.sync.max_message_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The journal's stream key: `journal.key`, or `<redis.channel_prefix>:journal`.
+    pub fn journal_key(&self) -> String {
+        self.journal
+            .key
+            .clone()
+            .unwrap_or_else(|| format!("{}:journal", self.redis.channel_prefix))
     }
 
     pub fn exchange_tz(&self) -> Result<chrono_tz::Tz, ConfigError> {
@@ -623,6 +724,8 @@ impl Config {
         shown.database.url = mask_url(&shown.database.url);
         shown.database.replica_url = shown.database.replica_url.as_deref().map(mask_url);
         shown.redis.url = mask_url(&shown.redis.url);
+        // The effective journal key, derived or not: check-config shows what will be used.
+        shown.journal.key = Some(self.journal_key());
         toml_string(&shown)
     }
 }

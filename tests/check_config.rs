@@ -240,10 +240,58 @@ fn bad_values_are_rejected_with_their_key() {
         ("[http]\nlisten = \"localhost\"\n", "http.listen"),
         ("[sync]\nbatch_max_events = \"many\"\n", "batch_max_events"),
         ("[log]\nformat = \"xml\"\n", "format"),
+        ("[journal]\nappend_batch = 0\n", "journal.append_batch"),
+        ("[journal]\ntrim_interval_ms = 0\n", "journal.trim_interval_ms"),
+        ("[journal]\nbuffer_max_bytes = 100\n", "journal.buffer_max_bytes"),
+        ("[journal]\nkey = \"\"\n", "journal.key"),
+        (
+            "[journal]\nkey = \"data_sync:trades\"\n",
+            "journal.key",
+        ),
+        (
+            "[transport]\njournal = true\ntrades = \"stream\"\npositions = \"stream\"\nmarket_data = \"stream\"\n",
+            "transport.journal",
+        ),
     ];
     for (file, key) in cases {
         assert_rejected(&check_config(Some(file), &[]), key);
     }
+}
+
+#[test]
+fn the_journal_settings_are_shown_with_the_derived_key() {
+    let o = check_config(
+        Some("[redis]\nchannel_prefix = \"{ds}\"\n[transport]\njournal = true\n"),
+        &[("TRADING_SYNC__JOURNAL__TRIM_INTERVAL_MS", "250")],
+    );
+    let out = stdout(&o);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("journal = true"), "{out}");
+    // Derived from the prefix, hash tag included (Redis Cluster: the channels' shard).
+    assert!(out.contains("key = \"{ds}:journal\""), "{out}");
+    assert!(out.contains("trim_interval_ms = 250"), "{out}");
+    assert!(out.contains("append_batch = 1000"), "{out}");
+
+    let o = check_config(Some("[journal]\nkey = \"audit:journal\"\n"), &[]);
+    assert!(
+        stdout(&o).contains("key = \"audit:journal\""),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn the_shipped_config_toml_states_the_defaults() {
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")).unwrap();
+    let with_file = check_config(Some(&shipped), &[]);
+    let without = check_config(None, &[]);
+    assert!(
+        with_file.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with_file.stderr)
+    );
+    assert_eq!(stdout(&with_file), stdout(&without));
 }
 
 #[test]

@@ -340,3 +340,281 @@ async fn ten_thousand_fuzzed_messages_among_valid_ones() {
     assert!(!app.handle.is_finished());
     app.stop().await.unwrap();
 }
+
+/// What became of one PUBLISH, as the publisher saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// PUBLISH answered ≥ 1 receiver: Redis handed it to the daemon's subscription.
+    Delivered,
+    /// PUBLISH answered 0 receivers, or never reached Redis (connection refused).
+    NotDelivered,
+    /// Sent on a connection that broke before the reply: Redis may or may not have run it.
+    Unknown,
+}
+
+/// Publishes at `rate` messages/s through a Redis that goes away and comes back, reconnecting
+/// as needed; returns each message's fate. `done` and `failed` report progress to the test.
+async fn publish_through_outage(
+    url: String,
+    prefix: String,
+    messages: Vec<trading_sync::loadgen::Message>,
+    rate: f64,
+    done: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    failed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> Vec<Fate> {
+    use std::sync::atomic::Ordering;
+    let mut fates = Vec::with_capacity(messages.len());
+    let mut conn: Option<redis::aio::MultiplexedConnection> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let start = std::time::Instant::now();
+    while fates.len() < messages.len() {
+        tick.tick().await;
+        let due = ((start.elapsed().as_secs_f64() * rate) as usize + 1).min(messages.len());
+        if due <= fates.len() {
+            continue;
+        }
+        let chunk = &messages[fates.len()..due];
+        if conn.is_none() {
+            conn = trading_sync::loadgen::connect_redis(&url).await.ok();
+        }
+        let outcome = match conn.as_mut() {
+            None => vec![Fate::NotDelivered; chunk.len()],
+            Some(c) => match common::publish_counted(c, &prefix, chunk, chunk.len()).await {
+                Ok(counts) => counts
+                    .iter()
+                    .map(|&n| {
+                        if n > 0 {
+                            Fate::Delivered
+                        } else {
+                            Fate::NotDelivered
+                        }
+                    })
+                    .collect(),
+                Err(_) => {
+                    conn = None;
+                    vec![Fate::Unknown; chunk.len()]
+                }
+            },
+        };
+        failed.fetch_add(
+            outcome.iter().filter(|f| **f != Fate::Delivered).count(),
+            Ordering::Relaxed,
+        );
+        fates.extend(outcome);
+        done.store(fates.len(), Ordering::Relaxed);
+    }
+    fates
+}
+
+async fn ledger_hits(db: &TestDb, ids: &[String]) -> i64 {
+    db.client
+        .query_one(
+            "SELECT count(*) FROM analytics.applied_trades WHERE trade_id = ANY($1)",
+            &[&ids],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Redis SIGKILLed and restarted mid-load (with its append-only file, as a production Redis
+/// that a journal relies on runs): the daemon must come back by itself and apply exactly what
+/// pub/sub delivered to it — loss limited to what was published while it was not subscribed.
+/// With the journal, PostgreSQL is also held (ledger locked) from before the kill until after
+/// the restart, so the journal Redis loses and reloads is full of unapplied, pending entries.
+async fn redis_restarted_mid_load(journal: bool) {
+    use common::process::{free_port, http_get, metric, PrivateRedis};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    const TRADES: u64 = 12_000;
+    const RATE: f64 = 4_000.0;
+
+    let db = TestDb::new().await;
+    let port = free_port();
+    let dir = std::env::temp_dir().join(unique_name("ts_redis"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir_arg = dir.to_string_lossy().into_owned();
+    let args = [
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--dir",
+        &dir_arg,
+    ];
+    let mut redis = PrivateRedis::start_with(port, &args);
+    redis.wait_up().await;
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let mut env: Vec<(&str, String)> = vec![("TRADING_SYNC__STREAMS__BLOCK_MS", "200".into())];
+    if journal {
+        env.extend([
+            ("TRADING_SYNC__TRANSPORT__JOURNAL", "true".into()),
+            ("TRADING_SYNC__STREAMS__CONSUMER", "restart".into()),
+            ("TRADING_SYNC__JOURNAL__TRIM_INTERVAL_MS", "100".into()),
+        ]);
+    }
+    let daemon = Daemon::start(&db, &url, &env);
+    let dport = daemon.port;
+    let readyz = || async move {
+        let (code, _) = http_get(dport, "/readyz").await?;
+        (code == 200).then_some(())
+    };
+    eventually("ready", Duration::from_secs(20), readyz).await;
+
+    let mut generator = trading_sync::loadgen::Generator::new(trading_sync::loadgen::Spec {
+        seed: 31,
+        position_every: 0,
+        bar_every: 0,
+        ..Default::default()
+    });
+    let messages = generator.generate(TRADES);
+    let expected = generator.expected();
+    let (done, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let publisher = tokio::spawn(publish_through_outage(
+        url.clone(),
+        daemon.prefix.clone(),
+        messages,
+        RATE,
+        done.clone(),
+        failed.clone(),
+    ));
+    eventually(
+        "a quarter of the load published",
+        Duration::from_secs(30),
+        || async { (done.load(Ordering::Relaxed) >= TRADES as usize / 4).then_some(()) },
+    )
+    .await;
+    let journal_key = format!("{}:journal", daemon.prefix);
+    let mut held_in_journal = 0;
+    let locker = if journal {
+        let locker = common::connect(&db.url).await;
+        locker
+            .batch_execute("BEGIN; LOCK TABLE analytics.applied_trades IN ACCESS EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        let conn = trading_sync::loadgen::connect_redis(&url).await.unwrap();
+        held_in_journal = eventually(
+            "unapplied entries piling up in the journal",
+            Duration::from_secs(30),
+            || {
+                let (mut conn, key) = (conn.clone(), journal_key.clone());
+                async move {
+                    let n = common::xlen(&mut conn, &key).await;
+                    (n >= 1_000).then_some(n)
+                }
+            },
+        )
+        .await;
+        Some(locker)
+    } else {
+        None
+    };
+    let _ = redis.child.kill();
+    let _ = redis.child.wait();
+    eventually(
+        "publishes failing while Redis is down",
+        Duration::from_secs(30),
+        || async { (failed.load(Ordering::Relaxed) >= 400).then_some(()) },
+    )
+    .await;
+    redis = PrivateRedis::start_with(port, &args);
+    redis.wait_up().await;
+    let fates = publisher.await.unwrap();
+    if let Some(locker) = locker {
+        locker.batch_execute("ROLLBACK").await.unwrap();
+    }
+    eventually("ready again", Duration::from_secs(30), readyz).await;
+
+    let ids = |fate: Fate| -> Vec<String> {
+        fates
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| **f == fate)
+            .map(|(i, _)| expected.trade_id(expected.first_seq + i as u64))
+            .collect()
+    };
+    let (delivered, not_delivered, unknown) = (
+        ids(Fate::Delivered),
+        ids(Fate::NotDelivered),
+        ids(Fate::Unknown),
+    );
+    assert!(
+        !not_delivered.is_empty(),
+        "the outage must cost the publisher something"
+    );
+    assert!(delivered.len() > TRADES as usize / 2);
+    eventually(
+        "every delivered trade applied",
+        Duration::from_secs(60),
+        || async { (ledger_hits(&db, &delivered).await == delivered.len() as i64).then_some(()) },
+    )
+    .await;
+    let (ledger, counted, _) = totals(&db).await;
+    let unknown_applied = ledger_hits(&db, &unknown).await;
+    assert_eq!(
+        ledger_hits(&db, &not_delivered).await,
+        0,
+        "a message nobody received was applied"
+    );
+    assert_eq!(
+        ledger,
+        delivered.len() as i64 + unknown_applied,
+        "applied = delivered while connected"
+    );
+    assert_eq!(counted, ledger, "duplicated");
+
+    let (_, text) = http_get(dport, "/metrics").await.unwrap();
+    let reconnects = metric(&text, "trading_sync_reconnects_total{server=\"redis\"}");
+    let hole_ms = metric(&text, "trading_sync_redis_unsubscribed_milliseconds_total");
+    assert!(reconnects >= 1.0, "{text}");
+    assert!(hole_ms > 0.0, "{text}");
+    let logs = daemon.logs();
+    let resubscribed = logs
+        .iter()
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("resubscribed"))
+        })
+        .unwrap_or_else(|| panic!("no resubscription line:\n{}", daemon.log_text()));
+    let down_ms = resubscribed["down_ms"].as_u64().expect("down_ms");
+    // The daemon's hole in the books covers the publisher's: what it lost was published while
+    // the daemon said it was not subscribed.
+    let publisher_hole_ms = not_delivered.len() as f64 / RATE * 1000.0;
+    assert!(
+        down_ms as f64 >= publisher_hole_ms / 2.0,
+        "daemon unsubscribed {down_ms} ms, publisher lost {publisher_hole_ms} ms of load"
+    );
+    if journal {
+        let conn = trading_sync::loadgen::connect_redis(&url).await.unwrap();
+        eventually("the journal trimmed", Duration::from_secs(30), || {
+            let (mut conn, key) = (conn.clone(), journal_key.clone());
+            async move { (common::xlen(&mut conn, &key).await == 0).then_some(()) }
+        })
+        .await;
+    }
+    eprintln!(
+        "journal={journal}: {TRADES} trades published at {RATE}/s, 1 Redis SIGKILL + restart; \
+         delivered {}, not delivered {}, unknown {} ({} of them applied); applied {ledger}; \
+         lost 0, duplicated 0; daemon: {reconnects} reconnect(s), unsubscribed {down_ms} ms; \
+         journal held {held_in_journal} unapplied entries at the kill",
+        delivered.len(),
+        not_delivered.len(),
+        unknown.len(),
+        unknown_applied
+    );
+    drop(daemon);
+    drop(redis);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn redis_restarted_mid_load_in_pubsub_mode_loses_only_what_was_published_while_down() {
+    redis_restarted_mid_load(false).await;
+}
+
+#[tokio::test]
+async fn redis_restarted_mid_load_with_the_journal_loses_only_what_was_published_while_down() {
+    redis_restarted_mid_load(true).await;
+}

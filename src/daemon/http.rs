@@ -82,6 +82,9 @@ struct Readiness {
     stream_pending: u64,
     stream_oldest_pending_ms: u64,
     stream_length: u64,
+    journal_length: u64,
+    journal_buffer_bytes: usize,
+    journal_bypassed: u64,
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
@@ -105,6 +108,9 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         stream_pending: d.streams.pending.load(Ordering::Relaxed),
         stream_oldest_pending_ms: d.streams.oldest_pending_ms.load(Ordering::Relaxed),
         stream_length: d.streams.length.load(Ordering::Relaxed),
+        journal_length: d.journal.length.load(Ordering::Relaxed),
+        journal_buffer_bytes: d.journal.buffer.bytes.load(Ordering::Relaxed),
+        journal_bypassed: d.journal.bypassed.load(Ordering::Relaxed),
     };
     let status = if body.ready {
         StatusCode::OK

@@ -4,7 +4,8 @@
 //!
 //! Owns task lifetimes only: every task gets a CancellationToken passed in and is awaited before
 //! `run` returns, so nothing is left detached. Shutdown order matters: Redis is unsubscribed
-//! first (nothing new arrives), then the writer drains what was received.
+//! first (nothing new arrives), then the journal appender journals what it holds, then the
+//! writer drains what was received.
 
 pub mod heartbeat;
 pub mod http;
@@ -21,20 +22,23 @@ use tokio_util::sync::CancellationToken;
 use crate::apply::{Writer, WriterEnd, WriterSettings, WriterStats};
 use crate::config::Config;
 use crate::events::DecodeLimits;
+use crate::ingest::journal::{JournalAppender, JournalHealth, JournalTrim};
 use crate::ingest::pubsub::{channel_names, PubSubSource, SubscriptionHealth};
 use crate::ingest::queue::{self, QueueStats};
-use crate::ingest::streams::{StreamHealth, StreamSource};
+use crate::ingest::streams::{KeyRole, StreamHealth, StreamSource};
 
 /// Shared state the daemon exposes (health endpoints, watchdog, summary, tests).
 #[derive(Debug, Default)]
 pub struct DaemonState {
     pub subscription: Arc<SubscriptionHealth>,
     pub streams: Arc<StreamHealth>,
+    pub journal: Arc<JournalHealth>,
     pub queue: Arc<QueueStats>,
     pub writer: Arc<WriterStats>,
     /// Which transports this instance reads; readiness requires each to be live.
     pub uses_pubsub: std::sync::atomic::AtomicBool,
     pub uses_streams: std::sync::atomic::AtomicBool,
+    pub uses_journal: std::sync::atomic::AtomicBool,
 }
 
 impl DaemonState {
@@ -89,11 +93,19 @@ pub async fn run(
         .filter(|(_, kind)| config.transport.for_channel(*kind).pubsub())
         .cloned()
         .collect();
-    let stream_keys: Vec<_> = all_channels
+    let mut stream_keys: Vec<_> = all_channels
         .iter()
         .filter(|(_, kind)| config.transport.for_channel(*kind).stream())
-        .map(|(name, kind)| (Arc::<str>::from(name.as_str()), *kind))
+        .map(|(name, kind)| (Arc::<str>::from(name.as_str()), KeyRole::Channel(*kind)))
         .collect();
+    let journal_key: Option<Arc<str>> = (config.transport.journal && !pubsub_channels.is_empty())
+        .then(|| config.journal_key().into());
+    if let Some(key) = &journal_key {
+        stream_keys.push((key.clone(), KeyRole::Journal));
+    }
+    state
+        .uses_journal
+        .store(journal_key.is_some(), Ordering::Relaxed);
     state
         .uses_pubsub
         .store(!pubsub_channels.is_empty(), Ordering::Relaxed);
@@ -102,22 +114,44 @@ pub async fn run(
         .store(!stream_keys.is_empty(), Ordering::Relaxed);
     let max_backoff = Duration::from_millis(config.redis.reconnect_max_backoff_ms);
 
+    // With the journal, pub/sub fills the appender's buffer; the journal stream feeds the queue.
+    let journal = journal_key.as_ref().map(|key| {
+        let (tx, rx) = queue::queue(
+            config.journal.buffer_max_bytes,
+            state.journal.buffer.clone(),
+        );
+        let appender = JournalAppender {
+            url: redis_url.clone(),
+            key: key.clone(),
+            field: config.streams.field.clone(),
+            batch: config.journal.append_batch,
+            max_backoff,
+            health: state.journal.clone(),
+        };
+        (appender, tx, rx)
+    });
     let pubsub = if pubsub_channels.is_empty() {
         None
     } else {
+        let (target, budget_key) = match &journal {
+            Some((_, tx, _)) => (tx.clone(), "journal.buffer_max_bytes"),
+            None => (queue_tx.clone(), "sync.queue_max_bytes"),
+        };
         let source = PubSubSource {
             url: redis_url.clone(),
             channels: pubsub_channels,
             max_backoff,
             connect_timeout: Duration::from_millis(config.database.connect_timeout_ms),
             health: state.subscription.clone(),
+            budget_key,
         };
         let manager = source
-            .connect(queue_tx.clone())
+            .connect(target)
             .await
             .context("while subscribing to Redis (redis.url)")?;
         Some((source, manager))
     };
+    let journal = journal.map(|(appender, _, rx)| (appender, rx));
     let streams = if stream_keys.is_empty() {
         None
     } else {
@@ -128,6 +162,10 @@ pub async fn run(
             consumer: config.streams.consumer_name(),
             max_backoff,
             health: state.streams.clone(),
+            journal: journal_key.as_ref().map(|_| JournalTrim {
+                interval: Duration::from_millis(config.journal.trim_interval_ms),
+                health: state.journal.clone(),
+            }),
         });
         source
             .prepare()
@@ -248,7 +286,24 @@ pub async fn run(
     let mut ingest = tokio::task::JoinSet::new();
     if let Some((source, manager)) = pubsub {
         let stop = ingest_stop.clone();
-        ingest.spawn(async move { source.run(manager, stop).await });
+        match journal {
+            None => {
+                ingest.spawn(async move { source.run(manager, stop).await });
+            }
+            Some((appender, buffer)) => {
+                let direct = queue_tx.clone();
+                ingest.spawn(async move {
+                    // The appender flushes once pub/sub is unsubscribed, not before: messages
+                    // arriving until then must still be journaled.
+                    let flush = CancellationToken::new();
+                    let subscribed = async {
+                        source.run(manager, stop).await;
+                        flush.cancel();
+                    };
+                    tokio::join!(subscribed, appender.run(buffer, direct, flush.clone()));
+                });
+            }
+        }
     }
     if let Some(source) = streams {
         let (stop, queue_tx) = (ingest_stop.clone(), queue_tx.clone());
@@ -279,10 +334,25 @@ pub async fn run(
     while background.join_next().await.is_some() {}
 
     let received = state.subscription.received.load(Ordering::Relaxed);
-    let refused = state.queue.refused.load(Ordering::Relaxed);
+    let refused = state.queue.refused.load(Ordering::Relaxed)
+        + state.journal.buffer.refused.load(Ordering::Relaxed);
     match ended.context("the batch writer panicked")? {
         Ok(WriterEnd::Drained) if !shutdown.is_cancelled() => {
             anyhow::bail!("the batch writer stopped on its own")
+        }
+        Ok(WriterEnd::Drained) if state.uses_journal.load(Ordering::Relaxed) => {
+            tracing::info!(
+                received,
+                journaled = state.journal.appended.load(Ordering::Relaxed),
+                bypassed = state.journal.bypassed.load(Ordering::Relaxed),
+                applied = state.writer.applied_total(),
+                duplicates = state.writer.duplicates.load(Ordering::Relaxed),
+                dead_lettered = state.writer.dead_lettered.load(Ordering::Relaxed),
+                refused,
+                "stopped; every received message is committed, dead-lettered or kept in the \
+                 journal for the next start"
+            );
+            Ok(())
         }
         Ok(WriterEnd::Drained) => {
             tracing::info!(
@@ -406,6 +476,11 @@ async fn monitor(
         let bytes = state.queue.bytes.load(Ordering::Relaxed);
         metrics::gauge!("trading_sync_queue_depth").set(depth as f64);
         metrics::gauge!("trading_sync_queue_bytes").set(bytes as f64);
+        if state.uses_journal.load(Ordering::Relaxed) {
+            let buffer = &state.journal.buffer;
+            metrics::gauge!("trading_sync_journal_buffer_bytes")
+                .set(buffer.bytes.load(Ordering::Relaxed) as f64);
+        }
         let live = state.ingest_live();
         metrics::gauge!("trading_sync_redis_subscribed").set(f64::from(u8::from(live)));
         let pool_status = pool.status();
@@ -424,6 +499,10 @@ async fn monitor(
                 (
                     state.uses_streams.load(Ordering::Relaxed),
                     &state.streams.heartbeat,
+                ),
+                (
+                    state.uses_journal.load(Ordering::Relaxed),
+                    &state.journal.heartbeat,
                 ),
             ]
             .iter()
@@ -459,6 +538,8 @@ async fn monitor(
                 refused_total = state.queue.refused.load(Ordering::Relaxed),
                 redis_subscribed = live,
                 redis_disconnects_total = state.subscription.disconnects.load(Ordering::Relaxed),
+                journal_appended_total = state.journal.appended.load(Ordering::Relaxed),
+                journal_length = state.journal.length.load(Ordering::Relaxed),
                 "summary"
             );
             last = (received, applied);

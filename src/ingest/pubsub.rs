@@ -3,7 +3,11 @@
 //! redis-rs's ConnectionManager reconnects (capped exponential backoff) and resubscribes by
 //! itself; its push sender hands us every message as soon as the socket is read. We never slow
 //! that read down: each message goes straight into the byte-bounded queue. Every disconnect is
-//! logged and counted — messages published while we were away are gone, and we say so.
+//! logged and counted — messages published while we were away are gone, and we say so, with
+//! how long the subscription was down.
+//!
+//! With the journal on, the queue handed to [`PubSubSource::connect`] is the journal's buffer:
+//! messages then reach the writer through the journal stream.
 //!
 //! It must not decode messages or touch PostgreSQL.
 
@@ -78,6 +82,8 @@ pub struct PubSubSource {
     pub max_backoff: Duration,
     pub connect_timeout: Duration,
     pub health: Arc<SubscriptionHealth>,
+    /// The setting that sizes the queue messages go to, named when it is full.
+    pub budget_key: &'static str,
 }
 
 impl PubSubSource {
@@ -86,7 +92,12 @@ impl PubSubSource {
     pub async fn connect(&self, queue: QueueSender) -> Result<ConnectionManager, IngestError> {
         let channels = self.channels.clone();
         let client = redis::Client::open(resp3_url(&self.url)?).map_err(IngestError::Connect)?;
-        let sender = push_handler(queue, channels.clone(), self.health.clone());
+        let sender = push_handler(
+            queue,
+            channels.clone(),
+            self.health.clone(),
+            self.budget_key,
+        );
         let config = ConnectionManagerConfig::new()
             .set_push_sender(sender)
             .set_automatic_resubscription()
@@ -139,8 +150,11 @@ fn push_handler(
     queue: QueueSender,
     channels: Vec<(String, ChannelKind)>,
     health: Arc<SubscriptionHealth>,
+    budget_key: &'static str,
 ) -> impl Fn(PushInfo) -> Result<(), std::convert::Infallible> + Send + Sync + 'static {
     let last_refusal_log = std::sync::Mutex::new(None::<Instant>);
+    // When the subscription went down, to say how long the hole in the books is.
+    let down_since = std::sync::Mutex::new(None::<Instant>);
     move |push: PushInfo| {
         match push.kind {
             PushKind::Message => {
@@ -163,19 +177,43 @@ fn push_handler(
                 if let Err(refused) = queue.offer(inbound) {
                     metrics::counter!("trading_sync_queue_refused_total", "channel" => kind.suffix())
                         .increment(1);
-                    log_refusal(&last_refusal_log, &refused, &queue);
+                    log_refusal(&last_refusal_log, &refused, &queue, budget_key);
                 }
             }
             PushKind::Subscribe => {
                 let now = health.confirmed.fetch_add(1, Ordering::AcqRel) + 1;
                 if now >= channels.len() && !health.live.swap(true, Ordering::AcqRel) {
-                    tracing::info!(channels = channels.len(), "subscribed to Redis channels");
+                    let outage = down_since.lock().ok().and_then(|mut d| d.take());
+                    match outage {
+                        Some(since) => {
+                            let down = since.elapsed();
+                            metrics::counter!("trading_sync_redis_unsubscribed_milliseconds_total")
+                                .increment(down.as_millis() as u64);
+                            tracing::warn!(
+                                server = "redis",
+                                channels = channels.len(),
+                                down_ms = down.as_millis() as u64,
+                                disconnects_total = health.disconnects.load(Ordering::Relaxed),
+                                "resubscribed to Redis channels; whatever was published in \
+                                 those down_ms is lost"
+                            );
+                        }
+                        None => {
+                            tracing::info!(
+                                channels = channels.len(),
+                                "subscribed to Redis channels"
+                            )
+                        }
+                    }
                 }
             }
             PushKind::Disconnection => {
                 health.confirmed.store(0, Ordering::Release);
                 health.live.store(false, Ordering::Release);
                 health.disconnects.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut d) = down_since.lock() {
+                    d.get_or_insert_with(Instant::now);
+                }
                 metrics::counter!("trading_sync_reconnects_total", "server" => "redis")
                     .increment(1);
                 tracing::warn!(
@@ -191,7 +229,12 @@ fn push_handler(
 }
 
 /// One warn line per second at most: a full queue under a burst would otherwise flood the log.
-fn log_refusal(last: &std::sync::Mutex<Option<Instant>>, refused: &Refused, queue: &QueueSender) {
+fn log_refusal(
+    last: &std::sync::Mutex<Option<Instant>>,
+    refused: &Refused,
+    queue: &QueueSender,
+    budget_key: &str,
+) {
     let Ok(mut last) = last.lock() else { return };
     if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
         return;
@@ -200,7 +243,8 @@ fn log_refusal(last: &std::sync::Mutex<Option<Instant>>, refused: &Refused, queu
     tracing::warn!(
         error = %refused,
         refused_total = queue.stats().refused.load(Ordering::Relaxed),
-        "queue full: incoming messages are being refused (lost); raise sync.queue_max_bytes \
-         or find why the database is slow"
+        setting = budget_key,
+        "queue full: incoming messages are being refused (lost); raise the setting or find \
+         why the database (or, with the journal, Redis) is slow"
     );
 }

@@ -7,6 +7,9 @@
 //! dead-lettered (by the writer) and acknowledged. Reading waits when the queue is full —
 //! Redis keeps the entries, so backpressure loses nothing.
 //!
+//! The pub/sub journal ([`super::journal`]) is one more key read here: its entries name their
+//! channel, and the acker trims what every group has acknowledged.
+//!
 //! It must not decode events or touch PostgreSQL.
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,6 +23,7 @@ use redis::{AsyncConnectionConfig, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::journal::{self, JournalTrim};
 use super::pubsub::IngestError;
 use super::queue::{Inbound, QueueSender, StreamAck};
 use crate::config::StreamsConfig;
@@ -43,14 +47,25 @@ pub struct StreamHealth {
     pub heartbeat: Heartbeat,
 }
 
+/// What a stream key carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRole {
+    /// A `data_sync:*` key publishers XADD to: every entry is an event of this channel.
+    Channel(ChannelKind),
+    /// The pub/sub journal: each entry names its channel.
+    Journal,
+}
+
 pub struct StreamSource {
     pub url: String,
-    /// Stream keys read, with the channel each carries.
-    pub keys: Vec<(Arc<str>, ChannelKind)>,
+    /// Stream keys read, with what each carries.
+    pub keys: Vec<(Arc<str>, KeyRole)>,
     pub settings: StreamsConfig,
     pub consumer: String,
     pub max_backoff: Duration,
     pub health: Arc<StreamHealth>,
+    /// Set when the journal is among the keys.
+    pub journal: Option<JournalTrim>,
 }
 
 /// Why a reading session ended.
@@ -85,12 +100,18 @@ impl StreamSource {
     }
 
     async fn create_groups(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
-        for (key, _) in &self.keys {
+        for (key, role) in &self.keys {
+            // Everything in the journal is owed to us, whatever start_id says for publishers'
+            // streams: a group created after a Redis restart must read it from its start.
+            let start_id = match role {
+                KeyRole::Journal => "0",
+                KeyRole::Channel(_) => self.settings.start_id.as_str(),
+            };
             let created: redis::RedisResult<()> = redis::cmd("XGROUP")
                 .arg("CREATE")
                 .arg(&**key)
                 .arg(&self.settings.group)
-                .arg(&self.settings.start_id)
+                .arg(start_id)
                 .arg("MKSTREAM")
                 .query_async(conn)
                 .await;
@@ -253,12 +274,12 @@ impl StreamSource {
         queue: &QueueSender,
         shutdown: &CancellationToken,
     ) -> Result<(), SessionEnd> {
-        let mut batches = Vec::new();
-        for (index, key) in self.key_order(&reply) {
-            batches.push((index, key.ids.clone()));
-        }
-        for (index, entries) in batches {
-            self.enqueue(conn, index, entries, redelivered, queue, shutdown)
+        // Consumed, not cloned: a reply holds up to read_count entries per key.
+        for key in reply.keys {
+            let Some(index) = self.keys.iter().position(|(name, _)| **name == *key.key) else {
+                continue;
+            };
+            self.enqueue(conn, index, key.ids, redelivered, queue, shutdown)
                 .await?;
         }
         Ok(())
@@ -276,7 +297,7 @@ impl StreamSource {
         if entries.is_empty() {
             return Ok(());
         }
-        let (key, channel) = self.keys[index].clone();
+        let (key, role) = self.keys[index].clone();
         let deliveries = if redelivered {
             self.delivery_counts(conn, &key, &entries)
                 .await
@@ -285,17 +306,42 @@ impl StreamSource {
             HashMap::new()
         };
         tracing::debug!(stream = %key, entries = entries.len(), redelivered, "queueing stream entries");
-        for entry in entries {
+        for mut entry in entries {
             let count = deliveries.get(&entry.id).copied().unwrap_or(1);
-            let (payload, mut reject) = match entry.map.get(&self.settings.field) {
-                Some(Value::BulkString(bytes)) => (bytes.clone(), None),
-                _ => (
-                    describe_entry(&entry),
-                    Some(format!(
-                        "stream entry has no `{}` field holding the event",
-                        self.settings.field
-                    )),
-                ),
+            // Moved out of the entry: the payload is the bulk of it.
+            let (payload, mut reject) = match entry.map.remove(&self.settings.field) {
+                Some(Value::BulkString(bytes)) => (bytes, None),
+                other => {
+                    if let Some(value) = other {
+                        entry.map.insert(self.settings.field.clone(), value);
+                    }
+                    (
+                        describe_entry(&entry),
+                        Some(format!(
+                            "stream entry has no `{}` field holding the event",
+                            self.settings.field
+                        )),
+                    )
+                }
+            };
+            let channel = match role {
+                KeyRole::Channel(channel) => channel,
+                KeyRole::Journal => {
+                    match journal::entry_channel(entry.map.get(journal::CHANNEL_FIELD)) {
+                        Some(channel) => channel,
+                        None => {
+                            // Not written by us: dead-lettered (under trades, the first
+                            // channel) rather than guessed at.
+                            reject.get_or_insert_with(|| {
+                                format!(
+                                    "journal entry has no valid `{}` field",
+                                    journal::CHANNEL_FIELD
+                                )
+                            });
+                            ChannelKind::Trades
+                        }
+                    }
+                }
             };
             if count > self.settings.max_deliveries {
                 reject = Some(format!(
@@ -311,8 +357,11 @@ impl StreamSource {
                 reject,
             });
             self.health.read.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("trading_sync_events_received_total", "channel" => channel.suffix())
-                .increment(1);
+            // A journal entry was counted when pub/sub delivered it.
+            if matches!(role, KeyRole::Channel(_)) {
+                metrics::counter!("trading_sync_events_received_total", "channel" => channel.suffix())
+                    .increment(1);
+            }
             tokio::select! {
                 // Not queued: it stays pending in Redis and is re-read at the next start.
                 () = shutdown.cancelled() => return Err(SessionEnd::Shutdown),
@@ -400,7 +449,7 @@ impl StreamSource {
     async fn measure_lag(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
         let (mut pending, mut oldest, mut length) = (0u64, 0u64, 0u64);
         let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
-        for (key, _) in &self.keys {
+        for (key, role) in &self.keys {
             let summary: Value = redis::cmd("XPENDING")
                 .arg(&**key)
                 .arg(&self.settings.group)
@@ -421,6 +470,10 @@ impl StreamSource {
             }
             let len: u64 = redis::cmd("XLEN").arg(&**key).query_async(conn).await?;
             length += len;
+            if let (KeyRole::Journal, Some(trim)) = (role, &self.journal) {
+                trim.health.length.store(len, Ordering::Relaxed);
+                metrics::gauge!("trading_sync_journal_length").set(len as f64);
+            }
         }
         self.health.pending.store(pending, Ordering::Relaxed);
         self.health
@@ -442,7 +495,35 @@ impl StreamSource {
         shutdown: CancellationToken,
     ) {
         let mut conn: Option<MultiplexedConnection> = None;
-        while let Some(acks) = committed.recv().await {
+        let journal_key = self
+            .keys
+            .iter()
+            .find(|(_, role)| *role == KeyRole::Journal)
+            .map(|(key, _)| key.clone());
+        // When the journal is next trimmed: set by acks of journal entries, so an idle journal
+        // costs no round trips.
+        let mut trim_at: Option<tokio::time::Instant> = None;
+        loop {
+            let acks = tokio::select! {
+                acks = committed.recv() => match acks {
+                    Some(acks) => acks,
+                    None => break,
+                },
+                () = sleep_until_some(trim_at) => {
+                    trim_at = None;
+                    if let (Some(key), Some(trim)) = (&journal_key, &self.journal) {
+                        if !self.trim_journal(&mut conn, key, trim).await {
+                            trim_at = Some(tokio::time::Instant::now() + trim.interval);
+                        }
+                    }
+                    continue;
+                }
+            };
+            if let (Some(key), Some(trim)) = (&journal_key, &self.journal) {
+                if trim_at.is_none() && acks.iter().any(|a| a.key == *key) {
+                    trim_at = Some(tokio::time::Instant::now() + trim.interval);
+                }
+            }
             let mut by_key: BTreeMap<Arc<str>, Vec<String>> = BTreeMap::new();
             for ack in acks {
                 by_key.entry(ack.key).or_default().push(ack.id);
@@ -485,6 +566,50 @@ impl StreamSource {
                 }
             }
         }
+        // The writer is done: what it acknowledged last goes from the journal now, not at the
+        // next start.
+        if let (Some(key), Some(trim), Some(_)) = (&journal_key, &self.journal, trim_at) {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                self.trim_journal(&mut conn, key, trim),
+            )
+            .await;
+        }
+    }
+
+    /// One trim of the journal; false if it failed (retried at the next interval).
+    async fn trim_journal(
+        &self,
+        conn: &mut Option<MultiplexedConnection>,
+        key: &str,
+        trim: &JournalTrim,
+    ) -> bool {
+        let result = async {
+            if conn.is_none() {
+                *conn = Some(self.connection(false).await.map_err(|e| e.to_string())?);
+            }
+            let c = conn.as_mut().expect("connected above");
+            journal::trim(c, key, &trim.health)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        match result {
+            Ok(_) => true,
+            Err(e) => {
+                *conn = None;
+                tracing::warn!(error = %e, stream = key, "cannot trim the journal; will retry");
+                false
+            }
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever when None (a disabled select! branch).
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

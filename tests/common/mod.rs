@@ -2,8 +2,10 @@
 //! in parallel against the real PostgreSQL and leave nothing behind.
 //!
 //! The template `ts_tpl_<hash of migrations/>` is built once (under an advisory lock, so parallel
-//! test binaries agree) and reused until the migrations change; templates of other hashes and
-//! databases of test processes that died are dropped when a new template is built.
+//! test binaries agree) and reused until the migrations change. Databases of test processes that
+//! died are dropped when a new template is built, and so are templates of other hashes beyond
+//! the three newest: on a development cluster those belong to other work trees running their
+//! tests (and a template dropped anyway is rebuilt by the next test that needs it).
 #![allow(dead_code)]
 
 pub mod process;
@@ -69,12 +71,18 @@ impl TestDb {
         let name = unique_name("ts_test");
         let admin = connect(&admin_url()).await;
         // CREATE DATABASE cannot run inside a multi-statement batch (PITFALLS.md).
-        admin
-            .batch_execute(&format!(
-                "CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""
-            ))
-            .await
-            .unwrap_or_else(|e| panic!("cannot clone {template}: {e}"));
+        let create = format!("CREATE DATABASE \"{name}\" TEMPLATE \"{template}\"");
+        if let Err(e) = admin.batch_execute(&create).await {
+            // Another work tree's test run with other migrations dropped it: build it again.
+            if e.code() != Some(&tokio_postgres::error::SqlState::UNDEFINED_DATABASE) {
+                panic!("cannot clone {template}: {e:?}");
+            }
+            build_template_blocking();
+            admin
+                .batch_execute(&create)
+                .await
+                .unwrap_or_else(|e| panic!("cannot clone {template}: {e:?}"));
+        }
         let url = database_url(&name);
         let client = connect(&url).await;
         TestDb { name, url, client }
@@ -112,19 +120,21 @@ pub fn drop_database_blocking(name: String) {
 /// The template's name, building it on first use in this process.
 fn template() -> String {
     static TEMPLATE: OnceLock<String> = OnceLock::new();
-    TEMPLATE
-        .get_or_init(|| {
-            std::thread::spawn(|| {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime")
-                    .block_on(build_template())
-            })
-            .join()
-            .expect("building the template database panicked")
-        })
-        .clone()
+    TEMPLATE.get_or_init(build_template_blocking).clone()
+}
+
+/// Builds the template if it is missing, from a thread of its own (callers may be inside a
+/// runtime).
+fn build_template_blocking() -> String {
+    std::thread::spawn(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(build_template())
+    })
+    .join()
+    .expect("building the template database panicked")
 }
 
 const TEMPLATE_LOCK_KEY: i64 = 0x7473_7465_7374_7470;
@@ -353,4 +363,97 @@ pub async fn spawn_app(tweak: impl FnOnce(&mut trading_sync::config::Config)) ->
 /// that never call it would flag an unused import.
 pub fn python_dumps(value: &serde_json::Value) -> String {
     trading_sync::loadgen::python_dumps(value)
+}
+
+/// Publishes `messages` under `prefix` in pipelines and returns each PUBLISH's receiver count:
+/// 0 means no subscriber got the message, which is how a test tells what pub/sub delivered.
+pub async fn publish_counted(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    messages: &[trading_sync::loadgen::Message],
+    pipeline: usize,
+) -> redis::RedisResult<Vec<i64>> {
+    let mut receivers = Vec::with_capacity(messages.len());
+    for chunk in messages.chunks(pipeline.max(1)) {
+        let mut pipe = redis::pipe();
+        for m in chunk {
+            pipe.cmd("PUBLISH")
+                .arg(format!("{prefix}:{}", m.channel.suffix()))
+                .arg(&m.payload);
+        }
+        let counts: Vec<i64> = pipe.query_async(conn).await?;
+        receivers.extend(counts);
+    }
+    Ok(receivers)
+}
+
+/// Subscribers of each of the prefix's three channels (PUBSUB NUMSUB).
+pub async fn subscribers(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> Vec<i64> {
+    let mut cmd = redis::cmd("PUBSUB");
+    cmd.arg("NUMSUB");
+    for kind in trading_sync::events::ChannelKind::ALL {
+        cmd.arg(format!("{prefix}:{}", kind.suffix()));
+    }
+    let reply: Vec<redis::Value> = cmd.query_async(conn).await.expect("PUBSUB NUMSUB");
+    reply
+        .chunks(2)
+        .map(|pair| match pair.get(1) {
+            Some(redis::Value::Int(n)) => *n,
+            _ => 0,
+        })
+        .collect()
+}
+
+/// XLEN, 0 for a missing key.
+pub async fn xlen(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> u64 {
+    redis::cmd("XLEN")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .expect("XLEN")
+}
+
+/// Entries ever added to a stream (XINFO STREAM `entries-added`, Redis 7): unlike XLEN it does
+/// not go down when the stream is trimmed. 0 for a missing key.
+pub async fn entries_added(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> u64 {
+    let reply: redis::RedisResult<redis::Value> = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(key)
+        .query_async(conn)
+        .await;
+    let Ok(value) = reply else { return 0 };
+    let pairs: Vec<(redis::Value, redis::Value)> = match value {
+        redis::Value::Map(pairs) => pairs,
+        redis::Value::Array(items) => items
+            .chunks(2)
+            .filter_map(|p| Some((p.first()?.clone(), p.get(1)?.clone())))
+            .collect(),
+        _ => return 0,
+    };
+    pairs
+        .into_iter()
+        .find_map(|(k, v)| match (k, v) {
+            (redis::Value::BulkString(k), redis::Value::Int(n)) if k == b"entries-added" => {
+                Some(n as u64)
+            }
+            (redis::Value::SimpleString(k), redis::Value::Int(n)) if k == "entries-added" => {
+                Some(n as u64)
+            }
+            _ => None,
+        })
+        .expect("XINFO STREAM has entries-added (Redis 7 or later)")
+}
+
+/// Deletes keys of the shared Redis a test created.
+pub async fn delete_keys(keys: &[&str]) {
+    let mut conn = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("DEL")
+        .arg(keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
 }
