@@ -3,7 +3,7 @@
 -- V10 added a B-tree on (date) for "all symbols on day D" (not in the seed, which indexes the history
 -- only by (symbol, date)). It was a quarter of PostgreSQL's per-row insert cost, which bounds a
 -- backfill: COPY of 161k rows into the table measured 8.0 µs/row with it and 6.1 without (the
--- foreign key is another 2.2). The 12.6 M-row backfill (5,000 symbols x 10 years) took 67-71 s with
+-- foreign key is another ~2). The 12.6 M-row backfill (5,000 symbols x 10 years) took 67-71 s with
 -- it and 54.5 s with this index, on 2 cores.
 --
 -- The price is paid by date queries on the history, measured on that 12.6 M-row table:
