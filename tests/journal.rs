@@ -13,6 +13,7 @@ use common::{eventually, publish_counted, spawn_app, subscribers, unique_name, x
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis::aio::MultiplexedConnection;
+use redis::streams::{StreamInfoGroupsReply, StreamRangeReply};
 use trading_sync::config::Config;
 use trading_sync::loadgen::{self, Expected, Generator, Spec};
 
@@ -223,6 +224,65 @@ async fn wait_subscribers(conn: &mut MultiplexedConnection, prefix: &str, want: 
     .await;
 }
 
+/// What the journal holds and owes, for a failure message: XLEN, the groups, the pending
+/// entries with their consumers, and the first entries left.
+async fn journal_state(conn: &mut MultiplexedConnection, key: &str) -> String {
+    let show = |cmd: redis::Cmd| {
+        let mut conn = conn.clone();
+        async move {
+            let reply: redis::RedisResult<redis::Value> = cmd.query_async(&mut conn).await;
+            format!("{reply:?}")
+        }
+    };
+    let mut state = format!("XLEN {}", show(redis::cmd("XLEN").arg(key).clone()).await);
+    state += &format!(
+        "; XINFO GROUPS {}",
+        show(redis::cmd("XINFO").arg("GROUPS").arg(key).clone()).await
+    );
+    state += &format!(
+        "; XPENDING {}",
+        show(
+            redis::cmd("XPENDING")
+                .arg(key)
+                .arg("trading-sync")
+                .arg("-")
+                .arg("+")
+                .arg(20)
+                .clone()
+        )
+        .await
+    );
+    state += &format!(
+        "; XRANGE (first 5 ids) {}",
+        show(
+            redis::cmd("XRANGE")
+                .arg(key)
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(5)
+                .clone()
+        )
+        .await
+    );
+    state
+}
+
+/// Waits up to 30 s for the journal to be empty; on timeout the panic shows what is left.
+async fn wait_trimmed(conn: &mut MultiplexedConnection, key: &str) {
+    let limit = Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + limit;
+    while xlen(conn, key).await != 0 {
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "timed out after {limit:?} waiting for the journal trimmed: {}",
+                journal_state(conn, key).await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Rounds of load; each ends with a SIGKILL once the round is in the journal: on even rounds
 /// while the ledger is locked (nothing of the round committed), on odd rounds at a random point
 /// of the writer's progress (some committed, some maybe committed but not acknowledged).
@@ -307,11 +367,7 @@ async fn journal_on_daemon_sigkilled_after_receipt_loses_and_doubles_nothing() {
     let expected = g.expected();
     wait_for_all(&db.client, &expected, Duration::from_secs(180)).await;
     assert_exact(&db.client, &expected).await;
-    eventually("the journal trimmed", Duration::from_secs(30), || {
-        let (mut conn, key) = (conn.clone(), key.clone());
-        async move { (xlen(&mut conn, &key).await == 0).then_some(()) }
-    })
-    .await;
+    wait_trimmed(&mut conn, &key).await;
     daemon.sigterm();
     assert!(
         daemon.wait(Duration::from_secs(20)).success(),
@@ -324,6 +380,87 @@ async fn journal_on_daemon_sigkilled_after_receipt_loses_and_doubles_nothing() {
     );
     // Even rounds kill with the whole round uncommitted: the kills did hit received work.
     assert!(backlogs.iter().step_by(2).all(|&b| b >= TRADES_PER_ROUND));
+    common::delete_keys(&[&key]).await;
+}
+
+/// An instance killed after acknowledging the whole journal but before the trim that its acks
+/// scheduled leaves nothing pending: its successor has no journal entry to acknowledge, and
+/// must still trim what was left, without waiting for new traffic. The first instance's trim
+/// interval is an hour, so the kill is sure to land in that window; the successor's is too,
+/// so only a trim at start can empty the journal in time.
+#[tokio::test]
+async fn journal_acknowledged_but_untrimmed_at_a_kill_is_trimmed_by_the_next_instance() {
+    let db = TestDb::new().await;
+    let prefix = unique_name("ts_test");
+    let key = format!("{prefix}:journal");
+    let env: Vec<(&str, String)> = vec![
+        ("TRADING_SYNC__TRANSPORT__JOURNAL", "true".into()),
+        ("TRADING_SYNC__STREAMS__CONSUMER", "untrimmed".into()),
+        ("TRADING_SYNC__STREAMS__BLOCK_MS", "200".into()),
+        ("TRADING_SYNC__JOURNAL__TRIM_INTERVAL_MS", "3600000".into()),
+        ("TRADING_SYNC__HTTP__ENABLED", "false".into()),
+        ("RUST_LOG", "warn".into()),
+    ];
+    let mut conn = redis().await;
+    let mut g = generator(22);
+    let mut daemon = Daemon::start_with_prefix(&db, &common::redis_url(), &prefix, &env);
+    wait_subscribers(&mut conn, &prefix, 1).await;
+    let messages = g.generate(500);
+    let expected = g.expected();
+    let receivers = publish_counted(&mut conn, &prefix, &messages, 500)
+        .await
+        .unwrap();
+    assert_all_delivered(&receivers);
+    wait_for_all(&db.client, &expected, Duration::from_secs(60)).await;
+    // Every entry delivered to the group and acknowledged: nothing left for a successor to ack.
+    eventually(
+        "the whole journal acknowledged",
+        Duration::from_secs(30),
+        || {
+            let (mut conn, key) = (conn.clone(), key.clone());
+            let published = messages.len() as u64;
+            async move {
+                if common::entries_added(&mut conn, &key).await < published {
+                    return None;
+                }
+                let last: StreamRangeReply = redis::cmd("XREVRANGE")
+                    .arg(&key)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async(&mut conn)
+                    .await
+                    .ok()?;
+                let groups: StreamInfoGroupsReply = redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .ok()?;
+                let group = groups.groups.first()?;
+                (group.pending == 0 && group.last_delivered_id == last.ids.first()?.id)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        xlen(&mut conn, &key).await,
+        messages.len() as u64,
+        "trimmed before the kill"
+    );
+    daemon.kill9();
+    wait_subscribers(&mut conn, &prefix, 0).await;
+    daemon = Daemon::start_with_prefix(&db, &common::redis_url(), &prefix, &env);
+    wait_trimmed(&mut conn, &key).await;
+    daemon.sigterm();
+    assert!(
+        daemon.wait(Duration::from_secs(20)).success(),
+        "{}",
+        daemon.log_text()
+    );
+    assert_exact(&db.client, &expected).await;
     common::delete_keys(&[&key]).await;
 }
 

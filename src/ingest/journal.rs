@@ -15,7 +15,9 @@
 //! Applied entries are trimmed with XTRIM MINID, never MAXLEN: the threshold is the oldest
 //! entry some group still needs (pending, or not yet delivered), so trimming can only remove
 //! what every group has acknowledged, whatever the backlog. MAXLEN would cut unapplied entries
-//! during a PostgreSQL outage — the very case the journal exists for.
+//! during a PostgreSQL outage — the very case the journal exists for. The acker trims after
+//! acknowledging journal entries and once at start: what a killed predecessor acknowledged but
+//! had not trimmed yet goes without waiting for new traffic.
 //!
 //! It must not decode events or touch PostgreSQL.
 

@@ -501,8 +501,14 @@ impl StreamSource {
             .find(|(_, role)| *role == KeyRole::Journal)
             .map(|(key, _)| key.clone());
         // When the journal is next trimmed: set by acks of journal entries, so an idle journal
-        // costs no round trips.
-        let mut trim_at: Option<tokio::time::Instant> = None;
+        // costs no round trips — and once at start. A predecessor killed between its last ack
+        // and the trim that ack scheduled leaves acknowledged entries behind, and nothing of
+        // theirs is pending to be acknowledged (and so trimmed) here: without this trim they
+        // would stay until new traffic comes, however long that is.
+        let mut trim_at: Option<tokio::time::Instant> = match (&journal_key, &self.journal) {
+            (Some(_), Some(_)) => Some(tokio::time::Instant::now()),
+            _ => None,
+        };
         loop {
             let acks = tokio::select! {
                 acks = committed.recv() => match acks {
