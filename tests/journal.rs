@@ -283,6 +283,22 @@ async fn wait_trimmed(conn: &mut MultiplexedConnection, key: &str) {
     }
 }
 
+/// Environment of a journaling daemon that a test kills and restarts: a fixed consumer name
+/// (the successor re-reads its predecessor's pending entries), short blocking reads, no HTTP.
+fn killable_daemon_env(consumer: &str, trim_interval_ms: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("TRADING_SYNC__TRANSPORT__JOURNAL", "true".into()),
+        ("TRADING_SYNC__STREAMS__CONSUMER", consumer.into()),
+        ("TRADING_SYNC__STREAMS__BLOCK_MS", "200".into()),
+        (
+            "TRADING_SYNC__JOURNAL__TRIM_INTERVAL_MS",
+            trim_interval_ms.into(),
+        ),
+        ("TRADING_SYNC__HTTP__ENABLED", "false".into()),
+        ("RUST_LOG", "warn".into()),
+    ]
+}
+
 /// Rounds of load; each ends with a SIGKILL once the round is in the journal: on even rounds
 /// while the ledger is locked (nothing of the round committed), on odd rounds at a random point
 /// of the writer's progress (some committed, some maybe committed but not acknowledged).
@@ -293,14 +309,7 @@ async fn journal_on_daemon_sigkilled_after_receipt_loses_and_doubles_nothing() {
     let db = TestDb::new().await;
     let prefix = unique_name("ts_test");
     let key = format!("{prefix}:journal");
-    let env: Vec<(&str, String)> = vec![
-        ("TRADING_SYNC__TRANSPORT__JOURNAL", "true".into()),
-        ("TRADING_SYNC__STREAMS__CONSUMER", "crashy".into()),
-        ("TRADING_SYNC__STREAMS__BLOCK_MS", "200".into()),
-        ("TRADING_SYNC__JOURNAL__TRIM_INTERVAL_MS", "100".into()),
-        ("TRADING_SYNC__HTTP__ENABLED", "false".into()),
-        ("RUST_LOG", "warn".into()),
-    ];
+    let env = killable_daemon_env("crashy", "100");
     let mut conn = redis().await;
     let mut g = generator(21);
     let mut rng = StdRng::seed_from_u64(7);
@@ -393,14 +402,7 @@ async fn journal_acknowledged_but_untrimmed_at_a_kill_is_trimmed_by_the_next_ins
     let db = TestDb::new().await;
     let prefix = unique_name("ts_test");
     let key = format!("{prefix}:journal");
-    let env: Vec<(&str, String)> = vec![
-        ("TRADING_SYNC__TRANSPORT__JOURNAL", "true".into()),
-        ("TRADING_SYNC__STREAMS__CONSUMER", "untrimmed".into()),
-        ("TRADING_SYNC__STREAMS__BLOCK_MS", "200".into()),
-        ("TRADING_SYNC__JOURNAL__TRIM_INTERVAL_MS", "3600000".into()),
-        ("TRADING_SYNC__HTTP__ENABLED", "false".into()),
-        ("RUST_LOG", "warn".into()),
-    ];
+    let env = killable_daemon_env("untrimmed", "3600000");
     let mut conn = redis().await;
     let mut g = generator(22);
     let mut daemon = Daemon::start_with_prefix(&db, &common::redis_url(), &prefix, &env);
