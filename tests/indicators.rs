@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use chrono::NaiveDate;
 use rust_decimal::prelude::*;
@@ -621,9 +622,9 @@ async fn a_bar_written_while_a_run_reads_is_left_for_the_next_run() {
     let seen = trading_sync::indicators::store::load_changes(&tx, &symbols)
         .await
         .unwrap();
-    let seen_seq = seen["RACE"].change_seq;
+    let seen_ids = seen["RACE"].ids.clone();
     insert_bars(&db, "RACE", "yahoo", &bars[50..]).await;
-    trading_sync::indicators::store::consume_changes(&tx, &[("RACE".to_owned(), seen_seq)])
+    trading_sync::indicators::store::consume_changes(&tx, &seen_ids)
         .await
         .unwrap();
     tx.commit().await.unwrap();
@@ -691,6 +692,170 @@ async fn truncating_market_data_removes_the_indicators() {
     let s = run(&db, Selection::All, Mode::Incremental).await;
     assert_eq!((s.symbols_computed, s.recomputed_after_revision), (2, 2));
     assert_eq!(snapshot(&db).await, vec![]);
+}
+
+/// The daemon runs as a login in the least-privilege `trading_sync` role (V17), not as the
+/// schema owner the other tests use: every statement of a run, consuming changes included,
+/// must be within its grants.
+#[tokio::test]
+async fn the_job_runs_within_the_trading_sync_role() {
+    let db = TestDb::new().await;
+    add_symbols(&db, &["PRIV"]).await;
+    let dates = weekdays(d(2023, 2, 1), 80);
+    let bars = walk(61, &dates, 25.0);
+    insert_bars(&db, "PRIV", "yahoo", &bars[..70]).await;
+    let login = common::unique_name("ts_role");
+    let admin = common::connect(&common::admin_url()).await;
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE \"{login}\" LOGIN IN ROLE trading_sync"
+        ))
+        .await
+        .unwrap();
+    let run_as = |login: String| {
+        let mut pg = db.config().pg_config().unwrap();
+        pg.user(&login);
+        async move {
+            job::run_once(
+                &pg,
+                &settings(),
+                &Selection::All,
+                Mode::Incremental,
+                &CancellationToken::new(),
+            )
+            .await
+        }
+    };
+    let first = run_as(login.clone()).await;
+    insert_bars(&db, "PRIV", "yahoo", &bars[70..]).await;
+    let second = run_as(login.clone()).await;
+    set_close(&db, "PRIV", bars[10].date, "24.5").await;
+    let third = run_as(login.clone()).await;
+    // The role is cluster-wide: gone with its sessions (and their temporary tables).
+    common::eventually(
+        "the role's sessions closed",
+        Duration::from_secs(10),
+        || async {
+            let open: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
+                    &[&login],
+                )
+                .await
+                .ok()?
+                .get(0);
+            (open == 0).then_some(())
+        },
+    )
+    .await;
+    db.client
+        .batch_execute(&format!("DROP OWNED BY \"{login}\""))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!("DROP ROLE \"{login}\""))
+        .await
+        .unwrap();
+    let (first, second, third) = (first.unwrap(), second.unwrap(), third.unwrap());
+    assert_eq!((first.failures, first.rows_written), (0, 70), "{first:?}");
+    assert_eq!(
+        (second.failures, second.rows_written),
+        (0, 10),
+        "{second:?}"
+    );
+    assert_eq!(
+        (third.failures, third.recomputed_after_revision),
+        (0, 1),
+        "{third:?}"
+    );
+    let mut bars = bars;
+    bars[10].close = Some("24.5".into());
+    assert_rows_eq(&rows(&db, "PRIV").await, &expected(&bars), "PRIV");
+    assert_eq!(pending_changes(&db).await, 0);
+}
+
+/// Two ingestion transactions writing the same symbols in opposite orders: recording their
+/// changes must not make them wait for each other (append-only), let alone deadlock.
+#[tokio::test]
+async fn concurrent_ingestion_in_opposite_symbol_orders_does_not_block() {
+    let db = TestDb::new().await;
+    add_symbols(&db, &["ORD1", "ORD2"]).await;
+    let dates = weekdays(d(2023, 5, 1), 4);
+    let mut first = common::connect(&db.url).await;
+    let mut second = common::connect(&db.url).await;
+    let t1 = first.transaction().await.unwrap();
+    let t2 = second.transaction().await.unwrap();
+    let insert = "INSERT INTO data_ingestion.market_data
+                      (symbol, \"timestamp\", open, high, low, close, volume, data_source)
+                  VALUES ($1, $2::date::timestamp AT TIME ZONE 'America/New_York', 10, 10, 10, 10, 100, 'yahoo')";
+    let quick = std::time::Duration::from_secs(10);
+    for (tx, symbol, date) in [
+        (&t1, "ORD1", dates[0]),
+        (&t2, "ORD2", dates[1]),
+        (&t1, "ORD2", dates[2]),
+        (&t2, "ORD1", dates[3]),
+    ] {
+        tokio::time::timeout(quick, tx.execute(insert, &[&symbol, &date]))
+            .await
+            .expect("an ingestion statement waited for another transaction")
+            .unwrap();
+    }
+    t1.commit().await.unwrap();
+    t2.commit().await.unwrap();
+    let s = run(&db, Selection::All, Mode::Incremental).await;
+    assert_eq!((s.symbols_computed, s.rows_written), (2, 4));
+}
+
+/// A symbol whose bars were there before it was registered, or registered again after its
+/// deletion took its indicators away, is computed by the next incremental run; bars written
+/// behind the triggers' back are reached by `--full`.
+#[tokio::test]
+async fn registered_symbols_and_untracked_bars_are_reached() {
+    let db = TestDb::new().await;
+    let dates = weekdays(d(2023, 8, 1), 30);
+    let bars = walk(71, &dates, 12.0);
+    insert_bars(&db, "LATE", "yahoo", &bars).await;
+    let s = run(&db, Selection::All, Mode::Incremental).await;
+    assert_eq!((s.skipped_unknown, s.symbols_computed), (1, 0));
+    add_symbols(&db, &["LATE"]).await;
+    let s = run(&db, Selection::All, Mode::Incremental).await;
+    assert_eq!((s.symbols_computed, s.rows_written), (1, 30));
+
+    // Deleted (the foreign keys cascade), registered again: computed again.
+    db.client
+        .batch_execute("DELETE FROM data_ingestion.symbols WHERE symbol = 'LATE'")
+        .await
+        .unwrap();
+    assert!(rows(&db, "LATE").await.is_empty());
+    add_symbols(&db, &["LATE"]).await;
+    let s = run(&db, Selection::All, Mode::Incremental).await;
+    assert_eq!((s.symbols_computed, s.rows_written), (1, 30));
+    assert_rows_eq(&rows(&db, "LATE").await, &expected(&bars), "LATE");
+
+    // Bars written with the triggers switched off: invisible to incremental runs, not to
+    // --full.
+    add_symbols(&db, &["QUIET"]).await;
+    run(&db, Selection::All, Mode::Incremental).await;
+    let quiet = walk(72, &dates, 8.0);
+    db.client
+        .batch_execute("SET session_replication_role = replica")
+        .await
+        .unwrap();
+    insert_bars(&db, "QUIET", "yahoo", &quiet).await;
+    db.client
+        .batch_execute("RESET session_replication_role")
+        .await
+        .unwrap();
+    assert_eq!(pending_changes(&db).await, 0);
+    let s = run(&db, Selection::All, Mode::Incremental).await;
+    assert_eq!(s.rows_written, 0);
+    let s = run(&db, Selection::All, Mode::Full).await;
+    assert_eq!(s.failures, 0);
+    assert_rows_eq(
+        &rows(&db, "QUIET").await,
+        &expected(&quiet),
+        "QUIET after --full",
+    );
 }
 
 async fn xmins(db: &TestDb, symbol: &str) -> BTreeMap<NaiveDate, String> {
@@ -786,8 +951,12 @@ async fn other_sources_unknown_symbols_and_bad_closes_are_handled() {
     insert_bars(&db, "BAD", "yahoo", &bad).await;
 
     let s = run(&db, Selection::All, Mode::Incremental).await;
-    assert_eq!(s.symbols_selected, 3, "POLY has no yahoo bar: {s:?}");
-    assert_eq!((s.symbols_computed, s.skipped_unknown), (2, 1));
+    // POLY, newly registered, is looked at once and has no yahoo bar: up to date, no rows.
+    assert_eq!(s.symbols_selected, 4, "{s:?}");
+    assert_eq!(
+        (s.symbols_computed, s.skipped_unknown, s.symbols_up_to_date),
+        (2, 1, 1)
+    );
     assert_eq!(s.bars_skipped_invalid, 2);
     assert_eq!(s.rows_written, 80 + 78);
     assert_rows_eq(&rows(&db, "MIX").await, &expected(&yahoo), "MIX");

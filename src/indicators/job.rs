@@ -211,7 +211,7 @@ async fn run_inner(
         Selection::All => None,
         Selection::Symbols(list) => Some(list.as_slice()),
     };
-    let listed = store::list_symbols(&first, given).await?;
+    let listed = store::list_symbols(&first, given, mode == Mode::Full).await?;
     let mut summary = RunSummary {
         symbols_selected: listed.len() as u64,
         ..RunSummary::default()
@@ -631,8 +631,8 @@ async fn process_chunk(
     }
     // Read after the locks: under READ COMMITTED these statements see the commit of an
     // instance that held a lock a moment ago, never a state it is about to replace. Changes
-    // before bars: a bar committed after this read bumps its change row, which then survives
-    // this chunk's consume_changes, so it is never lost between the two reads.
+    // before bars: a bar committed after this read comes with a change row this chunk did not
+    // read and so does not consume; it is never lost between the two reads.
     let mut changes = store::load_changes(&tx, &mine).await?;
     let mut states = store::load_states(&tx, &mine).await?;
     let mut consumed = Vec::new();
@@ -640,8 +640,8 @@ async fn process_chunk(
     let mut requests = Vec::new();
     for symbol in mine {
         let change = changes.remove(&symbol);
-        if let Some(c) = change {
-            consumed.push((symbol.clone(), c.change_seq));
+        if let Some(c) = &change {
+            consumed.extend_from_slice(&c.ids);
         }
         let (start, read) = plan(states.remove(&symbol), change, ctx.mode, ctx.tz);
         let slot = read.map(|from| {

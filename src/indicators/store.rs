@@ -21,10 +21,10 @@ use tokio_postgres::{GenericClient, Transaction};
 use super::step::{IndicatorRow, IndicatorState};
 use super::IndicatorError;
 
-/// The work list of a run over all symbols: every symbol of data_ingestion.symbols that has a
-/// state or recorded bar changes, plus the symbols with bar changes that are missing from
-/// data_ingestion.symbols (reported and skipped: the indicator tables reference it). Two index
-/// lookups per symbol, none into market_data: which symbols have new or revised bars is what
+/// The work list of an incremental run over all symbols: every symbol of data_ingestion.symbols
+/// that has a state or recorded bar changes, plus the symbols with bar changes that are missing
+/// from data_ingestion.symbols (reported and skipped: the indicator tables reference it). Index
+/// lookups only, none into market_data: which symbols have new or revised bars is what
 /// analytics.indicator_bar_changes (V19) records.
 pub const LIST_ALL_SYMBOLS_SQL: &str = r#"
 SELECT y.symbol::text, true, st.symbol IS NOT NULL
@@ -33,7 +33,24 @@ SELECT y.symbol::text, true, st.symbol IS NOT NULL
  WHERE st.symbol IS NOT NULL
     OR EXISTS (SELECT 1 FROM analytics.indicator_bar_changes c WHERE c.symbol = y.symbol)
 UNION ALL
-SELECT c.symbol::text, false, false
+SELECT DISTINCT c.symbol::text, false, false
+  FROM analytics.indicator_bar_changes c
+ WHERE NOT EXISTS (SELECT 1 FROM data_ingestion.symbols y WHERE y.symbol = c.symbol)
+"#;
+
+/// The work list of `--full`: as [`LIST_ALL_SYMBOLS_SQL`], plus every registered symbol with a
+/// yahoo bar, recorded or not (a repair must also reach bars written behind the triggers'
+/// back). One probe of market_data per registered symbol.
+pub const LIST_ALL_SYMBOLS_FULL_SQL: &str = r#"
+SELECT y.symbol::text, true, st.symbol IS NOT NULL
+  FROM data_ingestion.symbols y
+  LEFT JOIN analytics.indicator_state st ON st.symbol = y.symbol
+ WHERE st.symbol IS NOT NULL
+    OR EXISTS (SELECT 1 FROM analytics.indicator_bar_changes c WHERE c.symbol = y.symbol)
+    OR EXISTS (SELECT 1 FROM data_ingestion.market_data m
+                WHERE m.symbol = y.symbol AND m.data_source = 'yahoo')
+UNION ALL
+SELECT DISTINCT c.symbol::text, false, false
   FROM analytics.indicator_bar_changes c
  WHERE NOT EXISTS (SELECT 1 FROM data_ingestion.symbols y WHERE y.symbol = c.symbol)
 "#;
@@ -65,29 +82,22 @@ SELECT symbol::text, spec_version, first_date, last_date, bars_consumed, closes,
  WHERE symbol = ANY($1::text[])
 "#;
 
-/// The recorded bar changes of a chunk's symbols. `-infinity` (TRUNCATE: everything) reads as
-/// NULL, which chrono has no value for.
+/// The recorded bar changes of a chunk's symbols: the earliest, and the rows read. `-infinity`
+/// (everything) reads as NULL, which chrono has no value for.
 pub const LOAD_CHANGES_SQL: &str = r#"
-SELECT symbol::text, CASE WHEN earliest > '-infinity' THEN earliest END, change_seq
+SELECT symbol::text,
+       CASE WHEN min(earliest) > '-infinity' THEN min(earliest) END,
+       array_agg(id)
   FROM analytics.indicator_bar_changes
  WHERE symbol = ANY($1::text[])
+ GROUP BY symbol
 "#;
 
-/// Removes the change rows a chunk consumed, each only if no write recorded a newer change
-/// since it was read: that one stays for the next run. A row an ingestion transaction is
-/// writing right now is skipped, not waited for: that transaction bumps change_seq anyway, and
-/// waiting could close a deadlock cycle with its next statement (which may want a row this
-/// chunk already deleted), aborting the ingestion's transaction.
-pub const CONSUME_CHANGES_SQL: &str = r#"
-DELETE FROM analytics.indicator_bar_changes c
- WHERE c.symbol IN (
-       SELECT x.symbol
-         FROM analytics.indicator_bar_changes x
-         JOIN unnest($1::text[], $2::int8[]) AS d(symbol, change_seq)
-           ON x.symbol = d.symbol AND x.change_seq = d.change_seq
-        ORDER BY x.symbol
-          FOR UPDATE OF x SKIP LOCKED)
-"#;
+/// Removes the change rows a chunk read, and only those: a change committed since then has
+/// another id and stays for the next run. Ingestion only inserts into this table, so nothing
+/// here waits for it.
+pub const CONSUME_CHANGES_SQL: &str =
+    "DELETE FROM analytics.indicator_bar_changes WHERE id = ANY($1::int8[])";
 
 /// Yahoo bars at or after each symbol's `from_ts` (NULL: all of them), as three arrays in the
 /// same (unspecified) order, sorted by the caller.
@@ -289,8 +299,10 @@ pub struct ListedSymbol {
 pub async fn list_symbols(
     client: &tokio_postgres::Client,
     given: Option<&[String]>,
+    full: bool,
 ) -> Result<Vec<ListedSymbol>, IndicatorError> {
     let rows = match given {
+        None if full => client.query(LIST_ALL_SYMBOLS_FULL_SQL, &[]).await,
         None => client.query(LIST_ALL_SYMBOLS_SQL, &[]).await,
         Some(list) => client.query(LIST_GIVEN_SYMBOLS_SQL, &[&list]).await,
     }
@@ -365,12 +377,12 @@ pub async fn load_states(
 }
 
 /// Bar changes recorded for a symbol since the job last consumed them (V19).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BarChange {
-    /// Earliest bar time inserted, deleted or changed; None: everything (TRUNCATE).
+    /// Earliest bar time inserted, deleted or changed; None: everything.
     pub earliest: Option<DateTime<Utc>>,
-    /// What the row must still hold for this run to consume it.
-    pub change_seq: i64,
+    /// The change rows read: what this run may consume.
+    pub ids: Vec<i64>,
 }
 
 pub async fn load_changes(
@@ -386,24 +398,19 @@ pub async fn load_changes(
         .map(|r| {
             let change = BarChange {
                 earliest: r.get(1),
-                change_seq: r.get(2),
+                ids: r.get(2),
             };
             (r.get(0), change)
         })
         .collect())
 }
 
-/// Deletes the change rows this run consumed (unless changed again meanwhile).
-pub async fn consume_changes(
-    tx: &Transaction<'_>,
-    consumed: &[(String, i64)],
-) -> Result<(), IndicatorError> {
-    if consumed.is_empty() {
+/// Deletes the change rows this run read and has now applied.
+pub async fn consume_changes(tx: &Transaction<'_>, ids: &[i64]) -> Result<(), IndicatorError> {
+    if ids.is_empty() {
         return Ok(());
     }
-    let symbols: Vec<&str> = consumed.iter().map(|(s, _)| s.as_str()).collect();
-    let seqs: Vec<i64> = consumed.iter().map(|(_, q)| *q).collect();
-    tx.execute(CONSUME_CHANGES_SQL, &[&symbols, &seqs])
+    tx.execute(CONSUME_CHANGES_SQL, &[&ids])
         .await
         .map_err(IndicatorError::query("consuming bar changes"))?;
     Ok(())
