@@ -21,34 +21,22 @@ use tokio_postgres::{GenericClient, Transaction};
 use super::step::{IndicatorRow, IndicatorState};
 use super::IndicatorError;
 
-/// The work list of an incremental run over all symbols: every symbol of data_ingestion.symbols
-/// that has a state or recorded bar changes, plus the symbols with bar changes that are missing
-/// from data_ingestion.symbols (reported and skipped: the indicator tables reference it). Index
+/// The work list of a run over all symbols: every symbol of data_ingestion.symbols that has a
+/// state or recorded bar changes, plus the symbols with bar changes that are missing from
+/// data_ingestion.symbols (reported and skipped: the indicator tables reference it). Index
 /// lookups only, none into market_data: which symbols have new or revised bars is what
-/// analytics.indicator_bar_changes (V19) records.
+/// analytics.indicator_bar_changes (V19) records. With `$1` (`--full`) also every registered
+/// symbol with a yahoo bar, recorded or not, so a repair reaches bars written behind the
+/// triggers' back: one probe of market_data per registered symbol, which the planner drops
+/// when `$1` is false.
 pub const LIST_ALL_SYMBOLS_SQL: &str = r#"
 SELECT y.symbol::text, true, st.symbol IS NOT NULL
   FROM data_ingestion.symbols y
   LEFT JOIN analytics.indicator_state st ON st.symbol = y.symbol
  WHERE st.symbol IS NOT NULL
     OR EXISTS (SELECT 1 FROM analytics.indicator_bar_changes c WHERE c.symbol = y.symbol)
-UNION ALL
-SELECT DISTINCT c.symbol::text, false, false
-  FROM analytics.indicator_bar_changes c
- WHERE NOT EXISTS (SELECT 1 FROM data_ingestion.symbols y WHERE y.symbol = c.symbol)
-"#;
-
-/// The work list of `--full`: as [`LIST_ALL_SYMBOLS_SQL`], plus every registered symbol with a
-/// yahoo bar, recorded or not (a repair must also reach bars written behind the triggers'
-/// back). One probe of market_data per registered symbol.
-pub const LIST_ALL_SYMBOLS_FULL_SQL: &str = r#"
-SELECT y.symbol::text, true, st.symbol IS NOT NULL
-  FROM data_ingestion.symbols y
-  LEFT JOIN analytics.indicator_state st ON st.symbol = y.symbol
- WHERE st.symbol IS NOT NULL
-    OR EXISTS (SELECT 1 FROM analytics.indicator_bar_changes c WHERE c.symbol = y.symbol)
-    OR EXISTS (SELECT 1 FROM data_ingestion.market_data m
-                WHERE m.symbol = y.symbol AND m.data_source = 'yahoo')
+    OR ($1::bool AND EXISTS (SELECT 1 FROM data_ingestion.market_data m
+                              WHERE m.symbol = y.symbol AND m.data_source = 'yahoo'))
 UNION ALL
 SELECT DISTINCT c.symbol::text, false, false
   FROM analytics.indicator_bar_changes c
@@ -302,8 +290,7 @@ pub async fn list_symbols(
     full: bool,
 ) -> Result<Vec<ListedSymbol>, IndicatorError> {
     let rows = match given {
-        None if full => client.query(LIST_ALL_SYMBOLS_FULL_SQL, &[]).await,
-        None => client.query(LIST_ALL_SYMBOLS_SQL, &[]).await,
+        None => client.query(LIST_ALL_SYMBOLS_SQL, &[&full]).await,
         Some(list) => client.query(LIST_GIVEN_SYMBOLS_SQL, &[&list]).await,
     }
     .map_err(IndicatorError::query("listing symbols"))?;
