@@ -34,6 +34,29 @@ pub enum Command {
     CheckConfig,
     /// Run the daemon: apply Redis data_sync events to PostgreSQL until SIGTERM/SIGINT.
     Run,
+    /// Heal the aggregates from execution.trades, execution.positions and market_data: apply,
+    /// exactly once, every committed trade row the ledger lacks; copy newer position snapshots;
+    /// price rows from the latest bars. Exit 0 on success.
+    Reconcile {
+        /// Also heal trade rows executed since then (RFC 3339, or YYYY-MM-DD as midnight UTC)
+        /// that precede the change log; refused beyond the ledger's retention horizon.
+        #[arg(long, value_name = "TIMESTAMP", value_parser = parse_since)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// List what would be done, in one transaction rolled back; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Prove the books: recompute every aggregate from the ledger and compare; list trade rows
+    /// missing from the ledger and applied trades that contradict their row. Exit 0 when the
+    /// books match, 1 when they do not.
+    Verify {
+        /// Only this account's portfolio rows and trades.
+        #[arg(long, value_name = "A")]
+        account: Option<String>,
+        /// Only this strategy's performance rows and trades.
+        #[arg(long, value_name = "S")]
+        strategy: Option<String>,
+    },
     /// Compute technical indicators once (backfill or repair), then exit.
     Indicators {
         /// Only these symbols (repeatable); default: every symbol with yahoo bars.
@@ -120,4 +143,134 @@ pub async fn indicators(config: &Config, symbols: Vec<String>, full: bool) -> an
         "interrupted before every symbol was computed"
     );
     Ok(())
+}
+
+/// `--since`: RFC 3339, `YYYY-MM-DDTHH:MM:SS` (UTC) or `YYYY-MM-DD` (midnight UTC).
+fn parse_since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(text, format) {
+            return Ok(t.and_utc());
+        }
+    }
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc())
+        .map_err(|_| {
+            format!("`{text}` is not a timestamp (RFC 3339, YYYY-MM-DDTHH:MM:SS or YYYY-MM-DD)")
+        })
+}
+
+/// The reconcile settings a configuration gives.
+pub fn reconcile_settings(config: &Config) -> anyhow::Result<crate::reconcile::Settings> {
+    Ok(crate::reconcile::Settings {
+        grace: std::time::Duration::from_millis(config.reconcile.grace_ms),
+        ledger_retention_days: config.maintenance.ledger_retention_days,
+        exchange_tz: config.exchange_tz()?,
+        instance: config.streams.consumer_name(),
+    })
+}
+
+pub async fn reconcile(
+    config: &Config,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    use crate::reconcile::{run_once, Outcome, Request, Trigger};
+    let settings = reconcile_settings(config)?;
+    let mut client = crate::db::connect(&config.pg_config()?)
+        .await
+        .context("while connecting to PostgreSQL (database.url)")?;
+    let request = Request {
+        trigger: Trigger::Command,
+        since,
+        dry_run,
+        skip_if_ran_within: None,
+        lock_wait: std::time::Duration::from_secs(60),
+    };
+    let outcome = run_once(&mut client, &settings, &request)
+        .await
+        .context("while reconciling")?;
+    let Outcome::Ran(report) = outcome else {
+        anyhow::bail!("reconcile did not run: {outcome:?}");
+    };
+    print!("{}", render_reconcile(&report));
+    Ok(())
+}
+
+/// What `reconcile` prints: a line per item (with --dry-run, or for each healed trade), then
+/// the counts.
+pub fn render_reconcile(report: &crate::reconcile::Report) -> String {
+    use std::fmt::Write;
+    let verb = if report.dry_run {
+        "would apply"
+    } else {
+        "applied"
+    };
+    let mut out = String::new();
+    for id in &report.applied {
+        let _ = writeln!(out, "trade {id}: {verb} from its execution.trades row");
+    }
+    for u in &report.unusable {
+        let _ = writeln!(
+            out,
+            "trade {}: unusable ({}): {}",
+            u.trade_id, u.kind, u.reason
+        );
+    }
+    let verb = if report.dry_run {
+        "would refresh"
+    } else {
+        "refreshed"
+    };
+    for (account, symbol) in &report.positions_refreshed {
+        let _ = writeln!(
+            out,
+            "position {account}/{symbol}: {verb} from execution.positions"
+        );
+    }
+    let verb = if report.dry_run {
+        "would price"
+    } else {
+        "priced"
+    };
+    for (account, symbol) in &report.rows_priced {
+        let _ = writeln!(out, "row {account}/{symbol}: {verb} from its latest bar");
+    }
+    let _ = writeln!(
+        out,
+        "{}trades applied: {}, already present: {}, unusable: {}; positions refreshed: {}; rows priced: {} ({} ms)",
+        if report.dry_run { "dry run, nothing changed; " } else { "" },
+        report.applied.len(),
+        report.already_present,
+        report.unusable.len(),
+        report.positions_refreshed.len(),
+        report.rows_priced.len(),
+        report.took.as_millis()
+    );
+    out
+}
+
+/// Exit status 1 (through the error) when the books do not match.
+pub async fn verify(
+    config: &Config,
+    account: Option<String>,
+    strategy: Option<String>,
+) -> anyhow::Result<bool> {
+    use crate::reconcile::verify::{verify, Filter, VerifySettings};
+    let settings = VerifySettings {
+        grace: std::time::Duration::from_millis(config.reconcile.grace_ms),
+        ledger_retention_days: config.maintenance.ledger_retention_days,
+        exchange_tz: config.exchange_tz()?,
+    };
+    let mut client = crate::db::connect(&config.pg_config()?)
+        .await
+        .context("while connecting to PostgreSQL (database.url)")?;
+    let report = verify(&mut client, &settings, &Filter { account, strategy })
+        .await
+        .context("while verifying")?;
+    print!("{}", report.render());
+    Ok(report.clean())
 }

@@ -50,6 +50,7 @@ pub struct Config {
     pub transport: TransportConfig,
     pub streams: StreamsConfig,
     pub journal: JournalConfig,
+    pub reconcile: ReconcileConfig,
 }
 
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
@@ -363,6 +364,31 @@ impl Default for MaintenanceConfig {
     }
 }
 
+/// `reconcile`: heal the aggregates from execution.trades, execution.positions and market_data
+/// (what events did not deliver), in the daemon and as a command.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcileConfig {
+    /// Run it inside the daemon: at start once the backlog drained, after every Redis
+    /// resubscription, and every `interval_secs` (once across instances).
+    pub enabled: bool,
+    /// Seconds between scheduled runs.
+    pub interval_secs: u64,
+    /// Trade rows written less than this long ago (database clock) are left for a later run, so
+    /// that an event still in flight is applied from the event, not raced.
+    pub grace_ms: u64,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        ReconcileConfig {
+            enabled: true,
+            interval_secs: 300,
+            grace_ms: 5_000,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -594,6 +620,13 @@ impl Config {
             1_000,
         )?;
         self.validate_journal()?;
+        range(
+            "reconcile.interval_secs",
+            self.reconcile.interval_secs,
+            1,
+            86_400,
+        )?;
+        range("reconcile.grace_ms", self.reconcile.grace_ms, 0, 3_600_000)?;
         parse_tz("maintenance.timezone", &self.maintenance.timezone)?;
         range(
             "log.summary_interval_secs",

@@ -13,4 +13,5 @@ pub mod indicators;
 pub mod ingest;
 pub mod loadgen;
 pub mod maintenance;
+pub mod reconcile;
 pub mod telemetry;

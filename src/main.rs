@@ -8,7 +8,9 @@ use trading_sync::config::Config;
 #[tokio::main]
 async fn main() -> ExitCode {
     match run(Cli::parse()).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        // `verify` found differences: it printed them; no error line.
+        Ok(false) => ExitCode::from(1),
         Err(error) => {
             // One line with the whole cause chain: what journald and a terminal both show well.
             eprintln!("trading-sync: error: {error:#}");
@@ -17,7 +19,8 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Ok(false): the command ran and its answer is "no" (`verify`'s books differ).
+async fn run(cli: Cli) -> anyhow::Result<bool> {
     let config = Config::load(&cli.config_source()).context("while loading the configuration")?;
     trading_sync::telemetry::init(
         cli.log_format.unwrap_or(config.log.format),
@@ -25,12 +28,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     )
     .context("while setting up logging")?;
     match cli.command {
-        Command::Migrate => cli::migrate(&config).await,
-        Command::Run => cli::run(&config).await,
-        Command::Indicators { symbols, full } => cli::indicators(&config, symbols, full).await,
+        Command::Migrate => cli::migrate(&config).await.map(|()| true),
+        Command::Run => cli::run(&config).await.map(|()| true),
+        Command::Indicators { symbols, full } => {
+            cli::indicators(&config, symbols, full).await.map(|()| true)
+        }
+        Command::Reconcile { since, dry_run } => {
+            cli::reconcile(&config, since, dry_run).await.map(|()| true)
+        }
+        Command::Verify { account, strategy } => cli::verify(&config, account, strategy).await,
         Command::CheckConfig => {
             cli::check_config(&config);
-            Ok(())
+            Ok(true)
         }
     }
 }

@@ -12,10 +12,16 @@ use rust_decimal::Decimal;
 
 use super::fold::{fold, BatchPlan, DeadLetter};
 
-/// Records trade ids; returns those not seen before (conflicts are duplicates).
+/// Records trade ids with each trade's contribution to the aggregates (what `verify` recomputes
+/// them from); returns the ids not seen before (conflicts are duplicates).
 const INSERT_LEDGER: &str = "\
-INSERT INTO analytics.applied_trades (trade_id, account_id, symbol, strategy, executed_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+INSERT INTO analytics.applied_trades
+    (trade_id, account_id, symbol, strategy, executed_at, net_quantity, price, total_value,
+     realized_pnl, commission, is_win, trade_date, source)
+SELECT u.*, $13::text
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::numeric[],
+            $7::numeric[], $8::numeric[], $9::numeric[], $10::numeric[], $11::bool[],
+            $12::date[]) AS u
 ON CONFLICT (trade_id) DO NOTHING
 RETURNING trade_id";
 
@@ -98,10 +104,30 @@ impl Statements {
     }
 }
 
+/// Where the trades of a plan come from, as the ledger records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TradeSource {
+    /// `trade_executed` events.
+    Event,
+    /// execution.trades rows, through reconcile.
+    Row,
+}
+
+impl TradeSource {
+    fn as_str(self) -> &'static str {
+        match self {
+            TradeSource::Event => "event",
+            TradeSource::Row => "row",
+        }
+    }
+}
+
 /// What a committed batch did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Applied {
     pub new_trades: u64,
+    /// Their ids (reconcile reports which rows it healed).
+    pub fresh: HashSet<String>,
     /// Trades already in the ledger (replays, another instance, a retried commit).
     pub ledger_duplicates: u64,
     pub positions: u64,
@@ -109,13 +135,27 @@ pub struct Applied {
     pub dead_letters: u64,
 }
 
-/// Applies a plan in one transaction. Any error rolls everything back, so a retry is safe.
+/// Applies a plan of events in one transaction. Any error rolls everything back, so a retry is
+/// safe.
 pub async fn apply(
     client: &mut tokio_postgres::Client,
     stmts: &Statements,
     plan: &BatchPlan,
 ) -> Result<Applied, tokio_postgres::Error> {
     let tx = client.transaction().await?;
+    let applied = apply_in(&tx, stmts, plan, TradeSource::Event).await?;
+    tx.commit().await?;
+    Ok(applied)
+}
+
+/// Applies a plan inside a transaction the caller owns and commits (reconcile adds its own
+/// statements to it). Trades whose id is in the ledger already change nothing.
+pub async fn apply_in(
+    tx: &tokio_postgres::Transaction<'_>,
+    stmts: &Statements,
+    plan: &BatchPlan,
+    source: TradeSource,
+) -> Result<Applied, tokio_postgres::Error> {
     let mut applied = Applied::default();
 
     if !plan.dead_letters.is_empty() {
@@ -130,9 +170,33 @@ pub async fn apply(
         let symbols: Vec<&str> = t.iter().map(|t| t.symbol.as_str()).collect();
         let strategies: Vec<Option<&str>> = t.iter().map(|t| t.strategy.as_deref()).collect();
         let executed: Vec<DateTime<Utc>> = t.iter().map(|t| t.executed_at).collect();
+        let net_quantities: Vec<Decimal> = t.iter().map(|t| t.signed_quantity()).collect();
+        let prices: Vec<Option<Decimal>> = t.iter().map(|t| t.price).collect();
+        let totals: Vec<Decimal> = t.iter().map(|t| t.total_value).collect();
+        let pnls: Vec<Decimal> = t.iter().map(|t| t.realized_pnl).collect();
+        let commissions: Vec<Decimal> = t.iter().map(|t| t.commission).collect();
+        let wins: Vec<bool> = t.iter().map(|t| t.is_win).collect();
+        let dates: Vec<NaiveDate> = t.iter().map(|t| t.trade_date).collect();
         let stmt = &stmts.ledger;
         let fresh: HashSet<String> = tx
-            .query(stmt, &[&ids, &accounts, &symbols, &strategies, &executed])
+            .query(
+                stmt,
+                &[
+                    &ids,
+                    &accounts,
+                    &symbols,
+                    &strategies,
+                    &executed,
+                    &net_quantities,
+                    &prices,
+                    &totals,
+                    &pnls,
+                    &commissions,
+                    &wins,
+                    &dates,
+                    &source.as_str(),
+                ],
+            )
             .await?
             .into_iter()
             .map(|row| row.get(0))
@@ -141,6 +205,7 @@ pub async fn apply(
         applied.ledger_duplicates = (t.len() - fresh.len()) as u64;
 
         let folded = fold(t.iter().filter(|t| fresh.contains(&t.trade_id)));
+        applied.fresh = fresh;
         if !folded.portfolio.is_empty() {
             let p = &folded.portfolio;
             let stmt = &stmts.portfolio;
@@ -215,8 +280,6 @@ pub async fn apply(
         .await?;
         applied.marks = bars.len() as u64;
     }
-
-    tx.commit().await?;
     Ok(applied)
 }
 

@@ -72,6 +72,69 @@ impl TradeExecuted {
     }
 }
 
+/// A committed fill as `execution.trades` stores it, with the side and strategy of its order
+/// where the row has none: what `reconcile` turns into the trade its event would have been.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fill {
+    pub trade_id: String,
+    pub account_id: String,
+    pub symbol: String,
+    pub strategy: Option<String>,
+    pub side: Option<Side>,
+    pub quantity: Decimal,
+    pub price: Decimal,
+    pub commission: Decimal,
+    /// NULL in the row means 0, as an absent `realized_pnl` does in an event.
+    pub realized_pnl: Option<Decimal>,
+    pub executed_at: DateTime<Utc>,
+}
+
+/// Why a fill cannot become a trade. Never guessed around: reported with its trade_id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FillError {
+    #[error("no side: neither the trade row nor its order says buy or sell")]
+    NoSide,
+    #[error("{0}")]
+    OutOfRange(String),
+}
+
+impl FillError {
+    /// Short stable label for metrics and output.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FillError::NoSide => "no_side",
+            FillError::OutOfRange(_) => "out_of_range",
+        }
+    }
+}
+
+impl TradeExecuted {
+    /// The trade a fill's event would have been, by EVENTS.md's rules: total_value = quantity ×
+    /// price (negative for a sell), the win from realized_pnl > 0, the trading date in
+    /// `exchange_tz`. A fill without a side is refused, not taken for a buy as an event would be.
+    pub fn from_fill(fill: Fill, exchange_tz: &chrono_tz::Tz) -> Result<Self, FillError> {
+        let side = fill.side.ok_or(FillError::NoSide)?;
+        let total_value = gross_value(Some(side), Some(fill.quantity), Some(fill.price))
+            .map_err(|e| FillError::OutOfRange(e.to_string()))?;
+        let realized_pnl = fill.realized_pnl.unwrap_or(Decimal::ZERO);
+        Ok(TradeExecuted {
+            trade_id: fill.trade_id,
+            account_id: fill.account_id,
+            symbol: fill.symbol,
+            strategy: fill.strategy.filter(|s| !s.is_empty()),
+            side: Some(side),
+            quantity: Some(fill.quantity),
+            price: Some(fill.price),
+            total_value,
+            realized_pnl,
+            commission: fill.commission,
+            is_win: realized_pnl > Decimal::ZERO,
+            executed_at: fill.executed_at,
+            trade_date: fill.executed_at.with_timezone(exchange_tz).date_naive(),
+        })
+    }
+}
+
 fn opt_decimal(
     data: &Map<String, Value>,
     field: &'static str,

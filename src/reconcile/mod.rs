@@ -1,0 +1,524 @@
+//! Books that heal: re-derive from the database's own source of truth what events did not
+//! deliver, exactly once.
+//!
+//! Pub/sub keeps nothing for an absent subscriber, but the execution service commits every fill
+//! to `execution.trades` before it publishes. A trigger there (V21) logs each trade row written in
+//! `analytics.trade_changes`, in the writing transaction; a run consumes that log in the
+//! transaction that applies the trades through the writer's own statements and ledger
+//! ([`crate::apply::store::apply_in`]), so a trade counts once whether its event or its row comes
+//! first, and a row that commits late is seen when it commits. Entries younger than the grace
+//! period are left alone, so an event still in flight is not raced.
+//!
+//! A run also copies newer `execution.positions` snapshots into portfolio_summary and prices every
+//! row whose price is older than its symbol's latest bar (the live marks' rule), which heals lost
+//! position and bar events and prices rows created after their symbol's last bar.
+//!
+//! Once across instances: a session advisory lock per run, and `analytics.reconcile_runs` tells a
+//! scheduled run that another instance already ran within the interval.
+
+pub mod verify;
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use tokio_postgres::Client;
+
+use crate::apply::fold::BatchPlan;
+use crate::apply::store::{self, Statements, TradeSource};
+use crate::events::trade::{Fill, FillError};
+use crate::events::{Side, TradeExecuted};
+
+/// "tsrecon" — held by the session doing a run.
+const RECONCILE_LOCK_KEY: i64 = 0x7473_7265_636f_6e00;
+const TRY_LOCK: &str = "SELECT pg_try_advisory_lock($1)";
+const UNLOCK: &str = "SELECT pg_advisory_unlock($1)";
+
+/// Change-log rows per transaction: a long outage heals in bounded transactions.
+const CHUNK: i64 = 5_000;
+
+/// The database clock at the run's start, and the ledger-retention horizon on that clock
+/// (NULL when retention is off). Retention retires a ledger row only when both its applied_at and
+/// its executed_at are older than the horizon, so a trade executed after it always still has its
+/// ledger row if it was ever applied.
+const CLOCK: &str = "\
+SELECT now(), CASE WHEN $1::int4 > 0 THEN now() - make_interval(days => $1::int4) END";
+
+/// Whether any run started within the last $1 milliseconds (another instance's scheduled run).
+const RAN_RECENTLY: &str = "\
+SELECT EXISTS (SELECT 1 FROM analytics.reconcile_runs
+                WHERE started_at > now() - make_interval(secs => $1::float8 / 1000))";
+
+/// Takes up to $2 change-log entries older than $1 ms, deletes them, and returns the trade rows
+/// they name with the side and strategy of their order, and whether the ledger has them.
+const CONSUME_CHANGES: &str = "\
+WITH consumed AS (
+    DELETE FROM analytics.trade_changes
+     WHERE id IN (SELECT id FROM analytics.trade_changes
+                   WHERE recorded_at < now() - make_interval(secs => $1::float8 / 1000)
+                   ORDER BY id LIMIT $2)
+    RETURNING trade_id
+)
+SELECT t.trade_id, t.account_id, t.symbol, COALESCE(t.strategy, o.strategy),
+       COALESCE(t.side, o.side)::text, t.quantity, t.price, t.commission, t.realized_pnl,
+       t.executed_at, a.trade_id IS NOT NULL, t.id
+  FROM (SELECT DISTINCT trade_id FROM consumed) c
+  JOIN execution.trades t ON t.trade_id = c.trade_id
+  LEFT JOIN execution.orders o ON o.order_id = t.order_id
+  LEFT JOIN analytics.applied_trades a ON a.trade_id = t.trade_id
+ ORDER BY t.trade_id";
+
+/// Counts what CONSUME_CHANGES would see, to know whether another chunk is needed.
+const CHANGES_LEFT: &str = "\
+SELECT EXISTS (SELECT 1 FROM analytics.trade_changes
+                WHERE recorded_at < now() - make_interval(secs => $1::float8 / 1000))";
+
+/// `--since`: trade rows executed at or after $2 that the ledger lacks, by id after $1. Rows
+/// created within the grace period are left to the change log.
+const SCAN_SINCE: &str = "\
+SELECT t.trade_id, t.account_id, t.symbol, COALESCE(t.strategy, o.strategy),
+       COALESCE(t.side, o.side)::text, t.quantity, t.price, t.commission, t.realized_pnl,
+       t.executed_at, false, t.id
+  FROM execution.trades t
+  LEFT JOIN execution.orders o ON o.order_id = t.order_id
+ WHERE t.id > $1 AND t.executed_at >= $2
+   AND t.created_at < now() - make_interval(secs => $4::float8 / 1000)
+   AND NOT EXISTS (SELECT 1 FROM analytics.applied_trades a WHERE a.trade_id = t.trade_id)
+ ORDER BY t.id
+ LIMIT $3";
+
+/// Position snapshots newer than the stored one, applied as a `position_updated` would be.
+const REFRESH_POSITIONS: &str = "\
+INSERT INTO analytics.portfolio_summary AS ps
+    (account_id, symbol, quantity, avg_price, position_realized_pnl,
+     reported_market_value, reported_unrealized_pnl, position_as_of)
+SELECT p.account_id, p.symbol, p.quantity, p.avg_price, p.realized_pnl,
+       p.market_value, p.unrealized_pnl, p.last_updated
+  FROM execution.positions p
+  LEFT JOIN analytics.portfolio_summary s ON s.account_id = p.account_id AND s.symbol = p.symbol
+ WHERE s.position_as_of IS NULL OR s.position_as_of < p.last_updated
+ ORDER BY p.account_id, p.symbol
+ON CONFLICT (account_id, symbol) DO UPDATE SET
+    quantity                = EXCLUDED.quantity,
+    avg_price               = EXCLUDED.avg_price,
+    position_realized_pnl   = EXCLUDED.position_realized_pnl,
+    reported_market_value   = COALESCE(EXCLUDED.reported_market_value, ps.reported_market_value),
+    reported_unrealized_pnl = COALESCE(EXCLUDED.reported_unrealized_pnl, ps.reported_unrealized_pnl),
+    position_as_of          = EXCLUDED.position_as_of
+WHERE ps.position_as_of IS NULL OR ps.position_as_of < EXCLUDED.position_as_of
+RETURNING ps.account_id, ps.symbol";
+
+/// The live marks' rule from the stored bars: every row whose price is older than its symbol's
+/// latest bar with a close gets that close. Per symbol, one backward index probe of the
+/// partitions newer than the symbol's oldest price (runtime partition pruning), so a run where
+/// every row is priced reads the current partition's last entry per symbol.
+const PRICE_ROWS: &str = "\
+WITH latest AS (
+    SELECT s.symbol, bar.ts, bar.close
+      FROM (SELECT symbol, min(COALESCE(last_price_at, '-infinity')) AS oldest
+              FROM analytics.portfolio_summary GROUP BY symbol) s
+      CROSS JOIN LATERAL (
+          SELECT m.\"timestamp\" AS ts, m.close
+            FROM data_ingestion.market_data m
+           WHERE m.symbol = s.symbol AND m.close IS NOT NULL AND m.\"timestamp\" > s.oldest
+           ORDER BY m.\"timestamp\" DESC
+           LIMIT 1) bar
+)
+UPDATE analytics.portfolio_summary AS ps
+   SET last_price = l.close, last_price_at = l.ts
+  FROM latest l
+ WHERE ps.symbol = l.symbol AND (ps.last_price_at IS NULL OR ps.last_price_at < l.ts)
+RETURNING ps.account_id, ps.symbol";
+
+const RECORD_RUN: &str = "\
+INSERT INTO analytics.reconcile_runs
+    (started_at, trigger, instance, since, trades_applied, trades_present, trades_unusable,
+     positions_refreshed, rows_priced)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+const PRUNE_RUNS: &str =
+    "DELETE FROM analytics.reconcile_runs WHERE started_at < now() - interval '30 days'";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("reconcile failed in the database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error(
+        "--since {since} is older than the ledger's retention horizon {horizon} \
+         (maintenance.ledger_retention_days = {days}): trades before it may have had their \
+         ledger rows retired and would be counted twice"
+    )]
+    SinceBeyondRetention {
+        since: DateTime<Utc>,
+        horizon: DateTime<Utc>,
+        days: u32,
+    },
+    #[error("another reconcile has held the lock for {0:?}")]
+    Busy(Duration),
+}
+
+/// What started a run; recorded with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The daemon started and its backlog drained.
+    Start,
+    /// Redis pub/sub was resubscribed after a disconnection.
+    Resubscribed,
+    /// `[reconcile] interval_secs`.
+    Interval,
+    /// `trading-sync reconcile`.
+    Command,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Start => "start",
+            Trigger::Resubscribed => "resubscribed",
+            Trigger::Interval => "interval",
+            Trigger::Command => "command",
+        }
+    }
+}
+
+/// How runs behave, from `[reconcile]` and the settings they share with the writer.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Change-log entries younger than this are left for a later run.
+    pub grace: Duration,
+    /// `maintenance.ledger_retention_days` (0 = ledger kept forever).
+    pub ledger_retention_days: u32,
+    pub exchange_tz: chrono_tz::Tz,
+    /// Recorded with each run (host name or `streams.consumer`).
+    pub instance: String,
+}
+
+/// One run's request.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub trigger: Trigger,
+    /// Also heal trade rows executed since then that the ledger lacks (history before the log).
+    pub since: Option<DateTime<Utc>>,
+    /// Do everything in one transaction, then roll it back.
+    pub dry_run: bool,
+    /// Skip when any instance started a run this recently (scheduled runs: once per interval
+    /// across instances).
+    pub skip_if_ran_within: Option<Duration>,
+    /// How long to wait for another instance's run to finish; zero: skip at once.
+    pub lock_wait: Duration,
+}
+
+/// A trade row that was not applied, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unusable {
+    pub trade_id: String,
+    /// "no_side", "out_of_range", "beyond_retention".
+    pub kind: &'static str,
+    pub reason: String,
+}
+
+/// What one run did (or, dry, would do).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub dry_run: bool,
+    /// Trades applied from their rows, in the order applied (sorted per chunk).
+    pub applied: Vec<String>,
+    /// Trades named by the change log or `--since` that the ledger already had.
+    pub already_present: u64,
+    pub unusable: Vec<Unusable>,
+    /// (account, symbol) of the position snapshots refreshed.
+    pub positions_refreshed: Vec<(String, String)>,
+    /// (account, symbol) of the rows priced.
+    pub rows_priced: Vec<(String, String)>,
+    pub took: Duration,
+}
+
+impl Report {
+    pub fn healed_anything(&self) -> bool {
+        !self.applied.is_empty()
+            || !self.positions_refreshed.is_empty()
+            || !self.rows_priced.is_empty()
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Ran(Report),
+    /// Another instance is running one (scheduled runs do not wait).
+    SkippedBusy,
+    /// Another instance ran within the interval.
+    SkippedRecent,
+}
+
+/// Runs one reconcile on `client`, a connection of its own (the lock belongs to its session).
+pub async fn run_once(
+    client: &mut Client,
+    settings: &Settings,
+    request: &Request,
+) -> Result<Outcome, ReconcileError> {
+    let started = Instant::now();
+    if !lock(client, request.lock_wait).await? {
+        if request.lock_wait.is_zero() {
+            return Ok(Outcome::SkippedBusy);
+        }
+        return Err(ReconcileError::Busy(request.lock_wait));
+    }
+    let outcome = locked_run(client, settings, request, started).await;
+    // A failed unlock leaves the lock to the session's end; the connection is dropped anyway.
+    let _ = client.query_one(UNLOCK, &[&RECONCILE_LOCK_KEY]).await;
+    let outcome = outcome?;
+    if let Outcome::Ran(report) = &outcome {
+        if !report.dry_run {
+            record_metrics(report);
+        }
+    }
+    Ok(outcome)
+}
+
+async fn lock(client: &Client, wait: Duration) -> Result<bool, tokio_postgres::Error> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let locked: bool = client
+            .query_one(TRY_LOCK, &[&RECONCILE_LOCK_KEY])
+            .await?
+            .get(0);
+        if locked || Instant::now() >= deadline {
+            return Ok(locked);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn locked_run(
+    client: &mut Client,
+    settings: &Settings,
+    request: &Request,
+    started: Instant,
+) -> Result<Outcome, ReconcileError> {
+    if let Some(within) = request.skip_if_ran_within {
+        let ms = within.as_millis() as f64;
+        let recent: bool = client.query_one(RAN_RECENTLY, &[&ms]).await?.get(0);
+        if recent {
+            return Ok(Outcome::SkippedRecent);
+        }
+    }
+    let days = settings.ledger_retention_days as i32;
+    let clock = client.query_one(CLOCK, &[&days]).await?;
+    let (started_at, horizon): (DateTime<Utc>, Option<DateTime<Utc>>) =
+        (clock.get(0), clock.get(1));
+    if let (Some(since), Some(horizon)) = (request.since, horizon) {
+        if since < horizon {
+            return Err(ReconcileError::SinceBeyondRetention {
+                since,
+                horizon,
+                days: settings.ledger_retention_days,
+            });
+        }
+    }
+    let stmts = Statements::prepare(client).await?;
+    let consume = client.prepare(CONSUME_CHANGES).await?;
+    let scan = client.prepare(SCAN_SINCE).await?;
+    let grace_ms = settings.grace.as_millis() as f64;
+    let mut report = Report {
+        dry_run: request.dry_run,
+        ..Report::default()
+    };
+
+    // A dry run does everything in this one transaction and rolls it back; a real run commits
+    // chunk by chunk, so a long outage heals in bounded transactions.
+    let mut tx = client.transaction().await?;
+    loop {
+        let rows = tx.query(&consume, &[&grace_ms, &CHUNK]).await?;
+        if rows.is_empty() {
+            break;
+        }
+        apply_fills(&tx, &stmts, settings, horizon, &rows, &mut report).await?;
+        if !request.dry_run {
+            tx.commit().await?;
+            tx = client.transaction().await?;
+            // Whether another chunk is due, without consuming: the loop's exit test above
+            // would otherwise cost a DELETE that finds nothing.
+            let more: bool = tx.query_one(CHANGES_LEFT, &[&grace_ms]).await?.get(0);
+            if !more {
+                break;
+            }
+        }
+    }
+    if let Some(since) = request.since {
+        let mut after = 0i64;
+        loop {
+            let rows = tx
+                .query(&scan, &[&after, &since, &CHUNK, &grace_ms])
+                .await?;
+            let Some(last) = rows.last() else { break };
+            after = last.get(11);
+            apply_fills(&tx, &stmts, settings, horizon, &rows, &mut report).await?;
+            if !request.dry_run {
+                tx.commit().await?;
+                tx = client.transaction().await?;
+            }
+        }
+    }
+    report.positions_refreshed = keys(tx.query(REFRESH_POSITIONS, &[]).await?);
+    report.rows_priced = keys(tx.query(PRICE_ROWS, &[]).await?);
+    report.took = started.elapsed();
+    if request.dry_run {
+        tx.rollback().await?;
+        return Ok(Outcome::Ran(report));
+    }
+    let count = |n: usize| n as i64;
+    tx.execute(
+        RECORD_RUN,
+        &[
+            &started_at,
+            &request.trigger.as_str(),
+            &settings.instance,
+            &request.since,
+            &count(report.applied.len()),
+            &(report.already_present as i64),
+            &count(report.unusable.len()),
+            &count(report.positions_refreshed.len()),
+            &count(report.rows_priced.len()),
+        ],
+    )
+    .await?;
+    tx.execute(PRUNE_RUNS, &[]).await?;
+    tx.commit().await?;
+    Ok(Outcome::Ran(report))
+}
+
+/// Turns trade rows into trades and applies those the ledger lacks, in `tx`.
+async fn apply_fills(
+    tx: &tokio_postgres::Transaction<'_>,
+    stmts: &Statements,
+    settings: &Settings,
+    horizon: Option<DateTime<Utc>>,
+    rows: &[tokio_postgres::Row],
+    report: &mut Report,
+) -> Result<(), tokio_postgres::Error> {
+    let mut plan = BatchPlan::default();
+    for row in rows {
+        if row.get::<_, bool>(10) {
+            report.already_present += 1;
+            continue;
+        }
+        let fill = fill_from_row(row);
+        let trade_id = fill.trade_id.clone();
+        match usable(fill, settings, horizon) {
+            Ok(trade) => plan.trades.push(trade),
+            Err(unusable) => {
+                tracing::warn!(
+                    trade_id = %trade_id,
+                    reason = unusable.kind,
+                    error = %unusable.reason,
+                    "a trade row cannot be applied; it is reported, not guessed"
+                );
+                metrics::counter!("trading_sync_reconciled_total", "kind" => "trades_unusable")
+                    .increment(1);
+                report.unusable.push(unusable);
+            }
+        }
+    }
+    if plan.trades.is_empty() {
+        return Ok(());
+    }
+    plan.trades.sort_by(|a, b| a.trade_id.cmp(&b.trade_id));
+    let applied = store::apply_in(tx, stmts, &plan, TradeSource::Row).await?;
+    // A trade another writer applied meanwhile (its event, another run) is a duplicate here.
+    report.already_present += applied.ledger_duplicates;
+    report.applied.extend(
+        plan.trades
+            .iter()
+            .filter(|t| applied.fresh.contains(&t.trade_id))
+            .map(|t| t.trade_id.clone()),
+    );
+    Ok(())
+}
+
+fn fill_from_row(row: &tokio_postgres::Row) -> Fill {
+    let side: Option<String> = row.get(4);
+    Fill {
+        trade_id: row.get(0),
+        account_id: row.get(1),
+        symbol: row.get(2),
+        strategy: row.get(3),
+        side: side.as_deref().and_then(|s| match s {
+            "buy" => Some(Side::Buy),
+            "sell" => Some(Side::Sell),
+            _ => None,
+        }),
+        quantity: row.get(5),
+        price: row.get(6),
+        commission: row.get(7),
+        realized_pnl: row.get::<_, Option<Decimal>>(8),
+        executed_at: row.get(9),
+    }
+}
+
+/// The trade a row becomes, unless it cannot be applied.
+fn usable(
+    fill: Fill,
+    settings: &Settings,
+    horizon: Option<DateTime<Utc>>,
+) -> Result<TradeExecuted, Unusable> {
+    let trade_id = fill.trade_id.clone();
+    if let Some(horizon) = horizon.filter(|h| fill.executed_at < *h) {
+        return Err(Unusable {
+            trade_id,
+            kind: "beyond_retention",
+            reason: format!(
+                "executed {} before the ledger's retention horizon {horizon}: its ledger row may \
+                 have been retired, so applying it could count it twice",
+                fill.executed_at
+            ),
+        });
+    }
+    TradeExecuted::from_fill(fill, &settings.exchange_tz).map_err(|e: FillError| Unusable {
+        trade_id,
+        kind: e.kind(),
+        reason: e.to_string(),
+    })
+}
+
+fn keys(rows: Vec<tokio_postgres::Row>) -> Vec<(String, String)> {
+    let mut keys: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    keys.sort();
+    keys
+}
+
+fn record_metrics(report: &Report) {
+    for (kind, n) in [
+        ("trades_applied", report.applied.len() as u64),
+        ("trades_present", report.already_present),
+        (
+            "positions_refreshed",
+            report.positions_refreshed.len() as u64,
+        ),
+        ("rows_priced", report.rows_priced.len() as u64),
+    ] {
+        metrics::counter!("trading_sync_reconciled_total", "kind" => kind).increment(n);
+    }
+    metrics::gauge!("trading_sync_reconcile_last_run_timestamp_seconds")
+        .set(Utc::now().timestamp() as f64);
+    metrics::gauge!("trading_sync_reconcile_last_run_duration_seconds")
+        .set(report.took.as_secs_f64());
+    if report.healed_anything() {
+        tracing::warn!(
+            trades = report.applied.len(),
+            first_trade_id = report.applied.first().map(String::as_str),
+            last_trade_id = report.applied.last().map(String::as_str),
+            positions = report.positions_refreshed.len(),
+            rows_priced = report.rows_priced.len(),
+            unusable = report.unusable.len(),
+            took_ms = report.took.as_millis() as u64,
+            "reconcile healed what events did not deliver"
+        );
+    } else {
+        tracing::debug!(
+            present = report.already_present,
+            unusable = report.unusable.len(),
+            took_ms = report.took.as_millis() as u64,
+            "reconcile found nothing to heal"
+        );
+    }
+}
