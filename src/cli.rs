@@ -163,23 +163,13 @@ fn parse_since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
         })
 }
 
-/// The reconcile settings a configuration gives.
-pub fn reconcile_settings(config: &Config) -> anyhow::Result<crate::reconcile::Settings> {
-    Ok(crate::reconcile::Settings {
-        grace: std::time::Duration::from_millis(config.reconcile.grace_ms),
-        ledger_retention_days: config.maintenance.ledger_retention_days,
-        exchange_tz: config.exchange_tz()?,
-        instance: config.streams.consumer_name(),
-    })
-}
-
 pub async fn reconcile(
     config: &Config,
     since: Option<chrono::DateTime<chrono::Utc>>,
     dry_run: bool,
 ) -> anyhow::Result<()> {
     use crate::reconcile::{run_once, Outcome, Request, Trigger};
-    let settings = reconcile_settings(config)?;
+    let settings = crate::reconcile::Settings::from_config(config)?;
     let mut client = crate::db::connect(&config.pg_config()?)
         .await
         .context("while connecting to PostgreSQL (database.url)")?;

@@ -777,9 +777,21 @@ async fn trading_sync_role_has_least_privilege() {
     .await
     .unwrap();
 
+    // The execution tables reconcile heals from: read, never written (V21).
+    for table in [
+        "execution.trades",
+        "execution.orders",
+        "execution.positions",
+    ] {
+        count(c, &format!("SELECT count(*) FROM {table}")).await;
+    }
+
     // Everything else is refused.
     let denied = [
-        "SELECT count(*) FROM execution.orders",
+        "INSERT INTO execution.trades (trade_id, account_id, symbol, quantity, price, executed_at) \
+         VALUES ('T', 'A', 'S', 1, 1, now())",
+        "UPDATE execution.orders SET status = 'cancelled'",
+        "DELETE FROM execution.positions",
         "INSERT INTO data_ingestion.market_data (symbol, \"timestamp\") VALUES ('X', now())",
         "UPDATE logging.system_logs SET message = 'rewritten'",
         "SELECT count(*) FROM shared.system_config",

@@ -276,6 +276,20 @@ pub async fn run(
             }
         });
     }
+    if config.reconcile.enabled {
+        let settings = crate::reconcile::Settings::from_config(config)?;
+        let interval = Duration::from_secs(config.reconcile.interval_secs);
+        let (pg, state, stop) = (pg.clone(), state.clone(), tasks_stop.clone());
+        background.spawn(supervise("reconcile", stop.clone(), move || {
+            reconcile_loop(
+                settings.clone(),
+                pg.clone(),
+                interval,
+                state.clone(),
+                stop.clone(),
+            )
+        }));
+    }
     background.spawn(monitor(
         state.clone(),
         pool.clone(),
@@ -448,6 +462,100 @@ async fn maintenance_loop(
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Reconcile (src/reconcile) inside the daemon. Each run covers the trade rows written up to
+/// `grace` before it, so a run meant to cover "everything committed before T" happens at
+/// T + grace:
+/// * at start, once the backlog present at start has been applied (events merely waiting are not
+///   healed from their rows), and not before start + grace (trades committed while the daemon was
+///   down must age past the grace period first);
+/// * `grace` after every pub/sub resubscription (what was published while unsubscribed is gone);
+/// * every `interval`, skipped when any instance ran within 90% of it: once per interval across
+///   instances.
+///
+/// Event-driven runs wait for another instance's run to finish; scheduled ones skip it.
+async fn reconcile_loop(
+    settings: crate::reconcile::Settings,
+    pg: tokio_postgres::Config,
+    interval: Duration,
+    state: Arc<DaemonState>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    use crate::reconcile::{Request, Trigger};
+    use tokio::time::Instant;
+    const BACKLOG_WAIT_MAX: Duration = Duration::from_secs(60);
+    let started = Instant::now();
+    let grace = settings.grace;
+    // Up to BACKLOG_WAIT_MAX for the backlog: past it, healing what is merely waiting is harmless
+    // (the ledger), only wasted work.
+    loop {
+        let streams_done = !state.uses_streams.load(Ordering::Relaxed)
+            || state.streams.caught_up.load(Ordering::Acquire);
+        if (streams_done && state.queue_depth() == 0) || started.elapsed() >= BACKLOG_WAIT_MAX {
+            break;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    let mut due: Option<(Trigger, Instant)> = Some((Trigger::Start, started + grace));
+    let mut disconnects = state.subscription.disconnects.load(Ordering::Acquire);
+    let mut next_scheduled = started + interval;
+    loop {
+        let now = Instant::now();
+        let seen = state.subscription.disconnects.load(Ordering::Acquire);
+        if seen != disconnects && state.subscription.live.load(Ordering::Acquire) {
+            disconnects = seen;
+            due = Some((Trigger::Resubscribed, now + grace));
+        }
+        let request = match due {
+            Some((trigger, at)) if now >= at => {
+                due = None;
+                Some(Request {
+                    trigger,
+                    since: None,
+                    dry_run: false,
+                    skip_if_ran_within: None,
+                    lock_wait: Duration::from_secs(600),
+                })
+            }
+            _ if now >= next_scheduled => Some(Request {
+                trigger: Trigger::Interval,
+                since: None,
+                dry_run: false,
+                skip_if_ran_within: Some(interval.mul_f64(0.9)),
+                lock_wait: Duration::ZERO,
+            }),
+            _ => None,
+        };
+        if let Some(request) = request {
+            next_scheduled = now + interval;
+            let mut client = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                c = crate::db::connect(&pg) => c.context("while connecting for reconcile")?,
+            };
+            let outcome = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                r = crate::reconcile::run_once(&mut client, &settings, &request) => r,
+            };
+            match outcome
+                .with_context(|| format!("while reconciling ({})", request.trigger.as_str()))?
+            {
+                crate::reconcile::Outcome::Ran(_) => {}
+                skipped => tracing::debug!(
+                    trigger = request.trigger.as_str(),
+                    ?skipped,
+                    "reconcile skipped"
+                ),
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }
 }

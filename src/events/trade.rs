@@ -927,4 +927,73 @@ mod tests {
             prop_assert_eq!(t.trade_date, t.executed_at.with_timezone(&chrono_tz::America::New_York).date_naive());
         }
     }
+
+    fn arb_fill() -> impl Strategy<Value = Fill> {
+        (
+            (
+                0u32..1_000_000,
+                0usize..3,
+                prop::option::of(0usize..3),
+                prop::option::of(any::<bool>()),
+            ),
+            (1i64..1_000_000_000, 1i64..10_000_000, 0i64..100_000),
+            (
+                prop::option::of(-10_000_000i64..10_000_000),
+                0i64..4_000_000_000,
+            ),
+        )
+            .prop_map(
+                |((id, sym, strat, sell), (qty, price, fee), (pnl, secs))| Fill {
+                    trade_id: format!("T-{id}"),
+                    account_id: format!("ACC-{}", id % 7),
+                    symbol: ["AAPL", "BRK.B", "SPY"][sym].into(),
+                    strategy: strat.map(|s| ["alpha", "", "mean_reversion"][s].to_owned()),
+                    side: sell.map(|s| if s { Side::Sell } else { Side::Buy }),
+                    quantity: Decimal::new(qty, 4),
+                    price: Decimal::new(price, 4),
+                    commission: Decimal::new(fee, 4),
+                    realized_pnl: pnl.map(|p| Decimal::new(p, 4)),
+                    executed_at: DateTime::from_timestamp(secs, 123_456_000).unwrap(),
+                },
+            )
+    }
+
+    proptest! {
+        /// A committed fill becomes exactly the trade its seed-style event decodes to (the
+        /// publisher sends side, quantity, price, commission, realized_pnl and executed_at; no
+        /// total_value, no win_rate): whichever arrives first, the books get the same trade.
+        #[test]
+        fn a_fill_becomes_the_trade_its_event_would_have_been(fill in arb_fill()) {
+            let tz = chrono_tz::America::New_York;
+            let from_row = TradeExecuted::from_fill(fill.clone(), &tz);
+            let Some(side) = fill.side else {
+                prop_assert_eq!(from_row, Err(FillError::NoSide));
+                return Ok(());
+            };
+            let mut data = json!({
+                "trade_id": fill.trade_id, "account_id": fill.account_id, "symbol": fill.symbol,
+                "side": if side == Side::Sell { "sell" } else { "buy" },
+                "quantity": number(&fill.quantity.to_string()),
+                "price": number(&fill.price.to_string()),
+                "commission": number(&fill.commission.to_string()),
+                "executed_at": fill.executed_at.to_rfc3339(),
+            });
+            if let Some(s) = &fill.strategy {
+                data["strategy"] = json!(s);
+            }
+            if let Some(p) = fill.realized_pnl {
+                data["realized_pnl"] = number(&p.to_string());
+            }
+            let raw = serde_json::to_string(&json!({
+                "type": "trade_executed", "data": data, "timestamp": "2025-11-24T15:04:05"
+            })).unwrap();
+            match (decode_raw(&raw), from_row) {
+                (Ok(event), Ok(row)) => prop_assert_eq!(row, event),
+                (Err(e), Err(FillError::OutOfRange(_))) => {
+                    prop_assert_eq!(e.field(), Some("data.total_value"));
+                }
+                (event, row) => prop_assert!(false, "event {:?} but row {:?}", event, row),
+            }
+        }
+    }
 }

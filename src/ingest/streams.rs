@@ -44,6 +44,9 @@ pub struct StreamHealth {
     pub oldest_pending_ms: AtomicU64,
     /// Entries in the streams (XLEN), summed.
     pub length: AtomicU64,
+    /// Set once a read of new entries came back short: the backlog present at start has been
+    /// read (reconcile's start run waits for it, so waiting entries are not healed from rows).
+    pub caught_up: AtomicBool,
     pub heartbeat: Heartbeat,
 }
 
@@ -218,8 +221,15 @@ impl StreamSource {
                     Err(e) => return SessionEnd::Disconnected(e),
                 },
             };
+            let short = reply
+                .keys
+                .iter()
+                .all(|k| k.ids.len() < self.settings.read_count);
             if let Err(end) = self.deliver(&mut conn, reply, false, queue, shutdown).await {
                 return end;
+            }
+            if short {
+                self.health.caught_up.store(true, Ordering::Release);
             }
         }
     }

@@ -37,8 +37,44 @@ const DELETE_PERFORMANCE_LOGS: &str =
     "DELETE FROM logging.performance_logs WHERE created_at < now() - make_interval(days => $1)";
 const DELETE_DEAD_LETTERS: &str =
     "DELETE FROM analytics.dead_letters WHERE received_at < now() - make_interval(days => $1)";
-const DELETE_LEDGER: &str =
-    "DELETE FROM analytics.applied_trades WHERE applied_at < now() - make_interval(days => $1)";
+/// Retires ledger rows whose applied_at and executed_at are both past the horizon (reconcile
+/// refuses trades executed before it, so a retired trade is never applied again from its row),
+/// folding their contributions into the carried-forward baseline in the same statement: `verify`
+/// keeps adding up.
+const RETIRE_LEDGER: &str = "\
+WITH retired AS (
+    DELETE FROM analytics.applied_trades
+     WHERE applied_at < now() - make_interval(days => $1)
+       AND executed_at < now() - make_interval(days => $1)
+    RETURNING account_id, symbol, strategy, net_quantity, total_value, realized_pnl, commission,
+              is_win, trade_date
+), portfolio AS (
+    INSERT INTO analytics.ledger_baseline_portfolio AS b
+    SELECT account_id, symbol, count(*), sum(net_quantity), sum(total_value), sum(realized_pnl),
+           sum(commission)
+      FROM retired WHERE trade_date IS NOT NULL
+     GROUP BY account_id, symbol
+    ON CONFLICT (account_id, symbol) DO UPDATE SET
+        trade_count  = b.trade_count + EXCLUDED.trade_count,
+        net_quantity = b.net_quantity + EXCLUDED.net_quantity,
+        total_value  = b.total_value + EXCLUDED.total_value,
+        realized_pnl = b.realized_pnl + EXCLUDED.realized_pnl,
+        commission   = b.commission + EXCLUDED.commission
+), metrics AS (
+    INSERT INTO analytics.ledger_baseline_metrics AS b
+    SELECT strategy, trade_date, count(*), count(*) FILTER (WHERE is_win), sum(realized_pnl),
+           sum(abs(net_quantity)), sum(abs(total_value)), sum(commission)
+      FROM retired WHERE trade_date IS NOT NULL AND strategy IS NOT NULL
+     GROUP BY strategy, trade_date
+    ON CONFLICT (strategy, date) DO UPDATE SET
+        total_trades   = b.total_trades + EXCLUDED.total_trades,
+        winning_trades = b.winning_trades + EXCLUDED.winning_trades,
+        realized_pnl   = b.realized_pnl + EXCLUDED.realized_pnl,
+        volume         = b.volume + EXCLUDED.volume,
+        notional       = b.notional + EXCLUDED.notional,
+        commission     = b.commission + EXCLUDED.commission
+)
+SELECT count(*) FROM retired";
 
 /// What one run did, task by task.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -128,11 +164,11 @@ pub async fn run_once(
         match timed(
             "ledger",
             slow_query,
-            client.execute(DELETE_LEDGER, &[&days]),
+            client.query_one(RETIRE_LEDGER, &[&days]),
         )
         .await
         {
-            Ok(n) => report.ledger_rows_deleted = n,
+            Ok(row) => report.ledger_rows_deleted = row.get::<_, i64>(0) as u64,
             Err(e) => report.failures.push(("ledger", e.to_string())),
         }
     }

@@ -192,6 +192,17 @@ pub struct Settings {
     pub instance: String,
 }
 
+impl Settings {
+    pub fn from_config(config: &crate::config::Config) -> Result<Self, crate::config::ConfigError> {
+        Ok(Settings {
+            grace: Duration::from_millis(config.reconcile.grace_ms),
+            ledger_retention_days: config.maintenance.ledger_retention_days,
+            exchange_tz: config.exchange_tz()?,
+            instance: config.streams.consumer_name(),
+        })
+    }
+}
+
 /// One run's request.
 #[derive(Debug, Clone)]
 pub struct Request {
