@@ -159,7 +159,7 @@ pub async fn apply_in(
     let mut applied = Applied::default();
 
     if !plan.dead_letters.is_empty() {
-        insert_dead_letters(&tx, stmts, &plan.dead_letters).await?;
+        insert_dead_letters(tx, stmts, &plan.dead_letters).await?;
         applied.dead_letters = plan.dead_letters.len() as u64;
     }
 
