@@ -985,3 +985,79 @@ async fn two_daemons_run_each_scheduled_reconcile_once() {
     drop(a);
     drop(b);
 }
+
+/// A database as the previous release left it (V20: ledger rows without contributions, and the
+/// aggregates they explain) verifies clean once migrated, keeps doing so as new trades are
+/// applied, and still catches a tampered row.
+#[tokio::test]
+async fn a_database_upgraded_from_v20_verifies_clean() {
+    let name = common::unique_name("ts_test");
+    let _drop = common::DropDatabase(name.clone());
+    let config = common::database_config(&name);
+    trading_sync::db::migrate::migrate_to(&config, Some(20))
+        .await
+        .unwrap();
+    let url = common::database_url(&name);
+    let old = common::connect(&url).await;
+    // What the V20 writer committed for two trades of A/AAPL and one of B/MSFT.
+    old.batch_execute(
+        "INSERT INTO analytics.applied_trades (trade_id, account_id, symbol, strategy, executed_at)
+         VALUES ('OLD-1', 'A', 'AAPL', 'heal', '2026-11-02 15:00+00'),
+                ('OLD-2', 'A', 'AAPL', 'heal', '2026-11-02 16:00+00'),
+                ('OLD-3', 'B', 'MSFT', NULL, '2026-11-03 15:00+00');
+         INSERT INTO analytics.portfolio_summary
+                (account_id, symbol, trade_count, net_quantity, total_value, realized_pnl, commission)
+         VALUES ('A', 'AAPL', 2, 5, 512.5, 12, 2), ('B', 'MSFT', 1, -1, -300, 0, 0);
+         INSERT INTO analytics.performance_metrics
+                (strategy, date, total_trades, winning_trades, realized_pnl, volume, notional, commission)
+         VALUES ('heal', '2026-11-02', 2, 1, 12, 5, 512.5, 2);",
+    )
+    .await
+    .unwrap();
+    let outcome = trading_sync::db::migrate::migrate(&config).await.unwrap();
+    assert!(
+        outcome.applied.iter().any(|m| m.contains("reconcile")),
+        "{:?}",
+        outcome.applied
+    );
+    let verify_db = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_trading-sync"))
+            .arg("verify")
+            .args(args)
+            .env("DATABASE_URL", &url)
+            .env_remove("TRADING_SYNC_CONFIG")
+            .current_dir(std::env::temp_dir())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = verify_db(&[]);
+    assert_eq!(code, Some(0), "{out}");
+    // New trades on the same keys, from rows: baseline + contributions still add up.
+    let client = common::connect(&url).await;
+    let new = fills("NEW", 40);
+    for f in &new {
+        commit_fill(&client, f).await;
+    }
+    let report = reconcile_as(&url, &settings(0), &request()).await;
+    assert_eq!(report.applied.len(), 40);
+    let (code, out) = verify_db(&[]);
+    assert_eq!(code, Some(0), "{out}");
+    client
+        .execute(
+            "UPDATE analytics.portfolio_summary SET trade_count = trade_count + 1
+              WHERE account_id = 'B' AND symbol = 'MSFT'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (code, out) = verify_db(&[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("account_id=B symbol=MSFT: trade_count stored 2, expected 1"),
+        "{out}"
+    );
+}

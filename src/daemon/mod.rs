@@ -487,6 +487,8 @@ async fn reconcile_loop(
     use crate::reconcile::{Request, Trigger};
     use tokio::time::Instant;
     const BACKLOG_WAIT_MAX: Duration = Duration::from_secs(60);
+    const RETRY_FIRST: Duration = Duration::from_secs(1);
+    let mut failures = 0u32;
     let started = Instant::now();
     let grace = settings.grace;
     // Up to BACKLOG_WAIT_MAX for the backlog: past it, healing what is merely waiting is harmless
@@ -534,23 +536,48 @@ async fn reconcile_loop(
         };
         if let Some(request) = request {
             next_scheduled = now + interval;
-            let mut client = tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                c = crate::db::connect(&pg) => c.context("while connecting for reconcile")?,
+            let run = async {
+                let mut client = crate::db::connect(&pg)
+                    .await
+                    .context("while connecting for reconcile")?;
+                crate::reconcile::run_once(&mut client, &settings, &request)
+                    .await
+                    .context("while reconciling")
             };
             let outcome = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
-                r = crate::reconcile::run_once(&mut client, &settings, &request) => r,
+                r = run => r,
             };
-            match outcome
-                .with_context(|| format!("while reconciling ({})", request.trigger.as_str()))?
-            {
-                crate::reconcile::Outcome::Ran(_) => {}
-                skipped => tracing::debug!(
-                    trigger = request.trigger.as_str(),
-                    ?skipped,
-                    "reconcile skipped"
-                ),
+            match outcome {
+                Ok(crate::reconcile::Outcome::Ran(_)) => failures = 0,
+                Ok(skipped) => {
+                    tracing::debug!(
+                        trigger = request.trigger.as_str(),
+                        ?skipped,
+                        "reconcile skipped"
+                    )
+                }
+                // A deadlock with the writer's marks, a restarting server, a revoked grant: the
+                // run rolled back and the change log still holds its rows. Retried with backoff,
+                // the same trigger, rather than restarting the task (which would redo the start).
+                Err(e) => {
+                    failures += 1;
+                    let retry_in = RETRY_FIRST
+                        .saturating_mul(2u32.saturating_pow(failures - 1))
+                        .min(interval);
+                    metrics::counter!("trading_sync_reconcile_failures_total").increment(1);
+                    tracing::warn!(
+                        trigger = request.trigger.as_str(),
+                        error = format!("{e:#}"),
+                        retry_in_ms = retry_in.as_millis() as u64,
+                        "reconcile failed; it will be retried"
+                    );
+                    if request.trigger == Trigger::Interval {
+                        next_scheduled = Instant::now() + retry_in;
+                    } else {
+                        due = Some((request.trigger, Instant::now() + retry_in));
+                    }
+                }
             }
         }
         tokio::select! {

@@ -62,6 +62,15 @@ pub struct MigrationOutcome {
 
 /// Creates the target database if it does not exist, then applies pending migrations.
 pub async fn migrate(config: &DatabaseConfig) -> Result<MigrationOutcome, MigrateError> {
+    migrate_to(config, None).await
+}
+
+/// As [`migrate`], stopping after migration `V{target}` when given: upgrade tests build a
+/// database as an older release left it.
+pub async fn migrate_to(
+    config: &DatabaseConfig,
+    target: Option<i32>,
+) -> Result<MigrationOutcome, MigrateError> {
     let pg = config.pg_config().map_err(DbError::from)?;
     let mut outcome = MigrationOutcome::default();
     let mut client = match connect(&pg).await {
@@ -87,7 +96,12 @@ pub async fn migrate(config: &DatabaseConfig) -> Result<MigrationOutcome, Migrat
             .map_err(MigrateError::Lock)?;
     }
 
-    let result = embedded::migrations::runner()
+    let runner = embedded::migrations::runner();
+    let runner = match target {
+        Some(version) => runner.set_target(refinery::Target::Version(version)),
+        None => runner,
+    };
+    let result = runner
         .set_abort_divergent(true)
         .set_abort_missing(true)
         .run_async(&mut client)

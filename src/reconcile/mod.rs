@@ -424,8 +424,6 @@ async fn apply_fills(
                     error = %unusable.reason,
                     "a trade row cannot be applied; it is reported, not guessed"
                 );
-                metrics::counter!("trading_sync_reconciled_total", "kind" => "trades_unusable")
-                    .increment(1);
                 report.unusable.push(unusable);
             }
         }
@@ -501,6 +499,7 @@ fn record_metrics(report: &Report) {
     for (kind, n) in [
         ("trades_applied", report.applied.len() as u64),
         ("trades_present", report.already_present),
+        ("trades_unusable", report.unusable.len() as u64),
         (
             "positions_refreshed",
             report.positions_refreshed.len() as u64,
