@@ -4,7 +4,8 @@
 # symbols. Times `trading-sync reconcile` with nothing to heal, then with 1,000 new trades whose
 # events were lost, then `verify`.
 #
-#   cargo build --release && scripts/bench_reconcile.sh [ROWS]
+#   cargo build --release --bins --examples && scripts/bench_reconcile.sh [ROWS]
+#   scripts/bench_reconcile.sh --reuse      # time again on the database filled last time
 #
 # Uses database ts_bench_reconcile on TEST_DATABASE_URL's cluster (dropped first). Filling it
 # takes a few minutes.
@@ -17,6 +18,9 @@ bin=target/release/trading-sync
 export DATABASE_URL=$db_url TRADING_SYNC__RECONCILE__GRACE_MS=0
 unset TRADING_SYNC_CONFIG
 
+if [ "$rows" = "--reuse" ]; then
+  echo "reusing ts_bench_reconcile"
+else
 psql -q "$admin" -c "DROP DATABASE IF EXISTS ts_bench_reconcile WITH (FORCE)"
 "$bin" --log-format text migrate 2>/dev/null
 echo "filling $rows trades (a few minutes)..."
@@ -65,14 +69,17 @@ UPDATE analytics.portfolio_summary ps SET quantity = 10, avg_price = 100,
 VACUUM ANALYZE;
 SQL
 echo "filled in $(( $(date +%s) - start )) s"
+fi
 "$bin" --log-format text reconcile 2>/dev/null | tail -1   # first run: caches, plans
-echo "== reconcile, nothing to heal (5 runs) =="
-for _ in 1 2 3 4 5; do
+echo "== reconcile command, nothing to heal (a new connection each: connect, plan, run) =="
+for _ in 1 2 3; do
   "$bin" --log-format text reconcile 2>/dev/null | tail -1
 done
+echo "== the daemon's runs, nothing to heal (one connection, statements prepared once) =="
+target/release/examples/bench_reconcile 20
 echo "== reconcile, 1,000 trades committed whose events were lost =="
 psql -q "$db_url" -c "INSERT INTO execution.trades (trade_id, account_id, symbol, side, quantity, price, executed_at)
-  SELECT 'N' || i, 'A' || (i % 20), 'S' || (i % 500 + 1), 'buy', 1, 100, now() FROM generate_series(1, 1000) i"
+  SELECT 'N$(date +%s)-' || i, 'A' || (i % 20), 'S' || (i % 500 + 1), 'buy', 1, 100, now() FROM generate_series(1, 1000) i"
 "$bin" --log-format text reconcile 2>/dev/null | tail -1
 echo "== verify =="
 /usr/bin/time -f "verify: %e s, %M KiB" "$bin" --log-format text verify 2>&1 | tail -2

@@ -489,6 +489,8 @@ async fn reconcile_loop(
     const BACKLOG_WAIT_MAX: Duration = Duration::from_secs(60);
     const RETRY_FIRST: Duration = Duration::from_secs(1);
     let mut failures = 0u32;
+    // Kept between runs with its prepared statements; dropped after any failure.
+    let mut connection: Option<(tokio_postgres::Client, crate::reconcile::Prepared)> = None;
     let started = Instant::now();
     let grace = settings.grace;
     // Up to BACKLOG_WAIT_MAX for the backlog: past it, healing what is merely waiting is harmless
@@ -537,12 +539,23 @@ async fn reconcile_loop(
         if let Some(request) = request {
             next_scheduled = now + interval;
             let run = async {
-                let mut client = crate::db::connect(&pg)
-                    .await
-                    .context("while connecting for reconcile")?;
-                crate::reconcile::run_once(&mut client, &settings, &request)
-                    .await
-                    .context("while reconciling")
+                if connection.as_ref().is_none_or(|(c, _)| c.is_closed()) {
+                    let client = crate::db::connect(&pg)
+                        .await
+                        .context("while connecting for reconcile")?;
+                    let prepared = crate::reconcile::Prepared::prepare(&client)
+                        .await
+                        .context("while preparing reconcile's statements")?;
+                    connection = Some((client, prepared));
+                }
+                let (client, prepared) = connection.as_mut().expect("connected above");
+                let outcome =
+                    crate::reconcile::run_prepared(client, prepared, &settings, &request).await;
+                if outcome.is_err() {
+                    // Whatever failed, the next attempt starts from a fresh session.
+                    connection = None;
+                }
+                outcome.context("while reconciling")
             };
             let outcome = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
