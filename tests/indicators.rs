@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use chrono::NaiveDate;
 use rust_decimal::prelude::*;
@@ -704,14 +703,7 @@ async fn the_job_runs_within_the_trading_sync_role() {
     let dates = weekdays(d(2023, 2, 1), 80);
     let bars = walk(61, &dates, 25.0);
     insert_bars(&db, "PRIV", "yahoo", &bars[..70]).await;
-    let login = common::unique_name("ts_role");
-    let admin = common::connect(&common::admin_url()).await;
-    admin
-        .batch_execute(&format!(
-            "CREATE ROLE \"{login}\" LOGIN IN ROLE trading_sync"
-        ))
-        .await
-        .unwrap();
+    let login = common::LoginRole::create("trading_sync").await;
     let run_as = |login: String| {
         let mut pg = db.config().pg_config().unwrap();
         pg.user(&login);
@@ -726,36 +718,13 @@ async fn the_job_runs_within_the_trading_sync_role() {
             .await
         }
     };
-    let first = run_as(login.clone()).await;
+    let first = run_as(login.name.clone()).await;
     insert_bars(&db, "PRIV", "yahoo", &bars[70..]).await;
-    let second = run_as(login.clone()).await;
+    let second = run_as(login.name.clone()).await;
     set_close(&db, "PRIV", bars[10].date, "24.5").await;
-    let third = run_as(login.clone()).await;
+    let third = run_as(login.name.clone()).await;
     // The role is cluster-wide: gone with its sessions (and their temporary tables).
-    common::eventually(
-        "the role's sessions closed",
-        Duration::from_secs(10),
-        || async {
-            let open: i64 = admin
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
-                    &[&login],
-                )
-                .await
-                .ok()?
-                .get(0);
-            (open == 0).then_some(())
-        },
-    )
-    .await;
-    db.client
-        .batch_execute(&format!("DROP OWNED BY \"{login}\""))
-        .await
-        .unwrap();
-    admin
-        .batch_execute(&format!("DROP ROLE \"{login}\""))
-        .await
-        .unwrap();
+    login.drop(&db).await;
     let (first, second, third) = (first.unwrap(), second.unwrap(), third.unwrap());
     assert_eq!((first.failures, first.rows_written), (0, 70), "{first:?}");
     assert_eq!(

@@ -188,25 +188,16 @@ async fn reconcile(db: &TestDb, grace_ms: u64) -> Report {
     reconcile_as(&db.url, &settings(grace_ms), &request()).await
 }
 
-/// `trading-sync verify` against the test's database: (exit code, stdout).
+/// `trading-sync verify` against the test's database: (exit code, output).
 fn verify(db: &TestDb) -> (i32, String) {
     verify_with(db, &[])
 }
 
 fn verify_with(db: &TestDb, env: &[(&str, &str)]) -> (i32, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trading-sync"))
-        .arg("verify")
-        .envs(env.iter().copied())
-        .env("DATABASE_URL", &db.url)
-        .env("TRADING_SYNC__RECONCILE__GRACE_MS", "0")
-        .env_remove("TRADING_SYNC_CONFIG")
-        .current_dir(std::env::temp_dir())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
+    let mut env = env.to_vec();
+    env.push(("TRADING_SYNC__RECONCILE__GRACE_MS", "0"));
+    let (code, stdout, stderr) = common::process::command(&db.url, &["verify"], &env);
+    (code, stdout + &stderr)
 }
 
 #[tokio::test]
@@ -391,16 +382,12 @@ async fn a_row_with_no_side_anywhere_is_reported_and_not_applied() {
         )
         .await
         .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trading-sync"))
-        .arg("reconcile")
-        .env("DATABASE_URL", &db.url)
-        .env("TRADING_SYNC__RECONCILE__GRACE_MS", "0")
-        .env_remove("TRADING_SYNC_CONFIG")
-        .current_dir(std::env::temp_dir())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
+    let (code, stdout, stderr) = common::process::command(
+        &db.url,
+        &["reconcile"],
+        &[("TRADING_SYNC__RECONCILE__GRACE_MS", "0")],
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(
         stdout.contains("trade NOSIDE-2: unusable (no_side)"),
         "{stdout}"
@@ -688,45 +675,14 @@ async fn reconcile_runs_within_the_trading_sync_role() {
         )
         .await
         .unwrap();
-    let login = common::unique_name("ts_role");
-    let admin = common::connect(&common::admin_url()).await;
-    admin
-        .batch_execute(&format!(
-            "CREATE ROLE \"{login}\" LOGIN IN ROLE trading_sync"
-        ))
-        .await
-        .unwrap();
-    let mut url = url::Url::parse(&db.url).unwrap();
-    url.set_username(&login).unwrap();
+    let login = common::LoginRole::create("trading_sync").await;
+    let url = login.url(&db.url);
     let result = async {
-        let mut client = common::connect(url.as_str()).await;
+        let mut client = common::connect(&url).await;
         run_once(&mut client, &settings(0), &request()).await
     }
     .await;
-    eventually(
-        "the role's sessions closed",
-        Duration::from_secs(10),
-        || async {
-            let open: i64 = admin
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
-                    &[&login],
-                )
-                .await
-                .ok()?
-                .get(0);
-            (open == 0).then_some(())
-        },
-    )
-    .await;
-    db.client
-        .batch_execute(&format!("DROP OWNED BY \"{login}\""))
-        .await
-        .unwrap();
-    admin
-        .batch_execute(&format!("DROP ROLE \"{login}\""))
-        .await
-        .unwrap();
+    login.drop(&db).await;
     let Outcome::Ran(report) = result.unwrap() else {
         panic!("did not run")
     };
@@ -809,11 +765,14 @@ async fn assert_healed(db: &TestDb, all: &[Fill], daemon: &Daemon) {
     )
     .await;
     assert_eq!(books(db).await, expected(all), "lost or duplicated");
-    let logs = daemon.logs();
-    let healed = logs
-        .iter()
-        .find(|l| l["message"] == "reconcile healed what events did not deliver")
-        .unwrap_or_else(|| panic!("no heal line:\n{}", daemon.log_text()));
+    // Logged after the commit that made the ledger complete: polled, not assumed written.
+    let healed = eventually("the heal line", Duration::from_secs(20), || async {
+        daemon
+            .logs()
+            .into_iter()
+            .find(|l| l["message"] == "reconcile healed what events did not deliver")
+    })
+    .await;
     assert!(healed["trades"].as_u64().unwrap() > 0);
     assert!(healed["first_trade_id"].is_string());
     let (code, out) = verify(db);
@@ -1021,18 +980,10 @@ async fn a_database_upgraded_from_v20_verifies_clean() {
         outcome.applied
     );
     let verify_db = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_trading-sync"))
-            .arg("verify")
-            .args(args)
-            .env("DATABASE_URL", &url)
-            .env_remove("TRADING_SYNC_CONFIG")
-            .current_dir(std::env::temp_dir())
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        let mut args = args.to_vec();
+        args.insert(0, "verify");
+        let (code, stdout, stderr) = common::process::command(&url, &args, &[]);
+        (Some(code), stdout + &stderr)
     };
     let (code, out) = verify_db(&[]);
     assert_eq!(code, Some(0), "{out}");

@@ -772,37 +772,19 @@ async fn ledger_rows_from_before_v21_verify_through_the_baseline() {
 async fn the_binary_exits_0_on_clean_books_and_1_naming_the_tampered_key() {
     let mut db = TestDb::new().await;
     seed(&mut db).await;
-    let dir = std::env::temp_dir().join(common::unique_name("ts-verify"));
-    std::fs::create_dir_all(&dir).unwrap();
     let verify_binary = || {
-        let (url, dir) = (db.url.clone(), dir.clone());
+        let url = db.url.clone();
         tokio::task::spawn_blocking(move || {
-            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_trading-sync"));
-            // The developer's own settings must not leak in.
-            for (k, _) in std::env::vars() {
-                if k.starts_with("TRADING_SYNC") || k.ends_with("_URL") || k.ends_with("_URL_FILE")
-                {
-                    cmd.env_remove(k);
-                }
-            }
-            cmd.env_remove("TRADING_SYNC_CONFIG")
-                .env("DATABASE_URL", url)
-                .env("TRADING_SYNC__RECONCILE__GRACE_MS", "0")
-                .current_dir(dir)
-                .arg("verify")
-                .output()
-                .unwrap()
+            common::process::command(
+                &url,
+                &["verify"],
+                &[("TRADING_SYNC__RECONCILE__GRACE_MS", "0")],
+            )
         })
     };
 
-    let out = verify_binary().await.unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout: {stdout}\nstderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, stdout, stderr) = verify_binary().await.unwrap();
+    assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
     assert_eq!(
         stdout,
         "books match: 4 portfolio rows, 2 performance rows, 4 ledger trades checked\n"
@@ -814,18 +796,11 @@ async fn the_binary_exits_0_on_clean_books_and_1_naming_the_tampered_key() {
           WHERE account_id = 'A1' AND symbol = 'AAPL'",
     )
     .await;
-    let out = verify_binary().await.unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "stdout: {stdout}\nstderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, stdout, stderr) = verify_binary().await.unwrap();
+    assert_eq!(code, 1, "stdout: {stdout}\nstderr: {stderr}");
     assert!(
         stdout.contains("portfolio_summary account_id=A1 symbol=AAPL: commission stored 1.5000, expected 1.2500\n"),
         "{stdout}"
     );
     assert!(stdout.contains("books differ: 1 differences"), "{stdout}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

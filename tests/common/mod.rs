@@ -457,3 +457,57 @@ pub async fn delete_keys(keys: &[&str]) {
         .await
         .unwrap();
 }
+
+/// A login role in the group role `group` (`trading_sync`), for tests that must run as the role
+/// itself, never as the owner. Roles are cluster-wide: [`LoginRole::drop`] removes it.
+pub struct LoginRole {
+    pub name: String,
+}
+
+impl LoginRole {
+    pub async fn create(group: &str) -> LoginRole {
+        let name = unique_name("ts_role");
+        connect(&admin_url())
+            .await
+            .batch_execute(&format!("CREATE ROLE \"{name}\" LOGIN IN ROLE {group}"))
+            .await
+            .unwrap();
+        LoginRole { name }
+    }
+
+    /// `url` with this role as its user.
+    pub fn url(&self, url: &str) -> String {
+        let mut url = url::Url::parse(url).unwrap();
+        url.set_username(&self.name).unwrap();
+        url.to_string()
+    }
+
+    /// Waits for the role's sessions to close, then drops what it owns in `db` and the role.
+    pub async fn drop(self, db: &TestDb) {
+        let admin = connect(&admin_url()).await;
+        eventually(
+            "the role's sessions closed",
+            std::time::Duration::from_secs(10),
+            || async {
+                let open: i64 = admin
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
+                        &[&self.name],
+                    )
+                    .await
+                    .ok()?
+                    .get(0);
+                (open == 0).then_some(())
+            },
+        )
+        .await;
+        db.client
+            .batch_execute(&format!("DROP OWNED BY \"{}\"", self.name))
+            .await
+            .unwrap();
+        admin
+            .batch_execute(&format!("DROP ROLE \"{}\"", self.name))
+            .await
+            .unwrap();
+    }
+}

@@ -202,3 +202,27 @@ impl Drop for PrivateRedis {
         let _ = self.child.wait();
     }
 }
+
+/// Runs a one-shot command of the binary (`verify`, `reconcile`, …) against `database_url`,
+/// with the developer's own TRADING_SYNC* and *_URL settings removed and `env` added: its exit
+/// code, stdout and stderr.
+pub fn command(database_url: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_trading-sync"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TRADING_SYNC") || k.ends_with("_URL") || k.ends_with("_URL_FILE") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
+        .args(args)
+        .env("DATABASE_URL", database_url)
+        .envs(env.iter().copied())
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
