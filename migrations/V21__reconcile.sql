@@ -185,3 +185,7 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON
     analytics.reconcile_runs
 TO trading_sync;
 GRANT USAGE ON SEQUENCE analytics.trade_changes_id_seq, analytics.reconcile_runs_id_seq TO trading_sync;
+
+-- `run` reads the migration history at start (it refuses a schema older than the binary), and a
+-- login in trading_sync could not: its start failed with "error getting applied migrations".
+GRANT SELECT ON public.refinery_schema_history TO trading_sync;

@@ -107,10 +107,47 @@ pub fn check_config(config: &Config) {
     print!("{}", config.to_masked_toml());
 }
 
-pub async fn run(config: &Config) -> anyhow::Result<()> {
+pub async fn run(config: &Config, source: ConfigSource) -> anyhow::Result<()> {
     let shutdown = tokio_util::sync::CancellationToken::new();
-    crate::daemon::cancel_on_signals(shutdown.clone())?;
+    let running = config.clone();
+    crate::daemon::handle_daemon_signals(shutdown.clone(), move || reload(&running, &source))?;
     crate::daemon::run(config, shutdown, Default::default(), || {}).await
+}
+
+/// SIGHUP: re-reads the configuration; applies `log.filter` (unless `RUST_LOG` wins); other
+/// changes wait for a restart, and a configuration that fails validation changes nothing.
+fn reload(running: &Config, source: &ConfigSource) {
+    let config = match Config::load(source) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!(
+                signal = "SIGHUP",
+                error = %e,
+                "the configuration was not reloaded: it fails validation; the running settings stay"
+            );
+            return;
+        }
+    };
+    match crate::telemetry::reload_filter(config.log.filter.as_deref()) {
+        Ok(crate::telemetry::FilterReload::Applied(filter)) => {
+            tracing::info!(signal = "SIGHUP", log_filter = %filter, "log filter reloaded")
+        }
+        Ok(crate::telemetry::FilterReload::EnvironmentWins(filter)) => tracing::info!(
+            signal = "SIGHUP",
+            rust_log = %filter,
+            "RUST_LOG is set and overrides log.filter: the log filter is unchanged"
+        ),
+        Err(e) => tracing::error!(signal = "SIGHUP", error = %e, "log.filter not reloaded"),
+    }
+    let mut compared = config.clone();
+    compared.log.filter = running.log.filter.clone();
+    if &compared != running {
+        tracing::warn!(
+            signal = "SIGHUP",
+            "settings other than log.filter changed in the file; they take effect at the next \
+             restart"
+        );
+    }
 }
 
 pub async fn indicators(config: &Config, symbols: Vec<String>, full: bool) -> anyhow::Result<()> {

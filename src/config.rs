@@ -74,6 +74,13 @@ pub struct DatabaseConfig {
     pub connect_timeout_ms: u64,
     /// Queries slower than this are logged and counted (the seed's DatabaseMonitoring).
     pub slow_query_ms: u64,
+    /// The batch writer's statement_timeout: a statement running longer is cancelled and the
+    /// batch retried. Below the unit's WatchdogSec (30 s): a stuck statement does not beat the
+    /// watchdog, and systemd would kill the daemon with its queue.
+    pub statement_timeout_ms: u64,
+    /// The batch writer's lock_timeout: a batch waiting this long on a row lock (a long
+    /// transaction of someone else's) is rolled back and retried.
+    pub lock_timeout_ms: u64,
 }
 
 impl Default for DatabaseConfig {
@@ -87,6 +94,8 @@ impl Default for DatabaseConfig {
             pool_size: 8,
             connect_timeout_ms: 5_000,
             slow_query_ms: 1_000,
+            statement_timeout_ms: 10_000,
+            lock_timeout_ms: 5_000,
         }
     }
 }
@@ -184,6 +193,9 @@ pub struct HttpConfig {
     /// Serve /metrics, /healthz and /readyz.
     pub enabled: bool,
     pub listen: String,
+    /// /readyz answers 503 once the batch writer has held a batch uncommitted this long (the
+    /// database refusing, a lock wait, a hang), not only when the database is unreachable.
+    pub readyz_stall_secs: u64,
 }
 
 impl Default for HttpConfig {
@@ -191,6 +203,7 @@ impl Default for HttpConfig {
         HttpConfig {
             enabled: true,
             listen: "127.0.0.1:9187".into(),
+            readyz_stall_secs: 30,
         }
     }
 }
@@ -522,6 +535,18 @@ impl Config {
             3_600_000,
         )?;
         range(
+            "database.statement_timeout_ms",
+            self.database.statement_timeout_ms,
+            100,
+            600_000,
+        )?;
+        range(
+            "database.lock_timeout_ms",
+            self.database.lock_timeout_ms,
+            100,
+            600_000,
+        )?;
+        range(
             "redis.reconnect_max_backoff_ms",
             self.redis.reconnect_max_backoff_ms,
             10,
@@ -576,6 +601,12 @@ impl Config {
             600_000,
         )?;
         self.http_listen()?;
+        range(
+            "http.readyz_stall_secs",
+            self.http.readyz_stall_secs,
+            1,
+            86_400,
+        )?;
         self.maintenance_schedule()?;
         if self.streams.group.is_empty() || self.streams.field.is_empty() {
             return Err(ConfigError::invalid(

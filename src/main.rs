@@ -29,7 +29,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     .context("while setting up logging")?;
     match cli.command {
         Command::Migrate => cli::migrate(&config).await.map(|()| true),
-        Command::Run => cli::run(&config).await.map(|()| true),
+        Command::Run => cli::run(&config, cli.config_source()).await.map(|()| true),
         Command::Indicators { symbols, full } => {
             cli::indicators(&config, symbols, full).await.map(|()| true)
         }

@@ -4,6 +4,7 @@
 //! with fields (channel, event_type, trade_id, symbol…) so that `journalctl -o json | jq` can filter.
 
 use std::io::IsTerminal;
+use std::sync::OnceLock;
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -11,12 +12,23 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::LogFormat;
 
+type Registry = tracing_subscriber::Registry;
+
+/// Swaps the filter of the installed subscriber (SIGHUP reloads `log.filter`).
+static FILTER: OnceLock<tracing_subscriber::reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+
+/// `RUST_LOG` when set: it wins over `log.filter`, at start and at every reload.
+fn env_filter() -> Option<String> {
+    std::env::var("RUST_LOG").ok().filter(|f| !f.is_empty())
+}
+
 /// Installs the global subscriber. `RUST_LOG` wins over the config's filter; `info` otherwise.
 pub fn init(format: LogFormat, configured_filter: Option<&str>) -> anyhow::Result<()> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(from_env) if !from_env.is_empty() => EnvFilter::try_new(from_env)?,
-        _ => EnvFilter::try_new(configured_filter.unwrap_or("info"))?,
+    let filter = match env_filter() {
+        Some(from_env) => EnvFilter::try_new(from_env)?,
+        None => EnvFilter::try_new(configured_filter.unwrap_or("info"))?,
     };
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let format = match format {
         // systemd sets JOURNAL_STREAM when stdout/stderr are connected to the journal.
         LogFormat::Auto if std::env::var_os("JOURNAL_STREAM").is_some() => LogFormat::Journald,
@@ -42,7 +54,30 @@ pub fn init(format: LogFormat, configured_filter: Option<&str>) -> anyhow::Resul
     tracing_subscriber::registry()
         .with(layer.with_filter(filter))
         .try_init()?;
+    let _ = FILTER.set(handle);
     Ok(())
+}
+
+/// What a reload did to the log filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilterReload {
+    /// Now filtering with this.
+    Applied(String),
+    /// `RUST_LOG` is set and wins: unchanged.
+    EnvironmentWins(String),
+}
+
+/// Applies `log.filter` (or `info`) to the running subscriber, unless `RUST_LOG` overrides it.
+pub fn reload_filter(configured_filter: Option<&str>) -> anyhow::Result<FilterReload> {
+    if let Some(from_env) = env_filter() {
+        return Ok(FilterReload::EnvironmentWins(from_env));
+    }
+    let wanted = configured_filter.unwrap_or("info").to_owned();
+    let filter = EnvFilter::try_new(&wanted)?;
+    if let Some(handle) = FILTER.get() {
+        handle.reload(filter)?;
+    }
+    Ok(FilterReload::Applied(wanted))
 }
 
 fn text_layer<S>() -> Box<dyn Layer<S> + Send + Sync>

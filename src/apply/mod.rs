@@ -2,16 +2,20 @@
 //!
 //! Takes raw messages from the queue, groups them into batches of up to `batch_max_events` or
 //! `batch_max_wait_ms`, plans each batch (pure, [`fold`]) and applies it in one transaction
-//! ([`store`]). Transient database errors are retried with backoff while the batch waits — no
-//! event dropped, none applied twice (the ledger). A data error splits the batch until the
-//! offending events are isolated and dead-lettered; the rest commit.
+//! ([`store`]). Every database error but a data error is retried with backoff while the batch
+//! and the queue wait — no event dropped, none applied twice (the ledger): connection loss,
+//! refusals (a database closed for maintenance, a server starting or shutting down), a read-only
+//! server (a demoted primary, a standby), timeouts, and — slowly, with an error log, a metric and
+//! /readyz at 503 — errors only an operator can fix (a revoked grant, a dropped table, a rotated
+//! password). Exiting on those would turn a fixable mistake into lost data. A data error splits
+//! the batch until the offending events are isolated and dead-lettered; the rest commit.
 //!
 //! It must not read Redis or decode outside [`fold::plan`].
 
 pub mod fold;
 pub mod store;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,12 +32,6 @@ const CHANNELS: [ChannelKind; 3] = [
     ChannelKind::Positions,
     ChannelKind::MarketData,
 ];
-
-#[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    #[error("the database refused the batch with an error retrying cannot fix: {0}")]
-    Fatal(#[source] tokio_postgres::Error),
-}
 
 /// How the writer ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -54,6 +52,12 @@ pub struct WriterStats {
     pub dead_lettered: AtomicU64,
     /// Beats on every loop turn, idle or not.
     pub heartbeat: Heartbeat,
+    /// Set while the writer holds a batch it has not committed yet: how long it has been stuck.
+    pub busy: crate::daemon::heartbeat::Since,
+    /// True while batches fail to reach the database (any error but a data error).
+    pub database_failing: AtomicBool,
+    /// True while that error is one retrying alone cannot fix (permissions, schema, password).
+    pub blocked: AtomicBool,
 }
 
 impl WriterStats {
@@ -72,7 +76,14 @@ pub struct WriterSettings {
     pub max_backoff: Duration,
     /// A batch commit slower than this is logged and counted as a slow query.
     pub slow_query: Duration,
+    /// Set on the writer's connection: a statement waiting on a lock or running away turns into
+    /// a retry instead of a silent stall that would stop the watchdog's pings.
+    pub statement_timeout: Duration,
+    pub lock_timeout: Duration,
 }
+
+/// Backoff cap for errors an operator must fix: slow enough not to flood the server's log.
+const BLOCKED_MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// The batch writer. `shutdown` starts the drain: the queue is closed to new messages and what
 /// it holds is committed within `drain_deadline`.
@@ -89,12 +100,25 @@ pub struct Writer {
     stats: Arc<WriterStats>,
     /// Stream entries whose fate is committed, to XACK (only with the stream transport).
     acks: Option<mpsc::UnboundedSender<Vec<StreamAck>>>,
+    /// Set while batches fail to reach the database.
+    outage: Option<Outage>,
 }
 
 enum Failure {
+    /// Worth retrying at once: the connection, the server's state, contention.
     Transient(tokio_postgres::Error),
+    /// The events' fault: split the batch and dead-letter the offenders.
     Data(tokio_postgres::Error),
-    Fatal(tokio_postgres::Error),
+    /// Only an operator can fix it; retried slowly meanwhile.
+    Blocked(tokio_postgres::Error),
+}
+
+/// The writer's view of the database, logged once per change of state.
+#[derive(Debug)]
+struct Outage {
+    since: Instant,
+    retries: u64,
+    blocked: bool,
 }
 
 impl Writer {
@@ -112,6 +136,7 @@ impl Writer {
             drain_deadline: None,
             stats,
             acks: None,
+            outage: None,
         }
     }
 
@@ -130,7 +155,7 @@ impl Writer {
         }
     }
 
-    pub async fn run(mut self, mut queue: QueueReceiver) -> Result<WriterEnd, ApplyError> {
+    pub async fn run(mut self, mut queue: QueueReceiver) -> WriterEnd {
         let shutdown = self.shutdown.clone();
         // Beats while idle too: an empty queue is not a stuck writer.
         let mut idle_beat = tokio::time::interval(Duration::from_secs(1));
@@ -149,7 +174,7 @@ impl Writer {
                         // Draining: the queue is closed, so None means it is empty.
                         match queue.try_recv() {
                             Some(m) => m,
-                            None => return Ok(WriterEnd::Drained),
+                            None => return WriterEnd::Drained,
                         }
                     } else {
                         tokio::select! {
@@ -158,7 +183,7 @@ impl Writer {
                             _ = idle_beat.tick() => continue,
                             m = queue.recv() => match m {
                                 Some(m) => m,
-                                None => return Ok(WriterEnd::Drained),
+                                None => return WriterEnd::Drained,
                             },
                         }
                     };
@@ -187,9 +212,11 @@ impl Writer {
                 .expect("planning a batch never panics");
                 Some(planned)
             };
+            self.stats.busy.set();
             let (committed, next) = tokio::join!(self.commit(batch, planned), prefetch);
+            self.stats.busy.clear();
             prefetched = next;
-            if !committed? {
+            if !committed {
                 // Depth still counts this batch: it is released only once committed.
                 let left = queue
                     .stats()
@@ -199,7 +226,7 @@ impl Writer {
                     uncommitted = left,
                     "drain deadline passed; these received messages were not applied"
                 );
-                return Ok(WriterEnd::DeadlineExceeded { left });
+                return WriterEnd::DeadlineExceeded { left };
             }
             queue.release(count, bytes);
         }
@@ -250,11 +277,7 @@ impl Writer {
 
     /// Commits a batch, retrying transient failures and isolating bad events. Returns false
     /// if the drain deadline passed before it could commit.
-    async fn commit(
-        &mut self,
-        batch: Vec<Inbound>,
-        planned: Option<fold::BatchPlan>,
-    ) -> Result<bool, ApplyError> {
+    async fn commit(&mut self, batch: Vec<Inbound>, planned: Option<fold::BatchPlan>) -> bool {
         // The plan made ahead is for the whole batch's first attempt only.
         let mut planned = planned;
         // Work list of slices still to commit; a data error replaces a slice by its halves.
@@ -264,6 +287,7 @@ impl Writer {
             let started = Instant::now();
             match self.try_commit(&slice, planned.take()).await {
                 Ok(()) => {
+                    self.database_back();
                     backoff = Duration::from_millis(50);
                     let took = started.elapsed();
                     crate::maintenance::note_duration("batch", self.settings.slow_query, took);
@@ -288,30 +312,87 @@ impl Writer {
                         "database",
                         format!("refused by the database: {}", db_error_text(&error)),
                     );
-                    if !self.dead_letter_with_retry(letter).await? {
-                        return Ok(false);
+                    if !self.dead_letter_with_retry(letter).await {
+                        return false;
                     }
                     self.acknowledge(&slice);
                 }
-                Err(Failure::Fatal(error)) => return Err(ApplyError::Fatal(error)),
                 Err(Failure::Transient(error)) => {
-                    self.client = None;
-                    metrics::counter!("trading_sync_db_retries_total").increment(1);
-                    tracing::warn!(
-                        error = %error,
-                        events = slice.len(),
-                        retry_in_ms = backoff.as_millis() as u64,
-                        "database unavailable; the batch waits and will be retried"
-                    );
+                    self.database_failed(&error, false, slice.len());
                     if !self.pause(backoff).await {
-                        return Ok(false);
+                        return false;
                     }
                     backoff = (backoff * 2).min(self.settings.max_backoff);
                     pending.push(slice);
                 }
+                Err(Failure::Blocked(error)) => {
+                    self.database_failed(&error, true, slice.len());
+                    if !self.pause(backoff).await {
+                        return false;
+                    }
+                    backoff = (backoff * 2).min(BLOCKED_MAX_BACKOFF.max(self.settings.max_backoff));
+                    pending.push(slice);
+                }
             }
         }
-        Ok(true)
+        true
+    }
+
+    /// A batch could not reach the database: the connection is dropped (a read-only or
+    /// refusing server must not be asked again on the same session: a retry may find the new
+    /// primary), and the change of state is logged once.
+    fn database_failed(&mut self, error: &tokio_postgres::Error, blocked: bool, events: usize) {
+        self.client = None;
+        metrics::counter!("trading_sync_db_retries_total").increment(1);
+        self.stats.database_failing.store(true, Ordering::Release);
+        self.stats.blocked.store(blocked, Ordering::Release);
+        metrics::gauge!("trading_sync_writer_blocked").set(f64::from(u8::from(blocked)));
+        let changed = match &mut self.outage {
+            Some(outage) => {
+                outage.retries += 1;
+                std::mem::replace(&mut outage.blocked, blocked) != blocked
+            }
+            None => {
+                self.outage = Some(Outage {
+                    since: Instant::now(),
+                    retries: 1,
+                    blocked,
+                });
+                true
+            }
+        };
+        let error = db_error_text(error);
+        if !changed {
+            tracing::debug!(error = %error, events, "database still unavailable; retrying");
+        } else if blocked {
+            tracing::error!(
+                error = %error,
+                events,
+                "the database refuses the batch with an error an operator must fix (permission, \
+                 schema, credentials); nothing is dropped: the batch and the queue wait and it is \
+                 retried every 30 s"
+            );
+        } else {
+            tracing::warn!(
+                error = %error,
+                events,
+                "database unavailable; the batch and the queue wait and it is retried"
+            );
+        }
+    }
+
+    /// A batch committed: an outage, if any, is over.
+    fn database_back(&mut self) {
+        if let Some(outage) = self.outage.take() {
+            self.stats.database_failing.store(false, Ordering::Release);
+            self.stats.blocked.store(false, Ordering::Release);
+            metrics::gauge!("trading_sync_writer_blocked").set(0.0);
+            tracing::warn!(
+                down_ms = outage.since.elapsed().as_millis() as u64,
+                retries = outage.retries,
+                "database available again; the waiting batches are being committed"
+            );
+        }
     }
 
     /// Sleeps for a backoff; false if the drain deadline passes first. Shutdown during the
@@ -334,41 +415,47 @@ impl Writer {
         wake <= deadline
     }
 
-    /// Ok(false) if the drain deadline passed first.
-    async fn dead_letter_with_retry(&mut self, letter: DeadLetter) -> Result<bool, ApplyError> {
+    /// False if the drain deadline passed first. Every failure is retried, the way a batch's
+    /// is: a dead letter is received data too.
+    async fn dead_letter_with_retry(&mut self, letter: DeadLetter) -> bool {
         let mut backoff = Duration::from_millis(50);
         loop {
-            let client = match self.client().await {
-                Ok(c) => c,
-                Err(e) => {
-                    if !self.pause(backoff).await {
-                        return Ok(false);
-                    }
-                    backoff = (backoff * 2).min(self.settings.max_backoff);
-                    tracing::warn!(error = %e, "cannot reach the database to dead-letter");
-                    continue;
+            let result = match self.client().await {
+                Ok((client, stmts)) => {
+                    store::insert_dead_letters_only(client, stmts, std::slice::from_ref(&letter))
+                        .await
                 }
+                Err(e) => Err(e),
             };
-            let (client, stmts) = client;
-            match store::insert_dead_letters_only(client, stmts, std::slice::from_ref(&letter))
-                .await
-            {
+            let blocked = match result {
                 Ok(()) => {
+                    self.database_back();
                     self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                     record_dead_letters(std::slice::from_ref(&letter));
-                    return Ok(true);
+                    return true;
                 }
                 Err(e) => match classify(e) {
-                    Failure::Transient(_) => {
-                        self.client = None;
-                        if !self.pause(backoff).await {
-                            return Ok(false);
-                        }
-                        backoff = (backoff * 2).min(self.settings.max_backoff);
+                    Failure::Transient(e) => {
+                        self.database_failed(&e, false, 1);
+                        false
                     }
-                    Failure::Data(e) | Failure::Fatal(e) => return Err(ApplyError::Fatal(e)),
+                    // A dead letter the database refuses as data cannot be split further: only
+                    // an operator can help it, as with a permission error.
+                    Failure::Data(e) | Failure::Blocked(e) => {
+                        self.database_failed(&e, true, 1);
+                        true
+                    }
                 },
+            };
+            if !self.pause(backoff).await {
+                return false;
             }
+            let cap = if blocked {
+                BLOCKED_MAX_BACKOFF.max(self.settings.max_backoff)
+            } else {
+                self.settings.max_backoff
+            };
+            backoff = (backoff * 2).min(cap);
         }
     }
 
@@ -387,6 +474,13 @@ impl Writer {
                     tracing::debug!(error = %e, "writer connection ended");
                 }
             });
+            client
+                .batch_execute(&format!(
+                    "SET statement_timeout = {}; SET lock_timeout = {}",
+                    self.settings.statement_timeout.as_millis(),
+                    self.settings.lock_timeout.as_millis()
+                ))
+                .await?;
             let statements = store::Statements::prepare(&client).await?;
             self.client = Some((client, statements));
         }
@@ -471,21 +565,23 @@ fn record_dead_letters(letters: &[DeadLetter]) {
     }
 }
 
-/// Sorts database failures: data errors are the events' fault (split and dead-letter),
-/// connection and contention errors pass (retry), anything else is a bug or a broken schema.
+/// Sorts database failures. Data errors are the events' fault (split and dead-letter). Errors
+/// of the connection or of the server's state pass by themselves (retry at once): connection
+/// exceptions, insufficient resources, operator intervention (shutdown, pg_terminate_backend,
+/// statement_timeout), deadlocks and serialization failures, object-not-in-prerequisite-state
+/// (55000: a database closed to connections; 55P03: lock_timeout), invalid transaction state
+/// (25006: a read-only server), system errors. Anything else (42: a revoked grant, a dropped
+/// table; 28: a rotated password; 3D: a dropped database; XX: internal errors) needs an operator,
+/// and is retried slowly meanwhile: nothing received is dropped for it.
 fn classify(error: tokio_postgres::Error) -> Failure {
     let Some(code) = error.code() else {
         // No SQLSTATE: the connection broke or could not be made.
         return Failure::Transient(error);
     };
-    let code = code.code();
-    match &code[..2] {
+    match &code.code()[..2] {
         "22" | "23" => Failure::Data(error),
-        // connection exception, insufficient resources, operator intervention (shutdown,
-        // pg_terminate_backend), serialization failure / deadlock.
-        "08" | "53" | "57" | "40" => Failure::Transient(error),
-        _ if code == "55P03" => Failure::Transient(error), // lock_not_available
-        _ => Failure::Fatal(error),
+        "08" | "53" | "57" | "40" | "55" | "25" | "58" => Failure::Transient(error),
+        _ => Failure::Blocked(error),
     }
 }
 

@@ -33,3 +33,29 @@ impl Heartbeat {
         Duration::from_millis(now.saturating_sub(self.0.load(Ordering::Acquire)))
     }
 }
+
+/// Since when a task has been busy with one piece of work, if it is: /readyz tells a writer
+/// stuck on a batch from one that is merely idle.
+#[derive(Debug, Default)]
+pub struct Since(AtomicU64);
+
+impl Since {
+    pub fn set(&self) {
+        // 0 means "not busy": a mark of 0 ms after the epoch is stored as 1.
+        let now = (epoch().elapsed().as_millis() as u64).max(1);
+        self.0.store(now, Ordering::Release);
+    }
+
+    pub fn clear(&self) {
+        self.0.store(0, Ordering::Release);
+    }
+
+    /// How long the current piece of work has taken so far; None when idle.
+    pub fn age(&self) -> Option<Duration> {
+        let since = self.0.load(Ordering::Acquire);
+        (since != 0).then(|| {
+            let now = epoch().elapsed().as_millis() as u64;
+            Duration::from_millis(now.saturating_sub(since))
+        })
+    }
+}

@@ -44,19 +44,26 @@ pub fn prometheus() -> &'static PrometheusHandle {
 struct AppState {
     daemon: Arc<DaemonState>,
     pool: deadpool_postgres::Pool,
+    /// A writer holding a batch longer than this is stuck: not ready.
+    stall: Duration,
 }
 
 pub async fn serve(
     listen: SocketAddr,
     daemon: Arc<DaemonState>,
     pool: deadpool_postgres::Pool,
+    stall: Duration,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let router = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(AppState { daemon, pool });
+        .with_state(AppState {
+            daemon,
+            pool,
+            stall,
+        });
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(listen = %listen, "serving /metrics, /healthz and /readyz");
     axum::serve(listener, router)
@@ -75,6 +82,12 @@ async fn metrics_text() -> impl IntoResponse {
 struct Readiness {
     ready: bool,
     database: bool,
+    /// The batch writer's last attempt reached the database.
+    writer_database: bool,
+    /// The writer refuses to guess around an error an operator must fix.
+    writer_blocked: bool,
+    /// How long the writer has held its current batch uncommitted (0 when idle).
+    writer_busy_ms: u64,
     redis_subscribed: bool,
     queue_depth: usize,
     queue_bytes: usize,
@@ -98,9 +111,16 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     .is_some();
     let d = &state.daemon;
     let redis_subscribed = d.ingest_live();
+    // A database that answers SELECT 1 may still refuse the batch (read-only, permissions), and a
+    // writer may be stuck on a lock: neither is ready.
+    let writer_database = !d.writer.database_failing.load(Ordering::Acquire);
+    let busy = d.writer.busy.age().unwrap_or_default();
     let body = Readiness {
-        ready: database && redis_subscribed,
+        ready: database && redis_subscribed && writer_database && busy < state.stall,
         database,
+        writer_database,
+        writer_blocked: d.writer.blocked.load(Ordering::Acquire),
+        writer_busy_ms: busy.as_millis() as u64,
         redis_subscribed,
         queue_depth: d.queue.depth.load(Ordering::Relaxed),
         queue_bytes: d.queue.bytes.load(Ordering::Relaxed),

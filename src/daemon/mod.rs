@@ -68,6 +68,25 @@ pub async fn run(
     let pg = config
         .pg_config()
         .context("while reading the database settings")?;
+    // A statement waiting on a lock does not beat the heartbeat: every stall limit must end
+    // before systemd's watchdog would kill the daemon and its queue.
+    if let Some(watchdog) = notify::watchdog_interval() {
+        for (key, ms) in [
+            (
+                "database.statement_timeout_ms",
+                config.database.statement_timeout_ms,
+            ),
+            ("database.lock_timeout_ms", config.database.lock_timeout_ms),
+        ] {
+            anyhow::ensure!(
+                Duration::from_millis(ms) < watchdog,
+                "{key} = {ms} is not below the unit's WatchdogSec ({} ms): a statement waiting \
+                 that long would stop the watchdog's pings and systemd would kill the daemon \
+                 with its queue",
+                watchdog.as_millis()
+            );
+        }
+    }
     let mut client = crate::db::connect(&pg)
         .await
         .context("while connecting to PostgreSQL (database.url)")?;
@@ -208,6 +227,8 @@ pub async fn run(
             pg: pg.clone(),
             max_backoff: Duration::from_millis(config.redis.reconnect_max_backoff_ms),
             slow_query,
+            statement_timeout: Duration::from_millis(config.database.statement_timeout_ms),
+            lock_timeout: Duration::from_millis(config.database.lock_timeout_ms),
         },
         indicator_tx.clone(),
         writer_stop.clone(),
@@ -234,12 +255,13 @@ pub async fn run(
         // Bind before READY=1 so a port conflict fails startup rather than a silent /metrics.
         http::prometheus();
         let (state, pool, stop) = (state.clone(), pool.clone(), tasks_stop.clone());
+        let stall = Duration::from_secs(config.http.readyz_stall_secs);
         let listener_check = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("while binding http.listen ({listen})"))?;
         drop(listener_check);
         background.spawn(async move {
-            if let Err(e) = http::serve(listen, state, pool, stop).await {
+            if let Err(e) = http::serve(listen, state, pool, stall, stop).await {
                 tracing::error!(error = %e, "the HTTP endpoint failed");
             }
         });
@@ -350,47 +372,58 @@ pub async fn run(
     let received = state.subscription.received.load(Ordering::Relaxed);
     let refused = state.queue.refused.load(Ordering::Relaxed)
         + state.journal.buffer.refused.load(Ordering::Relaxed);
-    match ended.context("the batch writer panicked")? {
-        Ok(WriterEnd::Drained) if !shutdown.is_cancelled() => {
+    let left = match ended.context("the batch writer panicked")? {
+        WriterEnd::Drained if !shutdown.is_cancelled() => {
             anyhow::bail!("the batch writer stopped on its own")
         }
-        Ok(WriterEnd::Drained) if state.uses_journal.load(Ordering::Relaxed) => {
-            tracing::info!(
-                received,
-                journaled = state.journal.appended.load(Ordering::Relaxed),
-                bypassed = state.journal.bypassed.load(Ordering::Relaxed),
-                applied = state.writer.applied_total(),
-                duplicates = state.writer.duplicates.load(Ordering::Relaxed),
-                dead_lettered = state.writer.dead_lettered.load(Ordering::Relaxed),
-                refused,
-                "stopped; every received message is committed, dead-lettered or kept in the \
-                 journal for the next start"
-            );
-            Ok(())
+        WriterEnd::Drained => 0,
+        // Logged with counts by the writer too. Exit 0: the stop itself was asked for.
+        WriterEnd::DeadlineExceeded { left } => left,
+    };
+    let journal = state.uses_journal.load(Ordering::Relaxed);
+    let outcome = match (left, refused, journal) {
+        (0, 0, false) => "stopped; every received message is committed or dead-lettered",
+        (0, 0, true) => {
+            "stopped; every received message is committed, dead-lettered or kept in the journal \
+             for the next start"
         }
-        Ok(WriterEnd::Drained) => {
-            tracing::info!(
-                received,
-                applied = state.writer.applied_total(),
-                duplicates = state.writer.duplicates.load(Ordering::Relaxed),
-                dead_lettered = state.writer.dead_lettered.load(Ordering::Relaxed),
-                refused,
-                "stopped; every received message is committed or dead-lettered"
-            );
-            Ok(())
+        (0, _, _) => {
+            "stopped; every received message is committed or dead-lettered, except those refused \
+             when the queue was full (refused)"
         }
-        Ok(WriterEnd::DeadlineExceeded { left }) => {
-            // Logged with counts by the writer too. Exit 0: the stop itself was asked for.
-            tracing::warn!(
-                received,
-                left,
-                refused,
-                "stopped with received messages left uncommitted"
-            );
-            Ok(())
-        }
-        Err(e) => Err(e).context("while applying events"),
+        _ => "stopped with received messages left uncommitted (left) or refused (refused)",
+    };
+    let fields = (
+        state.writer.applied_total(),
+        state.writer.duplicates.load(Ordering::Relaxed),
+        state.writer.dead_lettered.load(Ordering::Relaxed),
+    );
+    if left == 0 && refused == 0 {
+        tracing::info!(
+            received,
+            journaled = state.journal.appended.load(Ordering::Relaxed),
+            bypassed = state.journal.bypassed.load(Ordering::Relaxed),
+            applied = fields.0,
+            duplicates = fields.1,
+            dead_lettered = fields.2,
+            refused,
+            left,
+            "{outcome}"
+        );
+    } else {
+        tracing::warn!(
+            received,
+            journaled = state.journal.appended.load(Ordering::Relaxed),
+            bypassed = state.journal.bypassed.load(Ordering::Relaxed),
+            applied = fields.0,
+            duplicates = fields.1,
+            dead_lettered = fields.2,
+            refused,
+            left,
+            "{outcome}"
+        );
     }
+    Ok(())
 }
 
 /// Restarts a failing task with capped backoff until shutdown; the failure is logged with its
@@ -693,6 +726,33 @@ async fn monitor(
             last = (received, applied);
         }
     }
+}
+
+/// The daemon's signals: SIGTERM and SIGINT cancel `token` (the drain); SIGHUP calls `reload`
+/// (what `systemctl reload` and a closing terminal send: never a reason to stop); SIGUSR1 and
+/// SIGUSR2, whose default action would kill the process and its queue, are logged and ignored.
+pub fn handle_daemon_signals(
+    token: CancellationToken,
+    reload: impl Fn() + Send + 'static,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).context("while installing SIGHUP handler")?;
+    let mut usr1 =
+        signal(SignalKind::user_defined1()).context("while installing SIGUSR1 handler")?;
+    let mut usr2 =
+        signal(SignalKind::user_defined2()).context("while installing SIGUSR2 handler")?;
+    cancel_on_signals(token.clone())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = hup.recv() => reload(),
+                _ = usr1.recv() => tracing::info!(signal = "SIGUSR1", "ignored"),
+                _ = usr2.recv() => tracing::info!(signal = "SIGUSR2", "ignored"),
+                () = token.cancelled() => return,
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Cancels `token` on SIGTERM or SIGINT.

@@ -297,8 +297,13 @@ impl App {
 
     /// Stops the daemon and returns how `run` ended.
     pub async fn stop(self) -> anyhow::Result<()> {
+        self.stop_keeping_db().await.0
+    }
+
+    /// Stops the daemon; the database stays for the test to inspect or clean up.
+    pub async fn stop_keeping_db(self) -> (anyhow::Result<()>, TestDb) {
         self.shutdown.cancel();
-        self.handle.await.expect("daemon task panicked")
+        (self.handle.await.expect("daemon task panicked"), self.db)
     }
 
     pub async fn scalar_i64(&self, sql: &str) -> i64 {
@@ -309,6 +314,14 @@ impl App {
 /// Starts `run` in-process with `tweak` applied to a test configuration; returns once every
 /// subscription is confirmed.
 pub async fn spawn_app(tweak: impl FnOnce(&mut trading_sync::config::Config)) -> App {
+    spawn_app_on(TestDb::new().await, tweak).await
+}
+
+/// As [`spawn_app`], on a database the test prepared.
+pub async fn spawn_app_on(
+    db: TestDb,
+    tweak: impl FnOnce(&mut trading_sync::config::Config),
+) -> App {
     // RUST_LOG=trading_sync=debug shows the daemon's logs in a failing test's output.
     if std::env::var_os("RUST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
@@ -316,7 +329,6 @@ pub async fn spawn_app(tweak: impl FnOnce(&mut trading_sync::config::Config)) ->
             .with_test_writer()
             .try_init();
     }
-    let db = TestDb::new().await;
     let mut config = trading_sync::config::Config::default();
     config.database = db.config();
     config.redis.url = redis_url();

@@ -1,0 +1,252 @@
+//! Never drop what was received: a database that refuses connections or turns read-only, an
+//! error only an operator can fix, and SIGHUP, all during a paced pub/sub load. The daemon must
+//! keep every received message until it commits, and still be running.
+
+mod common;
+
+use std::time::Duration;
+
+use common::process::{http_get, Daemon};
+use common::{eventually, TestDb};
+use trading_sync::loadgen::{self, Generator, Spec};
+
+/// /readyz's JSON, once it answers.
+async fn readiness(port: u16) -> Option<(u16, serde_json::Value)> {
+    let (code, body) = http_get(port, "/readyz").await?;
+    Some((code, serde_json::from_str(&body).ok()?))
+}
+
+/// Waits until the writer reports the database failing (503), then for `hold` more.
+async fn hold_refusal(port: u16, what: &str, hold: Duration) {
+    eventually(what, Duration::from_secs(30), || async {
+        let (code, body) = readiness(port).await?;
+        (code == 503 && body["writer_database"] == false).then_some(())
+    })
+    .await;
+    // The fault's length, not synchronisation: the load keeps arriving meanwhile.
+    tokio::time::sleep(hold).await;
+}
+
+async fn ready_again(port: u16) {
+    eventually("ready again", Duration::from_secs(60), || async {
+        let (code, _) = readiness(port).await?;
+        (code == 200).then_some(())
+    })
+    .await;
+}
+
+async fn admin(sql: &str) {
+    common::connect(&common::admin_url())
+        .await
+        .batch_execute(sql)
+        .await
+        .unwrap();
+}
+
+async fn terminate_daemon_backends(db: &TestDb) {
+    admin(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+          WHERE datname = '{}' AND application_name = 'trading-sync'",
+        db.name
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn refusals_read_only_and_sighup_during_a_load_lose_nothing() {
+    const TRADES: u64 = 12_000;
+    const RATE: f64 = 1_000.0;
+    let db = TestDb::new().await;
+    let daemon = Daemon::start(
+        &db,
+        &common::redis_url(),
+        &[
+            ("TRADING_SYNC__RECONCILE__ENABLED", "false".into()),
+            ("TRADING_SYNC__HTTP__READYZ_STALL_SECS", "60".into()),
+        ],
+    );
+    let port = daemon.port;
+    ready_again(port).await;
+    let mut generator = Generator::new(Spec {
+        seed: 7,
+        id_prefix: "RF".into(),
+        position_every: 0,
+        bar_every: 0,
+        ..Default::default()
+    });
+    let messages = generator.generate(TRADES);
+    let expected = generator.expected();
+    let prefix = daemon.prefix.clone();
+    let mut redis = loadgen::connect_redis(&common::redis_url()).await.unwrap();
+    let receivers = {
+        let (messages, prefix) = (messages.clone(), prefix.clone());
+        tokio::spawn(async move {
+            let mut counts = Vec::new();
+            for chunk in messages.chunks(100) {
+                let started = std::time::Instant::now();
+                counts.extend(
+                    common::publish_counted(&mut redis, &prefix, chunk, chunk.len())
+                        .await
+                        .unwrap(),
+                );
+                let due = Duration::from_secs_f64(chunk.len() as f64 / RATE);
+                tokio::time::sleep(due.saturating_sub(started.elapsed())).await;
+            }
+            counts
+        })
+    };
+    let applied = || async {
+        loadgen::ledger_count(&db.client, &expected)
+            .await
+            .unwrap_or(0)
+    };
+    eventually("the load applying", Duration::from_secs(30), || async {
+        (applied().await > 500).then_some(())
+    })
+    .await;
+
+    // 1. A DBA closes the database for maintenance: new connections refused (55000).
+    admin(&format!(
+        "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS false",
+        db.name
+    ))
+    .await;
+    terminate_daemon_backends(&db).await;
+    hold_refusal(port, "the writer refused", Duration::from_secs(3)).await;
+    let during_refusal = applied().await;
+    admin(&format!(
+        "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS true",
+        db.name
+    ))
+    .await;
+    ready_again(port).await;
+
+    // 2. The primary is demoted: writes fail with 25006 until it is writable again.
+    admin(&format!(
+        "ALTER DATABASE \"{}\" SET default_transaction_read_only = on",
+        db.name
+    ))
+    .await;
+    terminate_daemon_backends(&db).await;
+    hold_refusal(port, "the writer read-only", Duration::from_secs(3)).await;
+    admin(&format!(
+        "ALTER DATABASE \"{}\" RESET default_transaction_read_only",
+        db.name
+    ))
+    .await;
+    ready_again(port).await;
+
+    // 3. `systemctl reload`.
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &daemon.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let receivers = receivers.await.unwrap();
+    assert!(
+        receivers.iter().all(|&n| n > 0),
+        "a message no one received"
+    );
+    eventually("every trade applied", Duration::from_secs(120), || async {
+        (applied().await == expected.trades).then_some(())
+    })
+    .await;
+    let report = loadgen::verify(&db.client, &expected).await.unwrap();
+    assert_eq!(
+        (report.lost, report.duplicated, report.mismatched_rows),
+        (0, 0, 0),
+        "{:?}",
+        report.mismatches
+    );
+    let logs = daemon.logs();
+    let has = |message: &str| logs.iter().any(|l| l["message"] == message);
+    assert!(
+        has("database unavailable; the batch and the queue wait and it is retried"),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(has(
+        "database available again; the waiting batches are being committed"
+    ));
+    assert!(
+        has("log filter reloaded")
+            || has("RUST_LOG is set and overrides log.filter: the log filter is unchanged"),
+        "{}",
+        daemon.log_text()
+    );
+    let mut daemon = daemon;
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "the daemon must still run"
+    );
+    eprintln!(
+        "{TRADES} trades at {RATE}/s through a 3 s refusal (ledger at {during_refusal} meanwhile), \
+         a 3 s read-only spell and a SIGHUP: lost 0, duplicated 0"
+    );
+    daemon.sigterm();
+    assert!(daemon.wait(Duration::from_secs(30)).success());
+}
+
+/// A revoked grant is an operator's mistake, not a reason to drop the queue: the daemon waits,
+/// says so, and applies everything once the grant is back.
+#[tokio::test]
+async fn a_revoked_privilege_blocks_the_writer_without_losing_anything() {
+    let db = TestDb::new().await;
+    let login = common::LoginRole::create("trading_sync").await;
+    // The daemon's own connections as a login of the least-privilege role; the owner revokes.
+    let url = login.url(&db.url);
+    let mut app2 = common::spawn_app_on(db, move |c| {
+        c.database.url = url;
+        c.reconcile.enabled = false;
+    })
+    .await;
+    app2.db
+        .client
+        .batch_execute("REVOKE INSERT ON analytics.applied_trades FROM trading_sync")
+        .await
+        .unwrap();
+    for i in 0..50 {
+        let trade = common::python_dumps(&serde_json::json!({
+            "type": "trade_executed",
+            "data": {"trade_id": format!("REV-{i}"), "account_id": "A", "symbol": "S",
+                     "side": "buy", "quantity": 1, "price": 2},
+            "timestamp": "2026-12-01T15:00:00"}));
+        app2.publish("trades", trade).await;
+    }
+    eventually("the writer blocked", Duration::from_secs(30), || async {
+        app2.state
+            .writer
+            .blocked
+            .load(std::sync::atomic::Ordering::Acquire)
+            .then_some(())
+    })
+    .await;
+    assert!(!app2.handle.is_finished(), "the daemon must not exit");
+    assert_eq!(
+        app2.scalar_i64("SELECT count(*) FROM analytics.applied_trades")
+            .await,
+        0
+    );
+    app2.db
+        .client
+        .batch_execute("GRANT INSERT ON analytics.applied_trades TO trading_sync")
+        .await
+        .unwrap();
+    eventually("every trade applied", Duration::from_secs(60), || async {
+        (app2
+            .scalar_i64("SELECT count(*) FROM analytics.applied_trades")
+            .await
+            == 50)
+            .then_some(())
+    })
+    .await;
+    assert!(!app2
+        .state
+        .writer
+        .blocked
+        .load(std::sync::atomic::Ordering::Acquire));
+    let (stopped, db) = app2.stop_keeping_db().await;
+    stopped.unwrap();
+    login.drop(&db).await;
+}
