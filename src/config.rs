@@ -22,9 +22,11 @@ use serde::{Deserialize, Serialize};
 /// Why a configuration could not be used. Every message names the offending key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{0}")]
+    /// Masked: a TOML syntax error quotes the offending line, which may be the URL.
+    #[error("{}", mask_secrets(&.0.to_string()))]
     Parse(Box<figment::Error>),
-    #[error("{key}: {message}")]
+    /// Masked: a message may quote the offending value.
+    #[error("{key}: {}", mask_secrets(message))]
     Invalid { key: String, message: String },
 }
 
@@ -576,6 +578,28 @@ impl Config {
             0,
             3_600_000,
         )?;
+        if let Some(limit) = memory_limit() {
+            for (key, bytes) in [
+                ("sync.queue_max_bytes", self.sync.queue_max_bytes),
+                ("journal.buffer_max_bytes", self.journal.buffer_max_bytes),
+            ] {
+                if bytes as u64 > limit {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!(
+                            "{bytes} bytes is more than this machine's (or cgroup's MemoryMax) \
+                             {limit}: no bound at all"
+                        ),
+                    ));
+                }
+            }
+        }
+        range(
+            "maintenance.partitions_ahead_years",
+            self.maintenance.partitions_ahead_years,
+            0,
+            50,
+        )?;
         if self.sync.queue_max_bytes < self.sync.max_message_bytes {
             return Err(ConfigError::invalid(
                 "sync.queue_max_bytes",
@@ -741,27 +765,19 @@ impl Config {
     }
 
     pub fn indicator_schedule(&self) -> Result<croner::Cron, ConfigError> {
-        croner::Cron::from_str(&self.indicators.schedule).map_err(|e| {
-            ConfigError::invalid(
-                "indicators.schedule",
-                format!(
-                    "`{}` is not a cron expression: {e}",
-                    self.indicators.schedule
-                ),
-            )
-        })
+        parse_schedule(
+            "indicators.schedule",
+            &self.indicators.schedule,
+            self.indicators_tz()?,
+        )
     }
 
     pub fn maintenance_schedule(&self) -> Result<croner::Cron, ConfigError> {
-        croner::Cron::from_str(&self.maintenance.schedule).map_err(|e| {
-            ConfigError::invalid(
-                "maintenance.schedule",
-                format!(
-                    "`{}` is not a cron expression: {e}",
-                    self.maintenance.schedule
-                ),
-            )
-        })
+        parse_schedule(
+            "maintenance.schedule",
+            &self.maintenance.schedule,
+            self.maintenance_tz()?,
+        )
     }
 
     pub fn maintenance_tz(&self) -> Result<chrono_tz::Tz, ConfigError> {
@@ -894,6 +910,58 @@ fn validate_pg_url(key: &str, url: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// A five-field cron expression that fires: croner also takes a sixth (seconds) field, which
+/// would make `0 17 * * 1-5` mean something else if a field were added by mistake; and a date
+/// that never comes (`0 17 31 2 *`) would make the scheduler fail at every start, restarting.
+fn parse_schedule(
+    key: &str,
+    expression: &str,
+    tz: chrono_tz::Tz,
+) -> Result<croner::Cron, ConfigError> {
+    let fields = expression.split_whitespace().count();
+    if fields != 5 {
+        return Err(ConfigError::invalid(
+            key,
+            format!(
+                "`{expression}` has {fields} fields; five are expected (minute hour day month \
+                 weekday)"
+            ),
+        ));
+    }
+    let cron = croner::Cron::from_str(expression).map_err(|e| {
+        ConfigError::invalid(key, format!("`{expression}` is not a cron expression: {e}"))
+    })?;
+    let now = chrono::Utc::now().with_timezone(&tz);
+    match cron.find_next_occurrence(&now, false) {
+        // Within a leap cycle: `29 2` fires at least every eight years.
+        Ok(next) if next - now <= chrono::Duration::days(8 * 366) => Ok(cron),
+        _ => Err(ConfigError::invalid(
+            key,
+            format!("`{expression}` never fires (no date matches it)"),
+        )),
+    }
+}
+
+/// The memory a queue can have at most: the machine's, or the cgroup's (systemd's MemoryMax)
+/// when smaller. None when neither can be read (not Linux).
+fn memory_limit() -> Option<u64> {
+    let machine = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .map(|kib| kib * 1024)
+        });
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match (machine, cgroup) {
+        (Some(m), Some(c)) => Some(m.min(c)),
+        (m, c) => m.or(c),
+    }
+}
+
 fn parse_tz(key: &str, name: &str) -> Result<chrono_tz::Tz, ConfigError> {
     name.parse()
         .map_err(|_| ConfigError::invalid(key, format!("`{name}` is not an IANA time zone")))
@@ -918,18 +986,131 @@ fn read_secret(path: &Path, key: &str) -> Result<String, ConfigError> {
     Ok(secret)
 }
 
-/// Replaces the password of a URL, if it has one, by `********`.
+/// Replaces the password of a URL, if it has one, by `********`: its userinfo password and any
+/// `password` / `sslpassword` query parameter. Works on text the URL parser refuses too (libpq's
+/// multi-host `postgres://u:p@h1:5432,h2:5432/db`).
 pub fn mask_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut url) if url.password().is_some() => {
-            let _ = url.set_password(Some("********"));
-            url.to_string()
+    mask_secrets(raw)
+}
+
+const MASK: &str = "********";
+
+/// Hides every secret a piece of text may carry — a configuration value, an error message that
+/// quotes a TOML line, a URL: the password in `scheme://user:password@host` and the value of any
+/// `password=` or `sslpassword=` parameter (URL query or libpq key=value).
+pub fn mask_secrets(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    // Userinfo passwords: after each "://", up to the end of the authority.
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let end = tail
+            .find(['/', '?', '#', ' ', '\t', '\n', '"', '\''])
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(at) if authority[..at].contains(':') => {
+                let user_end = authority.find(':').expect("checked above");
+                out.push_str(&authority[..=user_end]);
+                out.push_str(MASK);
+                out.push_str(&authority[at..]);
+            }
+            _ => out.push_str(authority),
         }
-        Ok(_) => raw.to_owned(),
-        Err(_) => "<unparseable URL>".to_owned(),
+        rest = &tail[end..];
     }
+    out.push_str(rest);
+    mask_password_parameters(&out)
+}
+
+/// `password=…` and `sslpassword=…` (any letter case) → `password=********`.
+fn mask_password_parameters(text: &str) -> String {
+    let lower = text.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    let mut from = 0;
+    while let Some(found) = lower[from..].find("password=") {
+        let start = from + found + "password=".len();
+        let end = text[start..]
+            .find(['&', ' ', '\t', '\n', '"', '\'', '#'])
+            .map_or(text.len(), |e| start + e);
+        out.push_str(&text[copied..start]);
+        if end > start {
+            out.push_str(MASK);
+        }
+        copied = end;
+        from = end.max(start);
+    }
+    out.push_str(&text[copied..]);
+    out
 }
 
 fn toml_string(config: &Config) -> String {
     toml::to_string_pretty(config).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn every_place_a_password_can_stand_is_masked() {
+        for (raw, shown) in [
+            (
+                "postgres://app:s3cret@db:5432/trading_system",
+                "postgres://app:********@db:5432/trading_system",
+            ),
+            (
+                "postgres://app@db/trading_system?password=s3cret&sslmode=require",
+                "postgres://app@db/trading_system?password=********&sslmode=require",
+            ),
+            (
+                "postgres://app@db/t?sslpassword=k3y&PASSWORD=s3cret",
+                "postgres://app@db/t?sslpassword=********&PASSWORD=********",
+            ),
+            (
+                "postgres://app:s3cret@h1:5432,h2:5432/t?target_session_attrs=read-write",
+                "postgres://app:********@h1:5432,h2:5432/t?target_session_attrs=read-write",
+            ),
+            (
+                "rediss://:s3cret@cache:6380/0",
+                "rediss://:********@cache:6380/0",
+            ),
+            ("redis://cache:6379/0", "redis://cache:6379/0"),
+            (
+                "host=db user=app password=s3cret dbname=t",
+                "host=db user=app password=******** dbname=t",
+            ),
+            (
+                "url = \"postgres://app:s3cret@db/t\nmore",
+                "url = \"postgres://app:********@db/t\nmore",
+            ),
+        ] {
+            assert_eq!(mask_secrets(raw), shown, "{raw}");
+        }
+    }
+
+    proptest! {
+        /// Whatever surrounds it, a password in a URL's userinfo or a password parameter never
+        /// survives masking.
+        #[test]
+        fn no_password_survives(
+            before in "[ -~]{0,20}",
+            user in "[a-z]{0,8}",
+            secret in "[A-Za-z0-9!$%()*+,;~]{4,20}",
+            after in "[ -~]{0,20}",
+            as_parameter in any::<bool>(),
+        ) {
+            let text = if as_parameter {
+                format!("{before} postgres://{user}@db/t?password={secret}&x=1 {after}")
+            } else {
+                format!("{before} postgres://{user}:{secret}@db/t {after}")
+            };
+            let masked = mask_secrets(&text);
+            prop_assert!(!masked.contains(&format!("{secret}@")), "{}", masked);
+            prop_assert!(!masked.contains(&format!("={secret}")), "{}", masked);
+        }
+    }
 }

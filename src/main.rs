@@ -13,7 +13,9 @@ async fn main() -> ExitCode {
         Ok(false) => ExitCode::from(1),
         Err(error) => {
             // One line with the whole cause chain: what journald and a terminal both show well.
-            eprintln!("trading-sync: error: {error:#}");
+            // Masked: a cause may quote a URL or a connection string.
+            let chain = trading_sync::config::mask_secrets(&format!("{error:#}"));
+            eprintln!("trading-sync: error: {chain}");
             ExitCode::FAILURE
         }
     }

@@ -85,6 +85,28 @@ fn file_then_environment_then_database_url() {
     assert!(out.contains("batch_max_events = 100"), "{out}");
 }
 
+/// A password in the query string, in a multi-host URL, or quoted by a TOML syntax error on the
+/// url line never reaches the output (which the unit's ExecStartPre sends to the journal).
+#[test]
+fn passwords_anywhere_in_a_url_are_masked() {
+    for url in [
+        "postgres://app@db/trading_system?password=s3cret-q&sslmode=disable",
+        "postgres://app:s3cret-q@h1:5432,h2:5432/trading_system?target_session_attrs=read-write",
+    ] {
+        let o = check_config(None, &[("DATABASE_URL", url)]);
+        let all = stdout(&o) + &String::from_utf8_lossy(&o.stderr);
+        assert!(!all.contains("s3cret-q"), "{all}");
+        assert!(all.contains("********"), "{all}");
+    }
+    let o = check_config(
+        Some("[database]\nurl = \"postgres://app:s3cret-q@db/trading_system\n"),
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(!stderr.contains("s3cret-q"), "{stderr}");
+}
+
 #[test]
 fn secrets_are_masked() {
     let o = check_config(
@@ -252,10 +274,50 @@ fn bad_values_are_rejected_with_their_key() {
             "[transport]\njournal = true\ntrades = \"stream\"\npositions = \"stream\"\nmarket_data = \"stream\"\n",
             "transport.journal",
         ),
+        // Never fires: the scheduler would fail and restart forever.
+        (
+            "[indicators]\nschedule = \"0 17 31 2 *\"\n",
+            "indicators.schedule",
+        ),
+        (
+            "[maintenance]\nschedule = \"30 3 30 2 *\"\n",
+            "maintenance.schedule",
+        ),
+        // Six fields: croner would read the first as seconds.
+        (
+            "[indicators]\nschedule = \"0 0 17 * * 1-5\"\n",
+            "indicators.schedule",
+        ),
+        (
+            "[maintenance]\npartitions_ahead_years = 1000000\n",
+            "maintenance.partitions_ahead_years",
+        ),
+        (
+            "[sync]\nqueue_max_bytes = 9223372036854775807\n",
+            "sync.queue_max_bytes",
+        ),
+        ("[reconcile]\ninterval_secs = 0\n", "reconcile.interval_secs"),
+        ("[reconcile]\ngrace_ms = 3600001\n", "reconcile.grace_ms"),
+        (
+            "[database]\nstatement_timeout_ms = 0\n",
+            "database.statement_timeout_ms",
+        ),
+        ("[http]\nreadyz_stall_secs = 0\n", "http.readyz_stall_secs"),
     ];
     for (file, key) in cases {
         assert_rejected(&check_config(Some(file), &[]), key);
     }
+    // u64::MAX, which no TOML integer holds, through the environment.
+    assert_rejected(
+        &check_config(
+            None,
+            &[(
+                "TRADING_SYNC__SYNC__QUEUE_MAX_BYTES",
+                "18446744073709551615",
+            )],
+        ),
+        "sync.queue_max_bytes",
+    );
 }
 
 #[test]

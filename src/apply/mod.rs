@@ -310,7 +310,7 @@ impl Writer {
                     let letter = DeadLetter::new(
                         &slice[0],
                         "database",
-                        format!("refused by the database: {}", db_error_text(&error)),
+                        format!("refused by the database: {}", crate::db::error_text(&error)),
                     );
                     if !self.dead_letter_with_retry(letter).await {
                         return false;
@@ -361,7 +361,7 @@ impl Writer {
                 true
             }
         };
-        let error = db_error_text(error);
+        let error = crate::db::error_text(error);
         if !changed {
             tracing::debug!(error = %error, events, "database still unavailable; retrying");
         } else if blocked {
@@ -582,12 +582,5 @@ fn classify(error: tokio_postgres::Error) -> Failure {
         "22" | "23" => Failure::Data(error),
         "08" | "53" | "57" | "40" | "55" | "25" | "58" => Failure::Transient(error),
         _ => Failure::Blocked(error),
-    }
-}
-
-fn db_error_text(error: &tokio_postgres::Error) -> String {
-    match error.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => error.to_string(),
     }
 }

@@ -256,6 +256,13 @@ pub async fn run(
         http::prometheus();
         let (state, pool, stop) = (state.clone(), pool.clone(), tasks_stop.clone());
         let stall = Duration::from_secs(config.http.readyz_stall_secs);
+        if !listen.ip().is_loopback() {
+            tracing::warn!(
+                listen = %listen,
+                "http.listen is not a loopback address: /metrics and /readyz answer anyone who \
+                 can reach it (no authentication)"
+            );
+        }
         let listener_check = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("while binding http.listen ({listen})"))?;

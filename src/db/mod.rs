@@ -17,6 +17,15 @@ pub enum DbError {
     Connect(#[source] tokio_postgres::Error),
 }
 
+/// A database error as an operator needs it: the server's own message and SQLSTATE, not
+/// tokio-postgres's bare "db error"; other errors (I/O, protocol) as they are.
+pub fn error_text(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => error.to_string(),
+    }
+}
+
 /// A pool of `database.pool_size` connections. TLS is not offered: the daemon runs next to its
 /// database (README, "Decisions").
 pub fn pool(config: &DatabaseConfig) -> Result<Pool, DbError> {

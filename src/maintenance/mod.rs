@@ -121,7 +121,9 @@ pub async fn run_once(
         };
         match timed("partitions", slow_query, result).await {
             Ok(n) => report.partitions_created = n,
-            Err(e) => report.failures.push(("partitions", e.to_string())),
+            Err(e) => report
+                .failures
+                .push(("partitions", crate::db::error_text(&e))),
         }
     }
     if config.log_retention_days > 0 {
@@ -133,7 +135,9 @@ pub async fn run_once(
         };
         match timed("system_logs", slow_query, client.execute(system, &[&days])).await {
             Ok(n) => report.system_logs_retired = n,
-            Err(e) => report.failures.push(("system_logs", e.to_string())),
+            Err(e) => report
+                .failures
+                .push(("system_logs", crate::db::error_text(&e))),
         }
         match timed(
             "performance_logs",
@@ -143,7 +147,9 @@ pub async fn run_once(
         .await
         {
             Ok(n) => report.performance_logs_retired = n,
-            Err(e) => report.failures.push(("performance_logs", e.to_string())),
+            Err(e) => report
+                .failures
+                .push(("performance_logs", crate::db::error_text(&e))),
         }
     }
     if config.dead_letter_retention_days > 0 {
@@ -156,7 +162,9 @@ pub async fn run_once(
         .await
         {
             Ok(n) => report.dead_letters_deleted = n,
-            Err(e) => report.failures.push(("dead_letters", e.to_string())),
+            Err(e) => report
+                .failures
+                .push(("dead_letters", crate::db::error_text(&e))),
         }
     }
     if config.ledger_retention_days > 0 {
@@ -169,7 +177,7 @@ pub async fn run_once(
         .await
         {
             Ok(row) => report.ledger_rows_deleted = row.get::<_, i64>(0) as u64,
-            Err(e) => report.failures.push(("ledger", e.to_string())),
+            Err(e) => report.failures.push(("ledger", crate::db::error_text(&e))),
         }
     }
     let _ = client.query_one(UNLOCK, &[&MAINTENANCE_LOCK_KEY]).await;
