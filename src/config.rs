@@ -135,8 +135,11 @@ pub struct SyncConfig {
     pub batch_max_wait_ms: u64,
     /// Bytes of received, not yet committed messages held in memory before reading pauses.
     pub queue_max_bytes: usize,
-    /// Larger messages are dead-lettered without being parsed.
+    /// Larger messages are dead-lettered without being parsed, cut at the ingest edge.
     pub max_message_bytes: usize,
+    /// A dead letter keeps its payload whole up to this size (replayable once the limit is
+    /// raised); beyond it, its first 4 KiB, its size and its SHA-256 (not replayable).
+    pub dead_letter_max_bytes: usize,
     /// performance_metrics.date is the trade's date in this zone.
     pub exchange_timezone: String,
     /// On SIGTERM, how long the queue may take to drain before the rest is logged and left.
@@ -150,6 +153,7 @@ impl Default for SyncConfig {
             batch_max_wait_ms: 5,
             queue_max_bytes: 80 * 1024 * 1024,
             max_message_bytes: 64 * 1024,
+            dead_letter_max_bytes: 1024 * 1024,
             exchange_timezone: "America/New_York".into(),
             drain_deadline_ms: 10_000,
         }
@@ -599,6 +603,12 @@ impl Config {
             self.maintenance.partitions_ahead_years,
             0,
             50,
+        )?;
+        range(
+            "sync.dead_letter_max_bytes",
+            self.sync.dead_letter_max_bytes,
+            self.sync.max_message_bytes,
+            64 << 20,
         )?;
         if self.sync.queue_max_bytes < self.sync.max_message_bytes {
             return Err(ConfigError::invalid(

@@ -28,6 +28,17 @@ pub struct DeadLetter {
     /// The Redis stream entry id, when it came from a stream.
     pub stream_id: Option<String>,
     pub delivery_count: Option<i32>,
+    /// The message's size as received (`payload` may be only its first bytes).
+    pub size: usize,
+    /// SHA-256 of the whole message, when `payload` is cut.
+    pub sha256: Option<[u8; 32]>,
+}
+
+impl DeadLetter {
+    /// Whether `payload` is the whole message: a replay can re-decode it.
+    pub fn replayable(&self) -> bool {
+        self.payload.len() == self.size
+    }
 }
 
 impl DeadLetter {
@@ -46,6 +57,15 @@ impl DeadLetter {
                 .as_ref()
                 .and_then(|a| a.deliveries)
                 .map(|d| d as i32),
+            size: message
+                .oversized
+                .as_ref()
+                .map_or(message.payload.len(), |o| o.size),
+            sha256: message
+                .oversized
+                .as_ref()
+                .filter(|o| !o.whole(&message.payload))
+                .map(|o| o.sha256),
         }
     }
 
@@ -91,6 +111,25 @@ pub fn plan(messages: &[Inbound], limits: &DecodeLimits) -> BatchPlan {
         if let Some(reason) = message.ack.as_ref().and_then(|a| a.reject.as_ref()) {
             plan.dead_letters
                 .push(DeadLetter::new(message, "stream_entry", reason.clone()));
+            continue;
+        }
+        if let Some(cut) = &message.oversized {
+            let kept = if cut.whole(&message.payload) {
+                "kept whole".to_owned()
+            } else {
+                format!(
+                    "its first {} bytes kept (over sync.dead_letter_max_bytes)",
+                    message.payload.len()
+                )
+            };
+            plan.dead_letters.push(DeadLetter::new(
+                message,
+                "oversized",
+                format!(
+                    "message of {} bytes is larger than sync.max_message_bytes ({}); {kept}",
+                    cut.size, limits.max_message_bytes
+                ),
+            ));
             continue;
         }
         match decode(message.channel, &message.payload, limits) {

@@ -76,9 +76,10 @@ WHERE ps.symbol = u.symbol AND (ps.last_price_at IS NULL OR ps.last_price_at < u
 
 const INSERT_DEAD_LETTERS: &str = "\
 INSERT INTO analytics.dead_letters
-    (channel, payload, error, event_type, trade_id, stream_id, delivery_count)
+    (channel, payload, error, event_type, trade_id, stream_id, delivery_count, payload_bytes,
+     payload_sha256, replayable)
 SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::text[], $5::text[], $6::text[],
-                     $7::int4[])";
+                     $7::int4[], $8::int8[], $9::bytea[], $10::bool[])";
 
 /// The batch statements, prepared once per connection: a batch then costs one round trip per
 /// statement instead of two.
@@ -327,6 +328,12 @@ async fn insert_dead_letters(
                 .map(|d| d.stream_id.as_deref())
                 .collect::<Vec<_>>(),
             &letters.iter().map(|d| d.delivery_count).collect::<Vec<_>>(),
+            &letters.iter().map(|d| d.size as i64).collect::<Vec<_>>(),
+            &letters
+                .iter()
+                .map(|d| d.sha256.as_ref().map(|h| h.as_slice()))
+                .collect::<Vec<_>>(),
+            &letters.iter().map(DeadLetter::replayable).collect::<Vec<_>>(),
         ],
     )
     .await?;

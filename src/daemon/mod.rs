@@ -132,6 +132,10 @@ pub async fn run(
         .uses_streams
         .store(!stream_keys.is_empty(), Ordering::Relaxed);
     let max_backoff = Duration::from_millis(config.redis.reconnect_max_backoff_ms);
+    let edge = queue::EdgeLimits {
+        max_message_bytes: config.sync.max_message_bytes,
+        dead_letter_max_bytes: config.sync.dead_letter_max_bytes,
+    };
 
     // With the journal, pub/sub fills the appender's buffer; the journal stream feeds the queue.
     let journal = journal_key.as_ref().map(|key| {
@@ -163,6 +167,7 @@ pub async fn run(
             connect_timeout: Duration::from_millis(config.database.connect_timeout_ms),
             health: state.subscription.clone(),
             budget_key,
+            edge,
         };
         let manager = source
             .connect(target)
@@ -185,6 +190,8 @@ pub async fn run(
                 interval: Duration::from_millis(config.journal.trim_interval_ms),
                 health: state.journal.clone(),
             }),
+            edge,
+            read_size: Default::default(),
         });
         source
             .prepare()

@@ -36,6 +36,27 @@ use crate::events::ChannelKind;
 
 /// The entry field naming the channel a journaled message arrived on.
 pub const CHANNEL_FIELD: &str = "channel";
+/// Entry fields of a message cut at the ingest edge: its size as received and its SHA-256 (hex).
+pub const SIZE_FIELD: &str = "size";
+pub const SHA256_FIELD: &str = "sha256";
+
+/// The oversized marker a journal entry carries, if any.
+pub fn entry_oversized(
+    size: Option<&redis::Value>,
+    sha256: Option<&redis::Value>,
+) -> Option<super::queue::Oversized> {
+    let text = |v: Option<&redis::Value>| match v {
+        Some(redis::Value::BulkString(b)) => std::str::from_utf8(b).ok().map(str::to_owned),
+        _ => None,
+    };
+    let size = text(size)?.parse().ok()?;
+    let hex = text(sha256)?;
+    let mut sha = [0u8; 32];
+    for (i, byte) in sha.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(super::queue::Oversized { size, sha256: sha })
+}
 
 /// Counters of the journal, for metrics, /readyz and tests.
 #[derive(Debug, Default)]
@@ -198,13 +219,21 @@ impl JournalAppender {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         for m in batch {
-            pipe.cmd("XADD")
+            let xadd = pipe
+                .cmd("XADD")
                 .arg(&*self.key)
                 .arg("*")
                 .arg(CHANNEL_FIELD)
                 .arg(m.channel.suffix())
                 .arg(&self.field)
                 .arg(&m.payload);
+            if let Some(cut) = &m.oversized {
+                let hex: String = cut.sha256.iter().map(|b| format!("{b:02x}")).collect();
+                xadd.arg(SIZE_FIELD)
+                    .arg(cut.size)
+                    .arg(SHA256_FIELD)
+                    .arg(hex);
+            }
         }
         if conn.is_none() {
             *conn = Some(self.connection().await?);

@@ -19,7 +19,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{PushInfo, PushKind, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::queue::{Inbound, QueueSender, Refused};
+use super::queue::{EdgeLimits, Inbound, QueueSender, Refused};
 use crate::events::ChannelKind;
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +84,8 @@ pub struct PubSubSource {
     pub health: Arc<SubscriptionHealth>,
     /// The setting that sizes the queue messages go to, named when it is full.
     pub budget_key: &'static str,
+    /// Oversized messages are cut here, before they are queued or journaled.
+    pub edge: EdgeLimits,
 }
 
 impl PubSubSource {
@@ -97,6 +99,7 @@ impl PubSubSource {
             channels.clone(),
             self.health.clone(),
             self.budget_key,
+            self.edge,
         );
         let config = ConnectionManagerConfig::new()
             .set_push_sender(sender)
@@ -151,6 +154,7 @@ fn push_handler(
     channels: Vec<(String, ChannelKind)>,
     health: Arc<SubscriptionHealth>,
     budget_key: &'static str,
+    edge: EdgeLimits,
 ) -> impl Fn(PushInfo) -> Result<(), std::convert::Infallible> + Send + Sync + 'static {
     let last_refusal_log = std::sync::Mutex::new(None::<Instant>);
     // When the subscription went down, to say how long the hole in the books is.
@@ -173,7 +177,7 @@ fn push_handler(
                 health.received.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("trading_sync_events_received_total", "channel" => kind.suffix())
                     .increment(1);
-                let inbound = Inbound::new(*kind, payload);
+                let inbound = Inbound::received(*kind, payload, &edge);
                 if let Err(refused) = queue.offer(inbound) {
                     metrics::counter!("trading_sync_queue_refused_total", "channel" => kind.suffix())
                         .increment(1);

@@ -23,7 +23,40 @@ pub struct Inbound {
     pub received_at: Instant,
     /// Set for stream entries: what to XACK once the entry's fate is committed.
     pub ack: Option<StreamAck>,
+    /// Set when the message arrived larger than `sync.max_message_bytes`: it will be
+    /// dead-lettered, and `payload` may be only its first bytes.
+    pub oversized: Option<Oversized>,
 }
+
+/// What is known of a message refused for its size at the ingest edge. redis-rs has read it
+/// whole; from here on only what the dead letter keeps is held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Oversized {
+    /// The message's size as received.
+    pub size: usize,
+    /// SHA-256 of the whole message, so a copy held elsewhere can be matched.
+    pub sha256: [u8; 32],
+}
+
+impl Oversized {
+    /// Whether the payload still holds the whole message (a replay can use it).
+    pub fn whole(&self, payload: &[u8]) -> bool {
+        payload.len() == self.size
+    }
+}
+
+/// How much of a message the ingest edge keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdgeLimits {
+    /// `sync.max_message_bytes`: larger messages are refused (dead-lettered unparsed).
+    pub max_message_bytes: usize,
+    /// `sync.dead_letter_max_bytes`: a refused message up to this size is kept whole (replayable
+    /// once the limit is raised); a larger one only its first [`OVERSIZED_PREFIX_BYTES`].
+    pub dead_letter_max_bytes: usize,
+}
+
+/// What is kept of a message too large even for a dead letter: enough to see what it was.
+pub const OVERSIZED_PREFIX_BYTES: usize = 4096;
 
 /// A stream entry to acknowledge after its transaction committed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +78,29 @@ impl Inbound {
             payload,
             received_at: Instant::now(),
             ack: None,
+            oversized: None,
+        }
+    }
+
+    /// A message as it arrives at the ingest edge: one over `max_message_bytes` is marked, and
+    /// cut to a prefix when over `dead_letter_max_bytes` too, before it is queued or journaled —
+    /// a 50 MiB message then costs its 4 KiB prefix, not 50 MiB of queue, journal and table.
+    pub fn received(channel: ChannelKind, mut payload: Vec<u8>, limits: &EdgeLimits) -> Self {
+        use sha2::Digest;
+        let oversized = (payload.len() > limits.max_message_bytes).then(|| {
+            let marker = Oversized {
+                size: payload.len(),
+                sha256: sha2::Sha256::digest(&payload).into(),
+            };
+            if payload.len() > limits.dead_letter_max_bytes {
+                payload.truncate(OVERSIZED_PREFIX_BYTES);
+                payload.shrink_to_fit();
+            }
+            marker
+        });
+        Inbound {
+            oversized,
+            ..Inbound::new(channel, payload)
         }
     }
 

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::journal::{self, JournalTrim};
 use super::pubsub::IngestError;
-use super::queue::{Inbound, QueueSender, StreamAck};
+use super::queue::{EdgeLimits, Inbound, QueueSender, StreamAck};
 use crate::config::StreamsConfig;
 use crate::daemon::heartbeat::Heartbeat;
 use crate::events::ChannelKind;
@@ -69,6 +69,33 @@ pub struct StreamSource {
     pub health: Arc<StreamHealth>,
     /// Set when the journal is among the keys.
     pub journal: Option<JournalTrim>,
+    /// Oversized entries of the channel keys are cut as they are read.
+    pub edge: EdgeLimits,
+    /// How many entries the next XREADGROUP asks for. A reply is read whole into memory, so
+    /// reads start at one entry and double while entries are small, up to `read_count`, and
+    /// fall back to one after an oversized entry: a backlog of large entries then costs one
+    /// entry's memory at a time, not `read_count` of them.
+    pub read_size: ReadSize,
+}
+
+/// The adaptive COUNT of the stream reader's reads (see [`StreamSource::read_size`]).
+#[derive(Debug, Default)]
+pub struct ReadSize(std::sync::atomic::AtomicUsize);
+
+impl ReadSize {
+    fn next(&self, max: usize) -> usize {
+        self.0.load(Ordering::Relaxed).clamp(1, max)
+    }
+
+    /// After a read: double, or back to one if it held an oversized entry.
+    fn after(&self, oversized: bool, max: usize) {
+        let next = if oversized {
+            1
+        } else {
+            (self.next(max) * 2).min(max)
+        };
+        self.0.store(next, Ordering::Relaxed);
+    }
 }
 
 /// Why a reading session ended.
@@ -245,7 +272,7 @@ impl StreamSource {
             .arg(&self.settings.group)
             .arg(&self.consumer)
             .arg("COUNT")
-            .arg(self.settings.read_count);
+            .arg(self.read_size.next(self.settings.read_count));
         if let Some(ms) = block_ms {
             cmd.arg("BLOCK").arg(ms);
         }
@@ -285,13 +312,16 @@ impl StreamSource {
         shutdown: &CancellationToken,
     ) -> Result<(), SessionEnd> {
         // Consumed, not cloned: a reply holds up to read_count entries per key.
+        let mut oversized = false;
         for key in reply.keys {
             let Some(index) = self.keys.iter().position(|(name, _)| **name == *key.key) else {
                 continue;
             };
-            self.enqueue(conn, index, key.ids, redelivered, queue, shutdown)
+            oversized |= self
+                .enqueue(conn, index, key.ids, redelivered, queue, shutdown)
                 .await?;
         }
+        self.read_size.after(oversized, self.settings.read_count);
         Ok(())
     }
 
@@ -303,9 +333,9 @@ impl StreamSource {
         redelivered: bool,
         queue: &QueueSender,
         shutdown: &CancellationToken,
-    ) -> Result<(), SessionEnd> {
+    ) -> Result<bool, SessionEnd> {
         if entries.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let (key, role) = self.keys[index].clone();
         let deliveries = if redelivered {
@@ -316,6 +346,7 @@ impl StreamSource {
             HashMap::new()
         };
         tracing::debug!(stream = %key, entries = entries.len(), redelivered, "queueing stream entries");
+        let mut oversized = false;
         for mut entry in entries {
             let count = deliveries.get(&entry.id).copied().unwrap_or(1);
             // Moved out of the entry: the payload is the bulk of it.
@@ -359,7 +390,18 @@ impl StreamSource {
                     self.settings.max_deliveries
                 ));
             }
-            let mut inbound = Inbound::new(channel, payload);
+            let mut inbound = match role {
+                // Journaled by us: already cut at the pub/sub edge, marked in the entry.
+                KeyRole::Journal => Inbound {
+                    oversized: journal::entry_oversized(
+                        entry.map.get(journal::SIZE_FIELD),
+                        entry.map.get(journal::SHA256_FIELD),
+                    ),
+                    ..Inbound::new(channel, payload)
+                },
+                KeyRole::Channel(_) => Inbound::received(channel, payload, &self.edge),
+            };
+            oversized |= inbound.oversized.is_some();
             inbound.ack = Some(StreamAck {
                 key: key.clone(),
                 id: entry.id,
@@ -382,7 +424,7 @@ impl StreamSource {
                 }
             }
         }
-        Ok(())
+        Ok(oversized)
     }
 
     /// Delivery counts of our pending entries in the id range of `entries`.
