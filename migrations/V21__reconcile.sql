@@ -155,10 +155,26 @@ SELECT strategy, date, total_trades, winning_trades, realized_pnl, volume, notio
   FROM analytics.performance_metrics;
 
 
+-- How far back retention has retired ledger rows: a row goes once both its applied_at and its
+-- executed_at are older than the cutoff, and retention raises this watermark in the transaction
+-- that deletes. Reconcile refuses trades executed before max(watermark, configured horizon) plus a
+-- day's margin (a trade's executed_at in its row and in its event may differ slightly), reading it
+-- FOR SHARE in each chunk's transaction, so a retention run between two chunks cannot make a
+-- retired trade look missing. Kept in the database, not taken from the configuration: a command
+-- run from a shell, or a lowered or disabled retention, still knows what was retired.
+CREATE TABLE analytics.ledger_retention (
+    singleton        BOOLEAN       PRIMARY KEY DEFAULT true CHECK (singleton),
+    retired_through  TIMESTAMPTZ   NOT NULL DEFAULT '-infinity'
+);
+INSERT INTO analytics.ledger_retention DEFAULT VALUES;
+COMMENT ON TABLE analytics.ledger_retention IS
+    'One row: ledger rows executed and applied before retired_through may have been retired (folded into the baseline).';
+
+
 CREATE TABLE analytics.reconcile_runs (
     id                   BIGSERIAL     PRIMARY KEY,
     started_at           TIMESTAMPTZ   NOT NULL,
-    finished_at          TIMESTAMPTZ   NOT NULL DEFAULT now(),
+    finished_at          TIMESTAMPTZ   NOT NULL DEFAULT clock_timestamp(),
     -- 'start', 'resubscribed', 'interval' (the daemon) or 'command' (trading-sync reconcile).
     trigger              TEXT          NOT NULL,
     instance             TEXT          NOT NULL,
@@ -184,6 +200,7 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON
     analytics.ledger_baseline_metrics,
     analytics.reconcile_runs
 TO trading_sync;
+GRANT SELECT, UPDATE ON analytics.ledger_retention TO trading_sync;
 GRANT USAGE ON SEQUENCE analytics.trade_changes_id_seq, analytics.reconcile_runs_id_seq TO trading_sync;
 
 -- `run` reads the migration history at start (it refuses a schema older than the binary), and a

@@ -598,6 +598,14 @@ impl Config {
                 }
             }
         }
+        // Reconcile and verify compute a horizon from it: past ~2.4 M days PostgreSQL's
+        // timestamps overflow and every run would fail.
+        range(
+            "maintenance.ledger_retention_days",
+            self.maintenance.ledger_retention_days,
+            0,
+            36_500,
+        )?;
         range(
             "maintenance.partitions_ahead_years",
             self.maintenance.partitions_ahead_years,

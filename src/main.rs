@@ -7,7 +7,15 @@ use trading_sync::config::Config;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run(Cli::parse()).await {
+    let cli = Cli::parse();
+    // verify: 1 means "the books differ"; an error that kept it from answering is 2, so a
+    // script can tell the two apart.
+    let error_code = if matches!(cli.command, Command::Verify { .. }) {
+        2
+    } else {
+        1
+    };
+    match run(cli).await {
         Ok(true) => ExitCode::SUCCESS,
         // `verify` found differences: it printed them; no error line.
         Ok(false) => ExitCode::from(1),
@@ -16,7 +24,7 @@ async fn main() -> ExitCode {
             // Masked: a cause may quote a URL or a connection string.
             let chain = trading_sync::config::mask_secrets(&format!("{error:#}"));
             eprintln!("trading-sync: error: {chain}");
-            ExitCode::FAILURE
+            ExitCode::from(error_code)
         }
     }
 }

@@ -1012,3 +1012,123 @@ async fn a_database_upgraded_from_v20_verifies_clean() {
         "{out}"
     );
 }
+
+/// What retention retired is known to the database, not only to the configuration: a reconcile
+/// run with a longer (or no) retention setting, or from a shell without the daemon's overrides,
+/// neither accepts a --since before it nor re-applies a retired trade logged again.
+#[tokio::test]
+async fn retired_trades_are_never_applied_again_whatever_the_configuration_says() {
+    let db = TestDb::new().await;
+    let old = fills("OLD", 10)
+        .into_iter()
+        .map(|f| Fill {
+            executed_at: Utc::now() - chrono::Duration::days(20),
+            ..f
+        })
+        .collect::<Vec<_>>();
+    for f in &old {
+        commit_fill(&db.client, f).await;
+    }
+    assert_eq!(reconcile(&db, 0).await.applied.len(), 10);
+    db.client
+        .batch_execute(
+            "UPDATE analytics.applied_trades SET applied_at = now() - interval '20 days'",
+        )
+        .await
+        .unwrap();
+    let config = trading_sync::config::MaintenanceConfig {
+        partitions_ahead_years: 0,
+        log_retention_days: 0,
+        dead_letter_retention_days: 0,
+        ledger_retention_days: 5,
+        ..Default::default()
+    };
+    let retired = trading_sync::maintenance::run_once(&db.client, &config, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(retired.ledger_rows_deleted, 10);
+    // A run configured with 30 days of retention, as a shell without the daemon's settings.
+    let long = Settings {
+        ledger_retention_days: 30,
+        ..settings(0)
+    };
+    let mut client = common::connect(&db.url).await;
+    let refused = run_once(
+        &mut client,
+        &long,
+        &Request {
+            since: Some(Utc::now() - chrono::Duration::days(25)),
+            ..request()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        refused.to_string().contains("retention horizon"),
+        "{refused}"
+    );
+    // The execution service backfills a column: every retired row is logged again.
+    db.client
+        .batch_execute("UPDATE execution.trades SET realized_pnl = 0 WHERE realized_pnl IS NULL")
+        .await
+        .unwrap();
+    let report = reconcile_as(&db.url, &long, &request()).await;
+    assert_eq!(report.applied.len(), 0, "{report:?}");
+    assert!(report.unusable.iter().all(|u| u.kind == "beyond_retention"));
+    assert_eq!(
+        books(&db).await,
+        expected(&old),
+        "counted once, in the baseline"
+    );
+    let (code, out) = verify_with(
+        &db,
+        &[("TRADING_SYNC__MAINTENANCE__LEDGER_RETENTION_DAYS", "0")],
+    );
+    assert_eq!(code, 0, "{out}");
+}
+
+/// A row the database refuses (here a constraint added for the test) is reported, and the rest
+/// of its chunk is applied: one bad row must not stall every later run at the same chunk.
+#[tokio::test]
+async fn a_row_the_database_refuses_does_not_stall_its_chunk() {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute(
+            "ALTER TABLE analytics.applied_trades
+               ADD CONSTRAINT test_poison CHECK (trade_id <> 'POISON-000001')",
+        )
+        .await
+        .unwrap();
+    let all = fills("POISON", 5);
+    for f in &all {
+        commit_fill(&db.client, f).await;
+    }
+    db.client
+        .execute(
+            "INSERT INTO execution.trades (trade_id, account_id, symbol, side, quantity, price, executed_at)
+             VALUES ('', 'ACC0', 'AAPL', 'buy', 1, 1, now())",
+            &[],
+        )
+        .await
+        .unwrap();
+    let report = reconcile(&db, 0).await;
+    assert_eq!(report.applied.len(), 4, "{report:?}");
+    let mut unusable: Vec<(&str, &str)> = report
+        .unusable
+        .iter()
+        .map(|u| (u.trade_id.as_str(), u.kind))
+        .collect();
+    unusable.sort();
+    assert_eq!(unusable, [("", "bad_value"), ("POISON-000001", "refused")]);
+    let applied: Vec<Fill> = all
+        .iter()
+        .filter(|f| f.id != "POISON-000001")
+        .cloned()
+        .collect();
+    assert_eq!(books(&db).await, expected(&applied));
+    assert_eq!(
+        scalar(&db, "SELECT count(*) FROM analytics.trade_changes").await,
+        0,
+        "the chunk was consumed"
+    );
+}

@@ -804,3 +804,34 @@ async fn the_binary_exits_0_on_clean_books_and_1_naming_the_tampered_key() {
     );
     assert!(stdout.contains("books differ: 1 differences"), "{stdout}");
 }
+
+/// An event may leave the price out (the aggregates take its total_value): that is no
+/// contradiction with the row's price; a price it did send that differs is one.
+#[tokio::test]
+async fn an_event_without_a_price_does_not_contradict_its_row() {
+    let mut db = TestDb::new().await;
+    let at = utc("2025-11-24T15:00:00Z");
+    for id in ["NP-1", "NP-2"] {
+        insert_trade_row(
+            &db,
+            TradeRow {
+                trade_id: id,
+                price: "100",
+                executed_at: at,
+                ..TradeRow::default()
+            },
+        )
+        .await;
+    }
+    let mut no_price = trade("NP-1", "A1", "AAPL", Side::Buy, "1", "100");
+    no_price.price = None;
+    let other_price = trade("NP-2", "A1", "AAPL", Side::Buy, "1", "101");
+    apply(&mut db, vec![no_price, other_price]).await;
+    let report = run(&mut db, None, None).await;
+    let columns: Vec<(&str, &str)> = report
+        .contradictions
+        .iter()
+        .map(|c| (c.trade_id.as_str(), c.column))
+        .collect();
+    assert_eq!(columns, [("NP-2", "price")], "{}", report.render());
+}

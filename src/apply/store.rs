@@ -333,7 +333,10 @@ async fn insert_dead_letters(
                 .iter()
                 .map(|d| d.sha256.as_ref().map(|h| h.as_slice()))
                 .collect::<Vec<_>>(),
-            &letters.iter().map(DeadLetter::replayable).collect::<Vec<_>>(),
+            &letters
+                .iter()
+                .map(DeadLetter::replayable)
+                .collect::<Vec<_>>(),
         ],
     )
     .await?;

@@ -37,6 +37,12 @@ const DELETE_PERFORMANCE_LOGS: &str =
     "DELETE FROM logging.performance_logs WHERE created_at < now() - make_interval(days => $1)";
 const DELETE_DEAD_LETTERS: &str =
     "DELETE FROM analytics.dead_letters WHERE received_at < now() - make_interval(days => $1)";
+/// Raises the retention watermark reconcile and verify read (FOR SHARE, per chunk), before the
+/// rows go: in the same transaction as RETIRE_LEDGER, and with the same now().
+const RAISE_RETENTION_WATERMARK: &str = "\
+UPDATE analytics.ledger_retention
+   SET retired_through = GREATEST(retired_through, now() - make_interval(days => $1))";
+
 /// Retires ledger rows whose applied_at and executed_at are both past the horizon (reconcile
 /// refuses trades executed before it, so a retired trade is never applied again from its row),
 /// folding their contributions into the carried-forward baseline in the same statement: `verify`
@@ -169,11 +175,20 @@ pub async fn run_once(
     }
     if config.ledger_retention_days > 0 {
         let days = config.ledger_retention_days as i32;
-        match timed(
-            "ledger",
-            slow_query,
-            client.query_one(RETIRE_LEDGER, &[&days]),
-        )
+        match timed("ledger", slow_query, async {
+            client.batch_execute("BEGIN").await?;
+            let retired = async {
+                client.execute(RAISE_RETENTION_WATERMARK, &[&days]).await?;
+                let row = client.query_one(RETIRE_LEDGER, &[&days]).await?;
+                client.batch_execute("COMMIT").await?;
+                Ok::<_, tokio_postgres::Error>(row)
+            }
+            .await;
+            if retired.is_err() {
+                let _ = client.batch_execute("ROLLBACK").await;
+            }
+            retired
+        })
         .await
         {
             Ok(row) => report.ledger_rows_deleted = row.get::<_, i64>(0) as u64,

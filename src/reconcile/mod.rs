@@ -37,12 +37,19 @@ const UNLOCK: &str = "SELECT pg_advisory_unlock($1)";
 /// Change-log rows per transaction: a long outage heals in bounded transactions.
 const CHUNK: i64 = 5_000;
 
-/// The database clock at the run's start, and the ledger-retention horizon on that clock
-/// (NULL when retention is off). Retention retires a ledger row only when both its applied_at and
-/// its executed_at are older than the horizon, so a trade executed after it always still has its
-/// ledger row if it was ever applied.
-const CLOCK: &str = "\
-SELECT now(), CASE WHEN $1::int4 > 0 THEN now() - make_interval(days => $1::int4) END";
+/// The database clock, and the retention horizon on it: the later of the configured one and what
+/// retention has retired through (V21's watermark), plus a day's margin — a trade's executed_at
+/// in its row and in its event may differ a little, and retention compares the event's. NULL when
+/// nothing can have been retired. FOR SHARE: retention raises the watermark (an UPDATE of that
+/// row) before it deletes, so it waits for a chunk that read it, and the next chunk sees the new
+/// value; a retention run between two chunks cannot make a retired trade look missing.
+const HORIZON: &str = "\
+SELECT now(),
+       NULLIF(GREATEST(r.retired_through,
+                       CASE WHEN $1::int4 > 0 THEN now() - make_interval(days => $1::int4) END),
+              '-infinity') + interval '1 day'
+  FROM analytics.ledger_retention r
+   FOR SHARE";
 
 /// Whether any run started within the last $1 milliseconds (another instance's scheduled run).
 const RAN_RECENTLY: &str = "\
@@ -109,7 +116,8 @@ WHERE ps.position_as_of IS NULL OR ps.position_as_of < EXCLUDED.position_as_of
 RETURNING ps.account_id, ps.symbol";
 
 /// The live marks' rule from the stored bars: every row whose price is older than its symbol's
-/// latest bar with a close gets that close. Per symbol, one backward index probe of the
+/// latest bar with a close gets that close. Rows are locked in key order, as the writer's upserts
+/// lock theirs, so the two do not deadlock. Per symbol, one backward index probe of the
 /// partitions newer than the symbol's oldest price (runtime partition pruning), so a run where
 /// every row is priced reads the current partition's last entry per symbol. MATERIALIZED: inlined,
 /// the planner ran the probe once per portfolio row instead of once per symbol (47 ms instead of
@@ -125,11 +133,19 @@ WITH latest AS MATERIALIZED (
            WHERE m.symbol = s.symbol AND m.close IS NOT NULL AND m.\"timestamp\" > s.oldest
            ORDER BY m.\"timestamp\" DESC
            LIMIT 1) bar
+), targets AS (
+    SELECT ps.account_id, ps.symbol, l.ts, l.close
+      FROM analytics.portfolio_summary ps
+      JOIN latest l ON l.symbol = ps.symbol
+     WHERE ps.last_price_at IS NULL OR ps.last_price_at < l.ts
+     ORDER BY ps.account_id, ps.symbol
+       FOR UPDATE OF ps
 )
 UPDATE analytics.portfolio_summary AS ps
-   SET last_price = l.close, last_price_at = l.ts
-  FROM latest l
- WHERE ps.symbol = l.symbol AND (ps.last_price_at IS NULL OR ps.last_price_at < l.ts)
+   SET last_price = t.close, last_price_at = t.ts
+  FROM targets t
+ WHERE ps.account_id = t.account_id AND ps.symbol = t.symbol
+   AND (ps.last_price_at IS NULL OR ps.last_price_at < t.ts)
 RETURNING ps.account_id, ps.symbol";
 
 const RECORD_RUN: &str = "\
@@ -271,7 +287,7 @@ pub struct Prepared {
     try_lock: tokio_postgres::Statement,
     unlock: tokio_postgres::Statement,
     ran_recently: tokio_postgres::Statement,
-    clock: tokio_postgres::Statement,
+    horizon: tokio_postgres::Statement,
     consume: tokio_postgres::Statement,
     changes_left: tokio_postgres::Statement,
     scan: tokio_postgres::Statement,
@@ -288,7 +304,7 @@ impl Prepared {
             try_lock: client.prepare(TRY_LOCK).await?,
             unlock: client.prepare(UNLOCK).await?,
             ran_recently: client.prepare(RAN_RECENTLY).await?,
-            clock: client.prepare(CLOCK).await?,
+            horizon: client.prepare(HORIZON).await?,
             consume: client.prepare(CONSUME_CHANGES).await?,
             changes_left: client.prepare(CHANGES_LEFT).await?,
             scan: client.prepare(SCAN_SINCE).await?,
@@ -325,19 +341,25 @@ pub async fn run_prepared(
         }
         return Err(ReconcileError::Busy(request.lock_wait));
     }
-    let outcome = locked_run(client, prepared, settings, request, started).await;
+    let mut report = Report {
+        dry_run: request.dry_run,
+        ..Report::default()
+    };
+    let ran = locked_run(client, prepared, settings, request, &mut report).await;
     // A failed unlock leaves the lock to the session's end; the caller drops a connection that
     // failed.
     let _ = client
         .query_one(&prepared.unlock, &[&RECONCILE_LOCK_KEY])
         .await;
-    let outcome = outcome?;
-    if let Outcome::Ran(report) = &outcome {
-        if !report.dry_run {
-            record_metrics(report);
-        }
+    report.took = started.elapsed();
+    // Chunks commit as they go: what a failed run had committed is reported all the same.
+    if !report.dry_run && (ran.is_ok() || report.healed_anything() || !report.unusable.is_empty()) {
+        record_metrics(&report);
     }
-    Ok(outcome)
+    match ran? {
+        true => Ok(Outcome::Ran(report)),
+        false => Ok(Outcome::SkippedRecent),
+    }
 }
 
 async fn lock(
@@ -358,13 +380,17 @@ async fn lock(
     }
 }
 
+/// False when skipped (another instance ran recently). A dry run does everything in one
+/// transaction and rolls it back; a real run commits each chunk of trades, the positions and
+/// the prices in transactions of their own, so a long outage heals in bounded transactions and
+/// the steps that lock many portfolio rows do not hold the trades' locks too.
 async fn locked_run(
     client: &mut Client,
     prepared: &Prepared,
     settings: &Settings,
     request: &Request,
-    started: Instant,
-) -> Result<Outcome, ReconcileError> {
+    report: &mut Report,
+) -> Result<bool, ReconcileError> {
     if let Some(within) = request.skip_if_ran_within {
         let ms = within.as_millis() as f64;
         let recent: bool = client
@@ -372,11 +398,11 @@ async fn locked_run(
             .await?
             .get(0);
         if recent {
-            return Ok(Outcome::SkippedRecent);
+            return Ok(false);
         }
     }
-    let days = settings.ledger_retention_days as i32;
-    let clock = client.query_one(&prepared.clock, &[&days]).await?;
+    let days = i32::try_from(settings.ledger_retention_days).unwrap_or(i32::MAX);
+    let clock = client.query_one(&prepared.horizon, &[&days]).await?;
     let (started_at, horizon): (DateTime<Utc>, Option<DateTime<Utc>>) =
         (clock.get(0), clock.get(1));
     if let (Some(since), Some(horizon)) = (request.since, horizon) {
@@ -390,20 +416,15 @@ async fn locked_run(
     }
     let stmts = &prepared.writer;
     let grace_ms = settings.grace.as_millis() as f64;
-    let mut report = Report {
-        dry_run: request.dry_run,
-        ..Report::default()
-    };
-
-    // A dry run does everything in this one transaction and rolls it back; a real run commits
-    // chunk by chunk, so a long outage heals in bounded transactions.
     let mut tx = client.transaction().await?;
     loop {
+        let horizon: Option<DateTime<Utc>> =
+            tx.query_one(&prepared.horizon, &[&days]).await?.get(1);
         let rows = tx.query(&prepared.consume, &[&grace_ms, &CHUNK]).await?;
         if rows.is_empty() {
             break;
         }
-        apply_fills(&tx, stmts, settings, horizon, &rows, &mut report).await?;
+        apply_fills(&mut tx, stmts, settings, horizon, &rows, report).await?;
         if !request.dry_run {
             tx.commit().await?;
             tx = client.transaction().await?;
@@ -421,12 +442,14 @@ async fn locked_run(
     if let Some(since) = request.since {
         let mut after = 0i64;
         loop {
+            let horizon: Option<DateTime<Utc>> =
+                tx.query_one(&prepared.horizon, &[&days]).await?.get(1);
             let rows = tx
                 .query(&prepared.scan, &[&after, &since, &CHUNK, &grace_ms])
                 .await?;
             let Some(last) = rows.last() else { break };
             after = last.get(11);
-            apply_fills(&tx, stmts, settings, horizon, &rows, &mut report).await?;
+            apply_fills(&mut tx, stmts, settings, horizon, &rows, report).await?;
             if !request.dry_run {
                 tx.commit().await?;
                 tx = client.transaction().await?;
@@ -434,11 +457,14 @@ async fn locked_run(
         }
     }
     report.positions_refreshed = keys(tx.query(&prepared.positions, &[]).await?);
+    if !request.dry_run {
+        tx.commit().await?;
+        tx = client.transaction().await?;
+    }
     report.rows_priced = keys(tx.query(&prepared.price, &[]).await?);
-    report.took = started.elapsed();
     if request.dry_run {
         tx.rollback().await?;
-        return Ok(Outcome::Ran(report));
+        return Ok(true);
     }
     let count = |n: usize| n as i64;
     tx.execute(
@@ -458,12 +484,15 @@ async fn locked_run(
     .await?;
     tx.execute(&prepared.prune, &[]).await?;
     tx.commit().await?;
-    Ok(Outcome::Ran(report))
+    Ok(true)
 }
 
-/// Turns trade rows into trades and applies those the ledger lacks, in `tx`.
+/// Turns trade rows into trades and applies those the ledger lacks, in `tx`. A chunk the
+/// database refuses as data (a constraint of the ledger or the aggregates) is applied trade by
+/// trade, each in a savepoint, and the refused ones are reported as unusable: one bad row must
+/// not stop every later run at the same chunk.
 async fn apply_fills(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &mut tokio_postgres::Transaction<'_>,
     stmts: &Statements,
     settings: &Settings,
     horizon: Option<DateTime<Utc>>,
@@ -476,17 +505,21 @@ async fn apply_fills(
             report.already_present += 1;
             continue;
         }
-        let fill = fill_from_row(row);
-        let trade_id = fill.trade_id.clone();
-        match usable(fill, settings, horizon) {
+        match usable(fill_from_row(row), settings, horizon) {
             Ok(trade) => plan.trades.push(trade),
             Err(unusable) => {
-                tracing::warn!(
-                    trade_id = %trade_id,
-                    reason = unusable.kind,
-                    error = %unusable.reason,
-                    "a trade row cannot be applied; it is reported, not guessed"
-                );
+                // Rows retired long ago and logged again (an UPDATE backfilling a column) are
+                // many and expected: counted and listed, not each a warning.
+                if unusable.kind == "beyond_retention" {
+                    tracing::debug!(trade_id = %unusable.trade_id, "trade row beyond retention");
+                } else {
+                    tracing::warn!(
+                        trade_id = %unusable.trade_id,
+                        reason = unusable.kind,
+                        error = %unusable.reason,
+                        "a trade row cannot be applied; it is reported, not guessed"
+                    );
+                }
                 report.unusable.push(unusable);
             }
         }
@@ -495,8 +528,55 @@ async fn apply_fills(
         return Ok(());
     }
     plan.trades.sort_by(|a, b| a.trade_id.cmp(&b.trade_id));
-    let applied = store::apply_in(tx, stmts, &plan, TradeSource::Row).await?;
-    // A trade another writer applied meanwhile (its event, another run) is a duplicate here.
+    match apply_savepointed(tx, stmts, &plan).await {
+        Ok(applied) => note_applied(report, &plan, &applied),
+        Err(e) if is_data_error(&e) => {
+            for trade in plan.trades {
+                let single = BatchPlan {
+                    trades: vec![trade],
+                    ..BatchPlan::default()
+                };
+                match apply_savepointed(tx, stmts, &single).await {
+                    Ok(applied) => note_applied(report, &single, &applied),
+                    Err(e) if is_data_error(&e) => {
+                        let unusable = Unusable {
+                            trade_id: single.trades[0].trade_id.clone(),
+                            kind: "refused",
+                            reason: format!(
+                                "refused by the database: {}",
+                                crate::db::error_text(&e)
+                            ),
+                        };
+                        tracing::warn!(
+                            trade_id = %unusable.trade_id,
+                            error = %unusable.reason,
+                            "a trade row cannot be applied; it is reported, not guessed"
+                        );
+                        report.unusable.push(unusable);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(())
+}
+
+async fn apply_savepointed(
+    tx: &mut tokio_postgres::Transaction<'_>,
+    stmts: &Statements,
+    plan: &BatchPlan,
+) -> Result<store::Applied, tokio_postgres::Error> {
+    let savepoint = tx.savepoint("reconcile_apply").await?;
+    // On error the savepoint is rolled back when dropped.
+    let applied = store::apply_in(&savepoint, stmts, plan, TradeSource::Row).await?;
+    savepoint.commit().await?;
+    Ok(applied)
+}
+
+/// A trade another writer applied meanwhile (its event, another run) is a duplicate here.
+fn note_applied(report: &mut Report, plan: &BatchPlan, applied: &store::Applied) {
     report.already_present += applied.ledger_duplicates;
     report.applied.extend(
         plan.trades
@@ -504,7 +584,13 @@ async fn apply_fills(
             .filter(|t| applied.fresh.contains(&t.trade_id))
             .map(|t| t.trade_id.clone()),
     );
-    Ok(())
+}
+
+/// SQLSTATE classes 22 (data exception) and 23 (integrity constraint violation).
+fn is_data_error(error: &tokio_postgres::Error) -> bool {
+    error
+        .code()
+        .is_some_and(|c| matches!(&c.code()[..2], "22" | "23"))
 }
 
 fn fill_from_row(row: &tokio_postgres::Row) -> Fill {
@@ -534,6 +620,13 @@ fn usable(
     horizon: Option<DateTime<Utc>>,
 ) -> Result<TradeExecuted, Unusable> {
     let trade_id = fill.trade_id.clone();
+    if trade_id.is_empty() {
+        return Err(Unusable {
+            trade_id,
+            kind: "bad_value",
+            reason: "the trade_id is empty: the ledger cannot record it".into(),
+        });
+    }
     if let Some(horizon) = horizon.filter(|h| fill.executed_at < *h) {
         return Err(Unusable {
             trade_id,

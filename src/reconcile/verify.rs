@@ -157,7 +157,16 @@ SELECT t.trade_id, t.account_id, t.symbol, t.executed_at, COALESCE(t.side, o.sid
   FROM execution.trades t
   LEFT JOIN execution.orders o ON o.order_id = t.order_id
  WHERE t.created_at < now() - make_interval(secs => $1::float8 / 1000)
-   AND ($2::int4 = 0 OR t.executed_at >= now() - make_interval(days => $2::int4))
+   AND NOT EXISTS (SELECT 1 FROM analytics.trade_changes c
+                    WHERE c.trade_id = t.trade_id
+                      AND c.recorded_at >= now() - make_interval(secs => $1::float8 / 1000))
+   AND t.executed_at >= COALESCE(
+           (SELECT NULLIF(GREATEST(r.retired_through,
+                                   CASE WHEN $2::int4 > 0
+                                        THEN now() - make_interval(days => $2::int4) END),
+                          '-infinity') + interval '1 day'
+              FROM analytics.ledger_retention r),
+           '-infinity')
    AND (($3::text IS NULL AND $4::text IS NULL) OR t.account_id = $3
         OR NULLIF(COALESCE(t.strategy, o.strategy), '') = $4)
    AND NOT EXISTS (SELECT 1 FROM analytics.applied_trades a WHERE a.trade_id = t.trade_id)
@@ -193,7 +202,7 @@ SELECT trade_id, account_id, row_account_id, symbol, row_symbol, strategy, row_s
         OR symbol IS DISTINCT FROM row_symbol
         OR strategy IS DISTINCT FROM row_strategy
         OR (row_net_quantity IS NOT NULL AND net_quantity IS DISTINCT FROM row_net_quantity)
-        OR price IS DISTINCT FROM row_price
+        OR (price IS NOT NULL AND price IS DISTINCT FROM row_price)
         OR commission IS DISTINCT FROM row_commission
         OR trade_date IS DISTINCT FROM row_trade_date)
  ORDER BY trade_id";
@@ -506,11 +515,15 @@ fn contradictions(out: &mut Vec<Contradiction>, row: &Row) {
     if in_row.is_some() && applied != in_row {
         push("net_quantity", num(applied), num(in_row));
     }
-    for (column, at) in [("price", 9), ("commission", 11)] {
-        let (applied, in_row): (Option<Decimal>, Option<Decimal>) = (row.get(at), row.get(at + 1));
-        if applied != in_row {
-            push(column, num(applied), num(in_row));
-        }
+    // An event may leave the price out (the aggregates use its total_value): only a price it
+    // did send can contradict the row.
+    let (applied, in_row): (Option<Decimal>, Option<Decimal>) = (row.get(9), row.get(10));
+    if applied.is_some() && applied != in_row {
+        push("price", num(applied), num(in_row));
+    }
+    let (applied, in_row): (Option<Decimal>, Option<Decimal>) = (row.get(11), row.get(12));
+    if applied != in_row {
+        push("commission", num(applied), num(in_row));
     }
     let (applied, in_row): (Option<NaiveDate>, Option<NaiveDate>) = (row.get(13), row.get(14));
     if applied != in_row {
