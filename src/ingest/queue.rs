@@ -93,8 +93,11 @@ impl Inbound {
                 sha256: sha2::Sha256::digest(&payload).into(),
             };
             if payload.len() > limits.dead_letter_max_bytes {
-                payload.truncate(OVERSIZED_PREFIX_BYTES);
-                payload.shrink_to_fit();
+                // Copied out while the message is still allocated, then the message freed: a
+                // shrink in place can leave the small block inside the freed hole, which the
+                // next large message then cannot reuse.
+                let prefix = payload[..OVERSIZED_PREFIX_BYTES].to_vec();
+                payload = prefix;
             }
             marker
         });
