@@ -8,6 +8,7 @@ use trading_sync::config::Config;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    let json = matches!(cli.log_format, Some(trading_sync::config::LogFormat::Json));
     // verify: 1 means "the books differ"; an error that kept it from answering is 2, so a
     // script can tell the two apart.
     let error_code = if matches!(cli.command, Command::Verify { .. }) {
@@ -22,11 +23,34 @@ async fn main() -> ExitCode {
         Err(error) => {
             // One line with the whole cause chain: what journald and a terminal both show well.
             // Masked: a cause may quote a URL or a connection string.
-            let chain = trading_sync::config::mask_secrets(&format!("{error:#}"));
-            eprintln!("trading-sync: error: {chain}");
+            let chain = trading_sync::config::mask_secrets(&without_repeats(&format!("{error:#}")));
+            if json {
+                // Under --log-format json every line of stderr is a JSON object, this one too.
+                let line = serde_json::json!({
+                    "timestamp": chrono::Utc::now().to_rfc3339(),
+                    "level": "ERROR",
+                    "target": "trading_sync",
+                    "message": format!("trading-sync: error: {chain}"),
+                });
+                eprintln!("{line}");
+            } else {
+                eprintln!("trading-sync: error: {chain}");
+            }
             ExitCode::from(error_code)
         }
     }
+}
+
+/// A cause chain with a cause that only repeats the one above it dropped: tokio-postgres's
+/// "db error" wraps the server's message, which our own context already quotes.
+fn without_repeats(chain: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in chain.split(": ") {
+        if parts.last() != Some(&part) {
+            parts.push(part);
+        }
+    }
+    parts.join(": ")
 }
 
 /// Ok(false): the command ran and its answer is "no" (`verify`'s books differ).

@@ -364,3 +364,27 @@ fn an_explicit_config_path_must_exist() {
         .unwrap();
     assert_rejected(&o, "/nonexistent/trading-sync.toml");
 }
+
+/// Under --log-format json the fatal line is JSON too, so a log shipper parses every line.
+#[test]
+fn the_fatal_line_is_json_under_log_format_json() {
+    let o = Command::new(env!("CARGO_BIN_EXE_trading-sync"))
+        .args(["--log-format", "json", "check-config"])
+        .env_remove("TRADING_SYNC_CONFIG")
+        .env("TRADING_SYNC__DATABASE__POOL_SIZE", "0")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let line: serde_json::Value = serde_json::from_str(stderr.trim())
+        .unwrap_or_else(|e| panic!("not one JSON line ({e}): {stderr}"));
+    assert_eq!(line["level"], "ERROR");
+    assert!(
+        line["message"]
+            .as_str()
+            .unwrap()
+            .contains("database.pool_size"),
+        "{line}"
+    );
+}

@@ -33,6 +33,9 @@ async fn sigterm_drains_everything_received_and_speaks_the_notify_protocol() {
         &[
             ("NOTIFY_SOCKET", socket_path.to_string_lossy().into_owned()),
             ("WATCHDOG_USEC", "400000".into()),
+            // Every stall limit below the watchdog's, or `run` refuses to start.
+            ("TRADING_SYNC__DATABASE__STATEMENT_TIMEOUT_MS", "300".into()),
+            ("TRADING_SYNC__DATABASE__LOCK_TIMEOUT_MS", "200".into()),
         ],
     );
     let mut notices: Vec<String> = Vec::new();
@@ -266,6 +269,30 @@ async fn startup_fails_fast_with_the_cause() {
         ("TRADING_SYNC__INDICATORS__SCHEDULE", "every day at five"),
     ]);
     assert!(bad_cron.contains("indicators.schedule"), "{bad_cron}");
+
+    // A statement may wait longer than systemd's watchdog allows: refused, naming the setting.
+    // Through `sh … exec` so that WATCHDOG_PID names the daemon itself, as systemd sets it.
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            r#"export WATCHDOG_PID=$$; exec "$0" "$@""#,
+            env!("CARGO_BIN_EXE_trading-sync"),
+            "run",
+        ])
+        .env_remove("TRADING_SYNC_CONFIG")
+        .env("TRADING_SYNC__HTTP__ENABLED", "false")
+        .env("DATABASE_URL", &db.url)
+        .env("REDIS_URL", &redis)
+        .env("WATCHDOG_USEC", "2000000")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "started although it should not have");
+    let beyond_watchdog = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        beyond_watchdog.contains("database.statement_timeout_ms"),
+        "{beyond_watchdog}"
+    );
 
     let empty = unique_name("ts_test");
     let _cleanup = common::DropDatabase(empty.clone());

@@ -222,8 +222,10 @@ fn push_handler(
                     .increment(1);
                 tracing::warn!(
                     server = "redis",
-                    "disconnected from Redis; reconnecting. Messages published until the \
-                     subscription is back are lost (pub/sub keeps nothing)"
+                    "disconnected from Redis; reconnecting. Possible loss: what Redis had \
+                     accepted for us but not yet sent (all of it when the cut-off was its \
+                     client-output-buffer-limit) and what is published until the subscription is \
+                     back (pub/sub keeps nothing); reconcile heals the trades among it"
                 );
             }
             _ => {}
