@@ -250,3 +250,79 @@ async fn a_revoked_privilege_blocks_the_writer_without_losing_anything() {
     stopped.unwrap();
     login.drop(&db).await;
 }
+
+/// The final line adds up: received = applied + duplicates + dead-lettered + refused + left,
+/// after a run where a full queue refused messages.
+#[tokio::test]
+async fn the_final_line_adds_up_after_refusals() {
+    let db = TestDb::new().await;
+    let daemon = Daemon::start(
+        &db,
+        &common::redis_url(),
+        &[
+            ("TRADING_SYNC__RECONCILE__ENABLED", "false".into()),
+            // Room for a handful of messages: the held writer makes the queue refuse the rest.
+            ("TRADING_SYNC__SYNC__MAX_MESSAGE_BYTES", "1024".into()),
+            ("TRADING_SYNC__SYNC__QUEUE_MAX_BYTES", "4096".into()),
+        ],
+    );
+    let port = daemon.port;
+    ready_again(port).await;
+    let locker = common::connect(&db.url).await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE analytics.applied_trades IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let mut redis = loadgen::connect_redis(&common::redis_url()).await.unwrap();
+    let channel = format!("{}:trades", daemon.prefix);
+    let trade = |i: usize| {
+        common::python_dumps(&serde_json::json!({
+            "type": "trade_executed",
+            "data": {"trade_id": format!("ADD-{i}"), "account_id": "A", "symbol": "S",
+                     "side": "buy", "quantity": 1, "price": 2},
+            "timestamp": "2026-12-01T15:00:00"}))
+    };
+    let mut pipe = redis::pipe();
+    for i in 0..200 {
+        pipe.cmd("PUBLISH").arg(&channel).arg(trade(i)).ignore();
+        // Every tenth twice (a duplicate) and every twentieth garbage (a dead letter).
+        if i % 10 == 0 {
+            pipe.cmd("PUBLISH").arg(&channel).arg(trade(i)).ignore();
+        }
+        if i % 20 == 0 {
+            pipe.cmd("PUBLISH").arg(&channel).arg("not json").ignore();
+        }
+    }
+    let () = pipe.query_async(&mut redis).await.unwrap();
+    eventually("refusals", Duration::from_secs(30), || async {
+        let (_, text) = http_get(port, "/metrics").await?;
+        (common::process::metric(&text, "trading_sync_queue_refused_total") > 0.0).then_some(())
+    })
+    .await;
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    let mut daemon = daemon;
+    daemon.sigterm();
+    assert!(daemon.wait(Duration::from_secs(30)).success());
+    let last = daemon
+        .logs()
+        .into_iter()
+        .rev()
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("stopped"))
+        })
+        .unwrap_or_else(|| panic!("no final line:\n{}", daemon.log_text()));
+    let n = |k: &str| last[k].as_u64().unwrap_or_else(|| panic!("{k} in {last}"));
+    assert_eq!(n("received"), 200 + 20 + 10, "{last}");
+    assert!(n("refused") > 0, "{last}");
+    assert_eq!(
+        n("received"),
+        n("applied") + n("duplicates") + n("dead_lettered") + n("refused") + n("left"),
+        "{last}"
+    );
+    assert_eq!(
+        last["level"], "WARN",
+        "a run with refusals does not end quietly: {last}"
+    );
+}

@@ -47,6 +47,14 @@ impl DaemonState {
         self.queue.depth.load(Ordering::Acquire)
     }
 
+    /// Messages received, per transport: pub/sub deliveries (journaled or not) and stream entries
+    /// delivered for the first time. Without the journal, at the end of a run it equals applied
+    /// + duplicates + dead-lettered + refused + left uncommitted.
+    pub fn received(&self) -> u64 {
+        self.subscription.received.load(Ordering::Relaxed)
+            + self.streams.received.load(Ordering::Relaxed)
+    }
+
     /// Every configured transport is connected (pub/sub subscribed, stream reader live).
     pub fn ingest_live(&self) -> bool {
         (!self.uses_pubsub.load(Ordering::Relaxed)
@@ -383,7 +391,7 @@ pub async fn run(
     }
     while background.join_next().await.is_some() {}
 
-    let received = state.subscription.received.load(Ordering::Relaxed);
+    let received = state.received();
     let refused = state.queue.refused.load(Ordering::Relaxed)
         + state.journal.buffer.refused.load(Ordering::Relaxed);
     let left = match ended.context("the batch writer panicked")? {
@@ -719,7 +727,7 @@ async fn monitor(
         if !summary.is_zero() && last_summary.elapsed() >= summary {
             let secs = last_summary.elapsed().as_secs_f64();
             last_summary = tokio::time::Instant::now();
-            let received = state.subscription.received.load(Ordering::Relaxed);
+            let received = state.received();
             let applied = state.writer.applied_total();
             tracing::info!(
                 received_per_s = ((received - last.0) as f64 / secs).round(),
@@ -730,7 +738,8 @@ async fn monitor(
                 dead_lettered_total = state.writer.dead_lettered.load(Ordering::Relaxed),
                 queue_depth = depth,
                 queue_bytes = bytes,
-                refused_total = state.queue.refused.load(Ordering::Relaxed),
+                refused_total = state.queue.refused.load(Ordering::Relaxed)
+                    + state.journal.buffer.refused.load(Ordering::Relaxed),
                 redis_subscribed = live,
                 redis_disconnects_total = state.subscription.disconnects.load(Ordering::Relaxed),
                 journal_appended_total = state.journal.appended.load(Ordering::Relaxed),

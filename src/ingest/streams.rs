@@ -36,6 +36,10 @@ pub struct StreamHealth {
     /// True while the reader's connection works.
     pub live: AtomicBool,
     pub read: AtomicU64,
+    /// Entries of the channel keys delivered to this consumer for the first time: what "received"
+    /// means for the stream transport (a redelivery or a takeover was received before, by this
+    /// process or another; a journal entry was received as a pub/sub message).
+    pub received: AtomicU64,
     pub claimed: AtomicU64,
     pub acked: AtomicU64,
     /// Entries pending for the group (all consumers), summed over keys.
@@ -409,6 +413,9 @@ impl StreamSource {
                 reject,
             });
             self.health.read.fetch_add(1, Ordering::Relaxed);
+            if matches!(role, KeyRole::Channel(_)) && !redelivered {
+                self.health.received.fetch_add(1, Ordering::Relaxed);
+            }
             // A journal entry was counted when pub/sub delivered it.
             if matches!(role, KeyRole::Channel(_)) {
                 metrics::counter!("trading_sync_events_received_total", "channel" => channel.suffix())
