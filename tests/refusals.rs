@@ -326,3 +326,63 @@ async fn the_final_line_adds_up_after_refusals() {
         "a run with refusals does not end quietly: {last}"
     );
 }
+
+/// A writer stuck on a lock (someone's long transaction) turns /readyz to 503 once it has held
+/// its batch for http.readyz_stall_secs, though the database answers SELECT 1.
+#[tokio::test]
+async fn a_stuck_writer_turns_readyz_to_503() {
+    let db = TestDb::new().await;
+    let daemon = Daemon::start(
+        &db,
+        &common::redis_url(),
+        &[
+            ("TRADING_SYNC__RECONCILE__ENABLED", "false".into()),
+            ("TRADING_SYNC__HTTP__READYZ_STALL_SECS", "1".into()),
+            // Waits longer than the stall limit instead of turning into a retry.
+            ("TRADING_SYNC__DATABASE__LOCK_TIMEOUT_MS", "60000".into()),
+            (
+                "TRADING_SYNC__DATABASE__STATEMENT_TIMEOUT_MS",
+                "60000".into(),
+            ),
+        ],
+    );
+    let port = daemon.port;
+    ready_again(port).await;
+    let locker = common::connect(&db.url).await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE analytics.applied_trades IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let mut redis = loadgen::connect_redis(&common::redis_url()).await.unwrap();
+    let trade = common::python_dumps(&serde_json::json!({
+        "type": "trade_executed",
+        "data": {"trade_id": "STUCK-1", "account_id": "A", "symbol": "S",
+                 "side": "buy", "quantity": 1, "price": 2},
+        "timestamp": "2026-12-01T15:00:00"}));
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(format!("{}:trades", daemon.prefix))
+        .arg(trade)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let body = eventually(
+        "503 for a stuck writer",
+        Duration::from_secs(30),
+        || async {
+            let (code, body) = readiness(port).await?;
+            (code == 503).then_some(body)
+        },
+    )
+    .await;
+    assert_eq!(body["database"], true, "{body}");
+    assert!(body["writer_busy_ms"].as_u64().unwrap() >= 1000, "{body}");
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    ready_again(port).await;
+    let applied: i64 = db
+        .client
+        .query_one("SELECT count(*) FROM analytics.applied_trades", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(applied, 1);
+}
