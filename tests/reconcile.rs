@@ -153,6 +153,22 @@ async fn books(db: &TestDb) -> (i64, Decimal, Decimal, Decimal, Decimal) {
     (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4))
 }
 
+/// Maintenance's ledger retention alone, with `days` of retention: the rows it retired.
+async fn retire_ledger(db: &TestDb, days: u32) -> u64 {
+    let config = trading_sync::config::MaintenanceConfig {
+        partitions_ahead_years: 0,
+        log_retention_days: 0,
+        dead_letter_retention_days: 0,
+        ledger_retention_days: days,
+        ..Default::default()
+    };
+    let report = trading_sync::maintenance::run_once(&db.client, &config, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(report.failures.is_empty(), "{report:?}");
+    report.ledger_rows_deleted
+}
+
 async fn scalar(db: &TestDb, sql: &str) -> i64 {
     db.client.query_one(sql, &[]).await.unwrap().get(0)
 }
@@ -553,17 +569,7 @@ async fn retention_folds_retired_contributions_into_the_baseline() {
         )
         .await
         .unwrap();
-    let config = trading_sync::config::MaintenanceConfig {
-        partitions_ahead_years: 0,
-        log_retention_days: 0,
-        dead_letter_retention_days: 0,
-        ledger_retention_days: 5,
-        ..Default::default()
-    };
-    let report = trading_sync::maintenance::run_once(&db.client, &config, Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert_eq!(report.ledger_rows_deleted, 30, "{report:?}");
+    assert_eq!(retire_ledger(&db, 5).await, 30);
     assert_eq!(
         scalar(
             &db,
@@ -1036,17 +1042,7 @@ async fn retired_trades_are_never_applied_again_whatever_the_configuration_says(
         )
         .await
         .unwrap();
-    let config = trading_sync::config::MaintenanceConfig {
-        partitions_ahead_years: 0,
-        log_retention_days: 0,
-        dead_letter_retention_days: 0,
-        ledger_retention_days: 5,
-        ..Default::default()
-    };
-    let retired = trading_sync::maintenance::run_once(&db.client, &config, Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert_eq!(retired.ledger_rows_deleted, 10);
+    assert_eq!(retire_ledger(&db, 5).await, 10);
     // A run configured with 30 days of retention, as a shell without the daemon's settings.
     let long = Settings {
         ledger_retention_days: 30,

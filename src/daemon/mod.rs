@@ -420,30 +420,27 @@ pub async fn run(
         state.writer.duplicates.load(Ordering::Relaxed),
         state.writer.dead_lettered.load(Ordering::Relaxed),
     );
+    // One line, its level the outcome's: a run that lost or refused messages must not end quietly.
+    macro_rules! final_line {
+        ($level:expr) => {
+            tracing::event!(
+                $level,
+                received,
+                journaled = state.journal.appended.load(Ordering::Relaxed),
+                bypassed = state.journal.bypassed.load(Ordering::Relaxed),
+                applied = fields.0,
+                duplicates = fields.1,
+                dead_lettered = fields.2,
+                refused,
+                left,
+                "{outcome}"
+            )
+        };
+    }
     if left == 0 && refused == 0 {
-        tracing::info!(
-            received,
-            journaled = state.journal.appended.load(Ordering::Relaxed),
-            bypassed = state.journal.bypassed.load(Ordering::Relaxed),
-            applied = fields.0,
-            duplicates = fields.1,
-            dead_lettered = fields.2,
-            refused,
-            left,
-            "{outcome}"
-        );
+        final_line!(tracing::Level::INFO);
     } else {
-        tracing::warn!(
-            received,
-            journaled = state.journal.appended.load(Ordering::Relaxed),
-            bypassed = state.journal.bypassed.load(Ordering::Relaxed),
-            applied = fields.0,
-            duplicates = fields.1,
-            dead_lettered = fields.2,
-            refused,
-            left,
-            "{outcome}"
-        );
+        final_line!(tracing::Level::WARN);
     }
     Ok(())
 }
