@@ -712,7 +712,8 @@ async fn ledger_and_dead_letters() {
     let payload: Vec<u8> = vec![0xff, 0xfe, b'{', 0x00, b'}'];
     let row = c
         .query_one(
-            "INSERT INTO analytics.dead_letters (channel, payload, error) VALUES ('data_sync:trades', $1, 'not UTF-8') \
+            "INSERT INTO analytics.dead_letters (channel, payload, error, payload_bytes) \
+             VALUES ('data_sync:trades', $1, 'not UTF-8', 5) \
              RETURNING payload, received_at <= now()",
             &[&payload],
         )
@@ -720,6 +721,18 @@ async fn ledger_and_dead_letters() {
         .unwrap();
     assert_eq!(row.get::<_, Vec<u8>>(0), payload);
     assert!(row.get::<_, bool>(1));
+
+    // V22: a cut payload says so, with the whole message's size and hash; a payload shorter than
+    // its size without them is refused.
+    let cut = "INSERT INTO analytics.dead_letters \
+               (channel, payload, error, payload_bytes, payload_sha256, replayable) \
+               VALUES ('data_sync:trades', '\\x7b', 'oversized', 5000000, $1, $2)";
+    c.execute(cut, &[&vec![7u8; 32], &false]).await.unwrap();
+    assert_db_error(
+        c.execute(cut, &[&None::<Vec<u8>>, &true]).await,
+        &SqlState::CHECK_VIOLATION,
+        Some("dead_letters_payload_cut_check"),
+    );
 }
 
 #[tokio::test]
