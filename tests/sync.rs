@@ -340,15 +340,23 @@ async fn bad_messages_are_dead_lettered_and_the_good_ones_around_them_applied() 
         .db
         .client
         .query(
-            "SELECT channel, payload, error FROM analytics.dead_letters ORDER BY id",
+            "SELECT channel, payload, error, payload_bytes FROM analytics.dead_letters ORDER BY id",
             &[],
         )
         .await
         .unwrap();
-    let mut stored: Vec<(String, Vec<u8>)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let mut sent: Vec<(String, Vec<u8>)> = bad
+    let mut stored: Vec<(String, Vec<u8>, i64)> = rows
         .iter()
-        .map(|(c, p)| (c.to_string(), p.clone()))
+        .map(|r| (r.get(0), r.get(1), r.get(3)))
+        .collect();
+    // What a dead letter keeps: the message whole, or past sync.dead_letter_max_bytes (1 MiB)
+    // its first 4 KiB; always the size as received.
+    let mut sent: Vec<(String, Vec<u8>, i64)> = bad
+        .iter()
+        .map(|(c, p)| {
+            let kept = if p.len() > 1 << 20 { &p[..4096] } else { &p[..] };
+            (c.to_string(), kept.to_vec(), p.len() as i64)
+        })
         .collect();
     stored.sort();
     sent.sort();
