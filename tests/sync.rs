@@ -354,7 +354,11 @@ async fn bad_messages_are_dead_lettered_and_the_good_ones_around_them_applied() 
     let mut sent: Vec<(String, Vec<u8>, i64)> = bad
         .iter()
         .map(|(c, p)| {
-            let kept = if p.len() > 1 << 20 { &p[..4096] } else { &p[..] };
+            let kept = if p.len() > 1 << 20 {
+                &p[..4096]
+            } else {
+                &p[..]
+            };
             (c.to_string(), kept.to_vec(), p.len() as i64)
         })
         .collect();
