@@ -386,3 +386,80 @@ async fn a_stuck_writer_turns_readyz_to_503() {
         .get(0);
     assert_eq!(applied, 1);
 }
+
+/// SIGHUP re-reads the file: a new log.filter takes effect at once; a file that fails
+/// validation changes nothing and says why; the daemon keeps running either way.
+#[tokio::test]
+async fn sighup_reloads_the_log_filter_and_keeps_the_old_settings_on_a_bad_file() {
+    let db = TestDb::new().await;
+    let dir = std::env::temp_dir().join(common::unique_name("ts_reload"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("config.toml");
+    std::fs::write(&file, "[log]\nfilter = \"warn\"\n").unwrap();
+    let daemon = Daemon::start(
+        &db,
+        &common::redis_url(),
+        &[
+            ("TRADING_SYNC_CONFIG", file.to_string_lossy().into_owned()),
+            // Unset in effect: RUST_LOG would override log.filter.
+            ("RUST_LOG", String::new()),
+            ("TRADING_SYNC__RECONCILE__ENABLED", "false".into()),
+        ],
+    );
+    ready_again(daemon.port).await;
+    let hup = |daemon: &Daemon| {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &daemon.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    let logged = |daemon: &Daemon, message: &str| {
+        daemon.logs().iter().any(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(message))
+        })
+    };
+    assert!(!logged(&daemon, "batch committed"));
+
+    std::fs::write(&file, "[log]\nfilter = \"trading_sync=debug\"\n").unwrap();
+    hup(&daemon);
+    eventually("the reload logged", Duration::from_secs(20), || async {
+        logged(&daemon, "log filter reloaded").then_some(())
+    })
+    .await;
+    let mut redis = loadgen::connect_redis(&common::redis_url()).await.unwrap();
+    let trade = common::python_dumps(&serde_json::json!({
+        "type": "trade_executed",
+        "data": {"trade_id": "HUP-1", "account_id": "A", "symbol": "S",
+                 "side": "buy", "quantity": 1, "price": 2},
+        "timestamp": "2026-12-01T15:00:00"}));
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(format!("{}:trades", daemon.prefix))
+        .arg(trade)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    eventually(
+        "a debug line after the reload",
+        Duration::from_secs(20),
+        || async { logged(&daemon, "batch committed").then_some(()) },
+    )
+    .await;
+
+    std::fs::write(&file, "[sync]\nbatch_max_events = 0\n").unwrap();
+    hup(&daemon);
+    eventually("the refusal logged", Duration::from_secs(20), || async {
+        logged(&daemon, "the configuration was not reloaded").then_some(())
+    })
+    .await;
+    let mut daemon = daemon;
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "SIGHUP never kills"
+    );
+    daemon.sigterm();
+    assert!(daemon.wait(Duration::from_secs(30)).success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
