@@ -18,7 +18,7 @@ ALTER TABLE analytics.dead_letters
     ADD CONSTRAINT dead_letters_payload_cut_check CHECK (
         (replayable AND octet_length(payload) = payload_bytes AND payload_sha256 IS NULL)
         OR (NOT replayable AND octet_length(payload) < payload_bytes
-            AND octet_length(payload_sha256) = 32));
+            AND payload_sha256 IS NOT NULL AND octet_length(payload_sha256) = 32));
 
 COMMENT ON COLUMN analytics.dead_letters.payload IS
     'Raw bytes as received (may be non-UTF-8 or not JSON); only the first 4 KiB when replayable is false.';

@@ -937,7 +937,8 @@ fn parse_schedule(
     tz: chrono_tz::Tz,
 ) -> Result<croner::Cron, ConfigError> {
     let fields = expression.split_whitespace().count();
-    if fields != 5 {
+    // "@daily" and the like are croner's nicknames for five-field expressions.
+    if fields != 5 && !(fields == 1 && expression.starts_with('@')) {
         return Err(ConfigError::invalid(
             key,
             format!(
@@ -971,12 +972,46 @@ fn memory_limit() -> Option<u64> {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
                 .map(|kib| kib * 1024)
         });
-    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let cgroup = cgroup_memory_limit();
     match (machine, cgroup) {
         (Some(m), Some(c)) => Some(m.min(c)),
         (m, c) => m.or(c),
+    }
+}
+
+/// The memory limit of this process's cgroup or of any cgroup above it (systemd puts a unit's
+/// MemoryMax on the unit's own cgroup): v2's `memory.max`, v1's `memory.limit_in_bytes`; "max"
+/// and v1's near-i64::MAX value mean none.
+fn cgroup_memory_limit() -> Option<u64> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let (root, file, path) = own.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        if controllers.is_empty() {
+            Some(("/sys/fs/cgroup".to_owned(), "memory.max", path.to_owned()))
+        } else if controllers.split(',').any(|c| c == "memory") {
+            Some((
+                "/sys/fs/cgroup/memory".to_owned(),
+                "memory.limit_in_bytes",
+                path.to_owned(),
+            ))
+        } else {
+            None
+        }
+    })?;
+    let mut dir = std::path::PathBuf::from(format!("{root}{path}"));
+    let mut limit: Option<u64> = None;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(dir.join(file)) {
+            if let Ok(value) = text.trim().parse::<u64>() {
+                if value < (1 << 62) {
+                    limit = Some(limit.map_or(value, |l| l.min(value)));
+                }
+            }
+        }
+        if dir.as_os_str().len() <= root.len() || !dir.pop() {
+            return limit;
+        }
     }
 }
 
@@ -1019,22 +1054,25 @@ const MASK: &str = "********";
 pub fn mask_secrets(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    // Userinfo passwords: after each "://", up to the end of the authority.
+    // Userinfo passwords: after each "://", up to the first '@' before any white space or
+    // quote — tokio-postgres takes a password up to the '@' even when it holds '/', '?' or '#'
+    // (base64 passwords do). When the '@' is in fact in the path or query, more is masked than
+    // needed, never less.
     while let Some(at) = rest.find("://") {
         let (head, tail) = rest.split_at(at + 3);
         out.push_str(head);
         let end = tail
-            .find(['/', '?', '#', ' ', '\t', '\n', '"', '\''])
+            .find([' ', '\t', '\n', '"', '\''])
             .unwrap_or(tail.len());
-        let authority = &tail[..end];
-        match authority.rfind('@') {
-            Some(at) if authority[..at].contains(':') => {
-                let user_end = authority.find(':').expect("checked above");
-                out.push_str(&authority[..=user_end]);
+        let word = &tail[..end];
+        match word.find('@') {
+            Some(at) if word[..at].contains(':') => {
+                let user_end = word.find(':').expect("checked above");
+                out.push_str(&word[..=user_end]);
                 out.push_str(MASK);
-                out.push_str(&authority[at..]);
+                out.push_str(&word[at..]);
             }
-            _ => out.push_str(authority),
+            _ => out.push_str(word),
         }
         rest = &tail[end..];
     }
@@ -1050,9 +1088,15 @@ fn mask_password_parameters(text: &str) -> String {
     let mut from = 0;
     while let Some(found) = lower[from..].find("password=") {
         let start = from + found + "password=".len();
-        let end = text[start..]
-            .find(['&', ' ', '\t', '\n', '"', '\'', '#'])
-            .map_or(text.len(), |e| start + e);
+        // A quoted value (libpq's key='value') runs to its closing quote.
+        let end = match text[start..].chars().next() {
+            Some(quote @ ('\'' | '"')) => text[start + 1..]
+                .find(quote)
+                .map_or(text.len(), |e| start + 1 + e + 1),
+            _ => text[start..]
+                .find(['&', ' ', '\t', '\n', '"', '\'', '#'])
+                .map_or(text.len(), |e| start + e),
+        };
         out.push_str(&text[copied..start]);
         if end > start {
             out.push_str(MASK);
@@ -1104,6 +1148,14 @@ mod tests {
             (
                 "url = \"postgres://app:s3cret@db/t\nmore",
                 "url = \"postgres://app:********@db/t\nmore",
+            ),
+            (
+                "postgres://app:pa/ss?w#rd@db/t",
+                "postgres://app:********@db/t",
+            ),
+            (
+                "host=db password='s3 cret' dbname=t",
+                "host=db password=******** dbname=t",
             ),
         ] {
             assert_eq!(mask_secrets(raw), shown, "{raw}");

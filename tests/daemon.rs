@@ -34,8 +34,9 @@ async fn sigterm_drains_everything_received_and_speaks_the_notify_protocol() {
             ("NOTIFY_SOCKET", socket_path.to_string_lossy().into_owned()),
             ("WATCHDOG_USEC", "400000".into()),
             // Every stall limit below the watchdog's, or `run` refuses to start.
-            ("TRADING_SYNC__DATABASE__STATEMENT_TIMEOUT_MS", "300".into()),
+            ("TRADING_SYNC__DATABASE__STATEMENT_TIMEOUT_MS", "150".into()),
             ("TRADING_SYNC__DATABASE__LOCK_TIMEOUT_MS", "200".into()),
+            ("TRADING_SYNC__DATABASE__CONNECT_TIMEOUT_MS", "300".into()),
         ],
     );
     let mut notices: Vec<String> = Vec::new();

@@ -107,6 +107,9 @@ pub struct Writer {
 enum Failure {
     /// Worth retrying at once: the connection, the server's state, contention.
     Transient(tokio_postgres::Error),
+    /// The attempt outlived its limit (statement_timeout's 57014, or no answer at all within
+    /// [`Writer::attempt_limit`]): retried in halves, or it would time out forever.
+    Slow(Option<tokio_postgres::Error>),
     /// The events' fault: split the batch and dead-letter the offenders.
     Data(tokio_postgres::Error),
     /// Only an operator can fix it; retried slowly meanwhile.
@@ -285,7 +288,21 @@ impl Writer {
         let mut backoff = Duration::from_millis(50);
         while let Some(slice) = pending.pop() {
             let started = Instant::now();
-            match self.try_commit(&slice, planned.take()).await {
+            let limit = self.attempt_limit();
+            let attempt = tokio::time::timeout(limit, self.try_commit(&slice, planned.take()));
+            let outcome = match attempt.await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    // A silent connection: nothing resets it, and a wait on TCP retransmits
+                    // would stop the heartbeat (the watchdog) and the drain.
+                    self.client = None;
+                    if self.drain_deadline_passed() {
+                        return false;
+                    }
+                    Err(Failure::Slow(None))
+                }
+            };
+            match outcome {
                 Ok(()) => {
                     self.database_back();
                     backoff = Duration::from_millis(50);
@@ -317,6 +334,33 @@ impl Writer {
                     }
                     self.acknowledge(&slice);
                 }
+                Err(Failure::Slow(error)) if slice.len() > 1 => {
+                    let what = error.as_ref().map_or_else(
+                        || format!("no answer within {} ms", limit.as_millis()),
+                        crate::db::error_text,
+                    );
+                    tracing::warn!(
+                        events = slice.len(),
+                        error = %what,
+                        "batch too slow for its time limit; retrying it in halves"
+                    );
+                    self.client = None;
+                    let mut left = slice;
+                    let right = left.split_off(left.len() / 2);
+                    pending.push(right);
+                    pending.push(left);
+                }
+                Err(Failure::Slow(error)) => {
+                    match &error {
+                        Some(e) => self.database_failed(e, false, 1),
+                        None => self.client = None,
+                    }
+                    if !self.pause(backoff).await {
+                        return false;
+                    }
+                    backoff = (backoff * 2).min(self.settings.max_backoff);
+                    pending.push(slice);
+                }
                 Err(Failure::Transient(error)) => {
                     self.database_failed(&error, false, slice.len());
                     if !self.pause(backoff).await {
@@ -336,6 +380,23 @@ impl Writer {
             }
         }
         true
+    }
+
+    /// How long one attempt may take before the connection is given up: twice the statement
+    /// timeout (a batch is a handful of statements), and never past the drain deadline.
+    fn attempt_limit(&self) -> Duration {
+        let limit = self.settings.statement_timeout * 2;
+        match self.drain_deadline {
+            Some(deadline) => {
+                limit.min(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            }
+            None => limit,
+        }
+    }
+
+    fn drain_deadline_passed(&self) -> bool {
+        self.drain_deadline
+            .is_some_and(|d| tokio::time::Instant::now() >= d)
     }
 
     /// A batch could not reach the database: the connection is dropped (a read-only or
@@ -420,12 +481,17 @@ impl Writer {
     async fn dead_letter_with_retry(&mut self, letter: DeadLetter) -> bool {
         let mut backoff = Duration::from_millis(50);
         loop {
-            let result = match self.client().await {
-                Ok((client, stmts)) => {
-                    store::insert_dead_letters_only(client, stmts, std::slice::from_ref(&letter))
-                        .await
+            let limit = self.attempt_limit();
+            let attempt = async {
+                let (client, stmts) = self.client().await?;
+                store::insert_dead_letters_only(client, stmts, std::slice::from_ref(&letter)).await
+            };
+            let Ok(result) = tokio::time::timeout(limit, attempt).await else {
+                self.client = None;
+                if !self.pause(backoff).await {
+                    return false;
                 }
-                Err(e) => Err(e),
+                continue;
             };
             let blocked = match result {
                 Ok(()) => {
@@ -435,10 +501,11 @@ impl Writer {
                     return true;
                 }
                 Err(e) => match classify(e) {
-                    Failure::Transient(e) => {
+                    Failure::Transient(e) | Failure::Slow(Some(e)) => {
                         self.database_failed(&e, false, 1);
                         false
                     }
+                    Failure::Slow(None) => false,
                     // A dead letter the database refuses as data cannot be split further: only
                     // an operator can help it, as with a permission error.
                     Failure::Data(e) | Failure::Blocked(e) => {
@@ -580,6 +647,7 @@ fn classify(error: tokio_postgres::Error) -> Failure {
     };
     match &code.code()[..2] {
         "22" | "23" => Failure::Data(error),
+        _ if code.code() == "57014" => Failure::Slow(Some(error)),
         "08" | "53" | "57" | "40" | "55" | "25" | "58" => Failure::Transient(error),
         _ => Failure::Blocked(error),
     }

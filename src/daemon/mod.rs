@@ -79,18 +79,24 @@ pub async fn run(
     // A statement waiting on a lock does not beat the heartbeat: every stall limit must end
     // before systemd's watchdog would kill the daemon and its queue.
     if let Some(watchdog) = notify::watchdog_interval() {
-        for (key, ms) in [
+        // The writer gives an attempt up after twice the statement timeout (a batch is a few
+        // statements); a connection attempt may take connect_timeout_ms.
+        for (key, wait_ms) in [
             (
                 "database.statement_timeout_ms",
-                config.database.statement_timeout_ms,
+                config.database.statement_timeout_ms * 2,
             ),
             ("database.lock_timeout_ms", config.database.lock_timeout_ms),
+            (
+                "database.connect_timeout_ms",
+                config.database.connect_timeout_ms,
+            ),
         ] {
             anyhow::ensure!(
-                Duration::from_millis(ms) < watchdog,
-                "{key} = {ms} is not below the unit's WatchdogSec ({} ms): a statement waiting \
-                 that long would stop the watchdog's pings and systemd would kill the daemon \
-                 with its queue",
+                Duration::from_millis(wait_ms) < watchdog,
+                "{key}: a wait of {wait_ms} ms (twice the setting for statement_timeout_ms) is \
+                 not below the unit's WatchdogSec ({} ms): it would stop the watchdog's pings \
+                 and systemd would kill the daemon with its queue",
                 watchdog.as_millis()
             );
         }

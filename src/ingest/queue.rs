@@ -96,7 +96,9 @@ impl Inbound {
                 // Copied out while the message is still allocated, then the message freed: a
                 // shrink in place can leave the small block inside the freed hole, which the
                 // next large message then cannot reuse.
-                let prefix = payload[..OVERSIZED_PREFIX_BYTES].to_vec();
+                // Never longer than the message: dead_letter_max_bytes may be below 4 KiB.
+                let keep = OVERSIZED_PREFIX_BYTES.min(limits.dead_letter_max_bytes);
+                let prefix = payload[..keep].to_vec();
                 payload = prefix;
             }
             marker
@@ -321,5 +323,27 @@ mod tests {
         assert_eq!(tx.offer(message(10)), Err(Refused::Closed));
         assert_eq!(tx.stats().bytes.load(Ordering::Relaxed), 0);
         assert_eq!(tx.stats().depth.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn the_edge_keeps_what_the_limits_allow_and_never_more_than_the_message() {
+        for (max, dead, size, kept) in [
+            (1024, 2048, 3000, 2048),
+            (1024, 2048, 2000, 2000),
+            (1024, 2048, 1000, 1000),
+            (65536, 1 << 20, 5 << 20, OVERSIZED_PREFIX_BYTES),
+            (256, 256, 257, 256),
+        ] {
+            let limits = EdgeLimits {
+                max_message_bytes: max,
+                dead_letter_max_bytes: dead,
+            };
+            let inbound = Inbound::received(ChannelKind::Trades, vec![7; size], &limits);
+            assert_eq!(inbound.payload.len(), kept, "{max} {dead} {size}");
+            assert_eq!(
+                inbound.oversized.as_ref().map(|o| o.size),
+                (size > max).then_some(size)
+            );
+        }
     }
 }

@@ -91,12 +91,18 @@ impl ReadSize {
         self.0.load(Ordering::Relaxed).clamp(1, max)
     }
 
-    /// After a read: double, or back to one if it held an oversized entry.
-    fn after(&self, oversized: bool, max: usize) {
-        let next = if oversized {
+    /// After a read of `entries` (asked for `next(max)`): back to one after an oversized entry
+    /// or an empty reply (idle: the next burst may be of large entries), double after a full
+    /// reply of small ones, unchanged otherwise. So COUNT is large only while a backlog of small
+    /// entries is being read.
+    fn after(&self, oversized: bool, entries: usize, max: usize) {
+        let asked = self.next(max);
+        let next = if oversized || entries == 0 {
             1
+        } else if entries >= asked {
+            (asked * 2).min(max)
         } else {
-            (self.next(max) * 2).min(max)
+            asked
         };
         self.0.store(next, Ordering::Relaxed);
     }
@@ -252,10 +258,9 @@ impl StreamSource {
                     Err(e) => return SessionEnd::Disconnected(e),
                 },
             };
-            let short = reply
-                .keys
-                .iter()
-                .all(|k| k.ids.len() < self.settings.read_count);
+            // Short of what this read asked for (the adaptive COUNT), not of read_count.
+            let asked = self.read_size.next(self.settings.read_count);
+            let short = reply.keys.iter().all(|k| k.ids.len() < asked);
             if let Err(end) = self.deliver(&mut conn, reply, false, queue, shutdown).await {
                 return end;
             }
@@ -316,6 +321,7 @@ impl StreamSource {
         shutdown: &CancellationToken,
     ) -> Result<(), SessionEnd> {
         // Consumed, not cloned: a reply holds up to read_count entries per key.
+        let entries = reply.keys.iter().map(|k| k.ids.len()).max().unwrap_or(0);
         let mut oversized = false;
         for key in reply.keys {
             let Some(index) = self.keys.iter().position(|(name, _)| **name == *key.key) else {
@@ -325,7 +331,8 @@ impl StreamSource {
                 .enqueue(conn, index, key.ids, redelivered, queue, shutdown)
                 .await?;
         }
-        self.read_size.after(oversized, self.settings.read_count);
+        self.read_size
+            .after(oversized, entries, self.settings.read_count);
         Ok(())
     }
 
@@ -694,4 +701,36 @@ fn describe_entry(entry: &StreamId) -> Vec<u8> {
         .collect();
     fields.sort();
     format!("{fields:?}").into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ReadSize;
+
+    #[test]
+    fn reads_grow_only_through_a_backlog_of_small_entries() {
+        let size = ReadSize::default();
+        let max = 1000;
+        let mut seen = vec![size.next(max)];
+        // A backlog of small entries: every reply full.
+        for _ in 0..12 {
+            let asked = size.next(max);
+            size.after(false, asked, max);
+            seen.push(size.next(max));
+        }
+        assert_eq!(&seen[..4], [1, 2, 4, 8]);
+        assert_eq!(size.next(max), max);
+        // Idle: an empty reply drops it back to one, so a burst of large entries that follows
+        // is read one at a time.
+        size.after(false, 0, max);
+        assert_eq!(size.next(max), 1);
+        // A full reply doubles it, a partial one keeps it, an oversized entry drops it to one.
+        size.after(false, 1, max);
+        size.after(false, 2, max);
+        assert_eq!(size.next(max), 4);
+        size.after(false, 3, max);
+        assert_eq!(size.next(max), 4);
+        size.after(true, 4, max);
+        assert_eq!(size.next(max), 1);
+    }
 }
