@@ -35,6 +35,15 @@ async fn ready_again(port: u16) {
     .await;
 }
 
+/// A one-share buy of A/S, as the seed's publisher writes it.
+fn small_trade(trade_id: &str) -> String {
+    common::python_dumps(&serde_json::json!({
+        "type": "trade_executed",
+        "data": {"trade_id": trade_id, "account_id": "A", "symbol": "S",
+                 "side": "buy", "quantity": 1, "price": 2},
+        "timestamp": "2026-12-01T15:00:00"}))
+}
+
 async fn admin(sql: &str) {
     common::connect(&common::admin_url())
         .await
@@ -207,11 +216,7 @@ async fn a_revoked_privilege_blocks_the_writer_without_losing_anything() {
         .await
         .unwrap();
     for i in 0..50 {
-        let trade = common::python_dumps(&serde_json::json!({
-            "type": "trade_executed",
-            "data": {"trade_id": format!("REV-{i}"), "account_id": "A", "symbol": "S",
-                     "side": "buy", "quantity": 1, "price": 2},
-            "timestamp": "2026-12-01T15:00:00"}));
+        let trade = small_trade(&format!("REV-{i}"));
         app2.publish("trades", trade).await;
     }
     eventually("the writer blocked", Duration::from_secs(30), || async {
@@ -275,13 +280,7 @@ async fn the_final_line_adds_up_after_refusals() {
         .unwrap();
     let mut redis = loadgen::connect_redis(&common::redis_url()).await.unwrap();
     let channel = format!("{}:trades", daemon.prefix);
-    let trade = |i: usize| {
-        common::python_dumps(&serde_json::json!({
-            "type": "trade_executed",
-            "data": {"trade_id": format!("ADD-{i}"), "account_id": "A", "symbol": "S",
-                     "side": "buy", "quantity": 1, "price": 2},
-            "timestamp": "2026-12-01T15:00:00"}))
-    };
+    let trade = |i: usize| small_trade(&format!("ADD-{i}"));
     let mut pipe = redis::pipe();
     for i in 0..200 {
         pipe.cmd("PUBLISH").arg(&channel).arg(trade(i)).ignore();
@@ -354,11 +353,7 @@ async fn a_stuck_writer_turns_readyz_to_503() {
         .await
         .unwrap();
     let mut redis = loadgen::connect_redis(&common::redis_url()).await.unwrap();
-    let trade = common::python_dumps(&serde_json::json!({
-        "type": "trade_executed",
-        "data": {"trade_id": "STUCK-1", "account_id": "A", "symbol": "S",
-                 "side": "buy", "quantity": 1, "price": 2},
-        "timestamp": "2026-12-01T15:00:00"}));
+    let trade = small_trade("STUCK-1");
     let _: i64 = redis::cmd("PUBLISH")
         .arg(format!("{}:trades", daemon.prefix))
         .arg(trade)
@@ -430,11 +425,7 @@ async fn sighup_reloads_the_log_filter_and_keeps_the_old_settings_on_a_bad_file(
     })
     .await;
     let mut redis = loadgen::connect_redis(&common::redis_url()).await.unwrap();
-    let trade = common::python_dumps(&serde_json::json!({
-        "type": "trade_executed",
-        "data": {"trade_id": "HUP-1", "account_id": "A", "symbol": "S",
-                 "side": "buy", "quantity": 1, "price": 2},
-        "timestamp": "2026-12-01T15:00:00"}));
+    let trade = small_trade("HUP-1");
     let _: i64 = redis::cmd("PUBLISH")
         .arg(format!("{}:trades", daemon.prefix))
         .arg(trade)
