@@ -44,6 +44,16 @@ fn small_trade(trade_id: &str) -> String {
         "timestamp": "2026-12-01T15:00:00"}))
 }
 
+/// A transaction holding the ledger locked: the writer waits on it until it rolls back.
+async fn hold_the_ledger(db: &TestDb) -> tokio_postgres::Client {
+    let locker = common::connect(&db.url).await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE analytics.applied_trades IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    locker
+}
+
 async fn admin(sql: &str) {
     common::connect(&common::admin_url())
         .await
@@ -273,11 +283,7 @@ async fn the_final_line_adds_up_after_refusals() {
     );
     let port = daemon.port;
     ready_again(port).await;
-    let locker = common::connect(&db.url).await;
-    locker
-        .batch_execute("BEGIN; LOCK TABLE analytics.applied_trades IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let locker = hold_the_ledger(&db).await;
     let mut redis = loadgen::connect_redis(&common::redis_url()).await.unwrap();
     let channel = format!("{}:trades", daemon.prefix);
     let trade = |i: usize| small_trade(&format!("ADD-{i}"));
@@ -347,11 +353,7 @@ async fn a_stuck_writer_turns_readyz_to_503() {
     );
     let port = daemon.port;
     ready_again(port).await;
-    let locker = common::connect(&db.url).await;
-    locker
-        .batch_execute("BEGIN; LOCK TABLE analytics.applied_trades IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let locker = hold_the_ledger(&db).await;
     let mut redis = loadgen::connect_redis(&common::redis_url()).await.unwrap();
     let trade = small_trade("STUCK-1");
     let _: i64 = redis::cmd("PUBLISH")
