@@ -32,8 +32,8 @@ use tokio_postgres::NoTls;
 use trading_sync::apply::fold;
 use trading_sync::apply::store::{self, Statements};
 use trading_sync::config::DatabaseConfig;
+use trading_sync::core::queue::Inbound;
 use trading_sync::events::DecodeLimits;
-use trading_sync::ingest::queue::Inbound;
 use trading_sync::loadgen::{self, Expected, Generator, Message, MessageKind, Report, Spec};
 
 #[derive(Parser)]

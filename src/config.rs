@@ -256,11 +256,11 @@ impl TransportConfig {
             .any(|t| t.pubsub())
     }
 
-    pub fn for_channel(&self, channel: crate::events::ChannelKind) -> Transport {
+    pub fn for_channel(&self, channel: crate::core::ChannelKind) -> Transport {
         match channel {
-            crate::events::ChannelKind::Trades => self.trades,
-            crate::events::ChannelKind::Positions => self.positions,
-            crate::events::ChannelKind::MarketData => self.market_data,
+            crate::core::ChannelKind::Trades => self.trades,
+            crate::core::ChannelKind::Positions => self.positions,
+            crate::core::ChannelKind::MarketData => self.market_data,
         }
     }
 }
@@ -726,9 +726,9 @@ impl Config {
         let key = self.journal_key();
         // The stream transport reads the channel keys as streams: a journal there would be read
         // twice, once as events of one channel.
-        if let Some((_, kind)) = crate::ingest::pubsub::channel_names(&self.redis.channel_prefix)
-            .into_iter()
-            .find(|(name, _)| *name == key)
+        if let Some((kind, _)) = crate::core::ChannelKind::names(&self.redis.channel_prefix)
+            .iter()
+            .find(|(_, name)| **name == key)
         {
             return Err(ConfigError::invalid(
                 "journal.key",

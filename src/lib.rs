@@ -6,6 +6,7 @@
 pub mod apply;
 pub mod cli;
 pub mod config;
+pub mod core;
 pub mod daemon;
 pub mod db;
 pub mod events;

@@ -26,7 +26,7 @@ use chrono::{DateTime, Duration as ChronoDuration, NaiveDate, TimeZone, Timelike
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 
-use crate::events::ChannelKind;
+use crate::core::ChannelKind;
 
 // ---------------------------------------------------------------------------------------------
 // Python's json.dumps

@@ -233,7 +233,7 @@ async fn a_reconcile_applies_rows_the_ledger_lacks_once_and_leaves_applied_ones(
         let messages: Vec<_> = all[..100]
             .iter()
             .map(|f| {
-                trading_sync::ingest::queue::Inbound::new(
+                trading_sync::core::queue::Inbound::new(
                     trading_sync::events::ChannelKind::Trades,
                     f.event().into_bytes(),
                 )

@@ -6,7 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 use trading_sync::apply::fold::{fold, plan};
 use trading_sync::events::{ChannelKind, DecodeLimits};
-use trading_sync::ingest::queue::Inbound;
+use trading_sync::core::queue::Inbound;
 
 fuzz_target!(|data: &[u8]| {
     let messages: Vec<Inbound> = data

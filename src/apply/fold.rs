@@ -9,11 +9,12 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 
+use crate::core::queue::Inbound;
+use crate::core::PerChannel;
 use crate::events::{
     decode, ChannelKind, DecodeError, DecodeLimits, Event, MarketDataUpdated, PositionUpdated,
     TradeExecuted,
 };
-use crate::ingest::queue::Inbound;
 
 /// A message that cannot be applied, with everything the dead-letter table records.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,15 +94,7 @@ pub struct BatchPlan {
     /// Trades whose trade_id appeared earlier in the same batch.
     pub duplicates_in_batch: u64,
     /// Valid events per channel, for the received/applied metrics.
-    pub valid: [u64; 3],
-}
-
-pub fn channel_index(channel: ChannelKind) -> usize {
-    match channel {
-        ChannelKind::Trades => 0,
-        ChannelKind::Positions => 1,
-        ChannelKind::MarketData => 2,
-    }
+    pub valid: PerChannel<u64>,
 }
 
 pub fn plan(messages: &[Inbound], limits: &DecodeLimits) -> BatchPlan {
@@ -137,7 +130,7 @@ pub fn plan(messages: &[Inbound], limits: &DecodeLimits) -> BatchPlan {
                 .dead_letters
                 .push(DeadLetter::from_decode(message, &error)),
             Ok(event) => {
-                plan.valid[channel_index(message.channel)] += 1;
+                plan.valid[message.channel] += 1;
                 match event {
                     Event::Trade(trade) => {
                         if seen.insert(trade.trade_id.clone()) {
@@ -412,6 +405,6 @@ mod tests {
         assert_eq!(plan.yahoo_symbols.iter().collect::<Vec<_>>(), ["S"]);
         assert_eq!(plan.dead_letters.len(), 1);
         assert_eq!(plan.dead_letters[0].kind, "not_json");
-        assert_eq!(plan.valid, [3, 2, 2]);
+        assert_eq!(plan.valid.values().copied().collect::<Vec<_>>(), [3, 2, 2]);
     }
 }

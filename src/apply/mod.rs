@@ -15,23 +15,18 @@
 pub mod fold;
 pub mod store;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::heartbeat::Heartbeat;
-use crate::events::{ChannelKind, DecodeLimits};
-use crate::ingest::queue::{Inbound, QueueReceiver, StreamAck};
-use fold::{channel_index, plan, DeadLetter};
-
-const CHANNELS: [ChannelKind; 3] = [
-    ChannelKind::Trades,
-    ChannelKind::Positions,
-    ChannelKind::MarketData,
-];
+use crate::core::health::WriterStats;
+use crate::core::queue::{Inbound, QueueReceiver, StreamAck};
+use crate::core::ChannelKind;
+use crate::events::DecodeLimits;
+use fold::{plan, DeadLetter};
 
 /// How the writer ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -40,30 +35,6 @@ pub enum WriterEnd {
     Drained,
     /// The drain deadline passed with this many messages uncommitted (logged with counts).
     DeadlineExceeded { left: usize },
-}
-
-/// Running totals, for the summary log line, /readyz detail and tests.
-#[derive(Debug, Default)]
-pub struct WriterStats {
-    pub batches: AtomicU64,
-    /// Per channel (fold::channel_index order): events whose effect was applied.
-    pub applied: [AtomicU64; 3],
-    pub duplicates: AtomicU64,
-    pub dead_lettered: AtomicU64,
-    /// Beats on every loop turn, idle or not.
-    pub heartbeat: Heartbeat,
-    /// Set while the writer holds a batch it has not committed yet: how long it has been stuck.
-    pub busy: crate::daemon::heartbeat::Since,
-    /// True while batches fail to reach the database (any error but a data error).
-    pub database_failing: AtomicBool,
-    /// True while that error is one retrying alone cannot fix (permissions, schema, password).
-    pub blocked: AtomicBool,
-}
-
-impl WriterStats {
-    pub fn applied_total(&self) -> u64 {
-        self.applied.iter().map(|a| a.load(Ordering::Relaxed)).sum()
-    }
 }
 
 pub struct WriterSettings {
@@ -307,7 +278,7 @@ impl Writer {
                     self.database_back();
                     backoff = Duration::from_millis(50);
                     let took = started.elapsed();
-                    crate::maintenance::note_duration("batch", self.settings.slow_query, took);
+                    crate::core::note_duration("batch", self.settings.slow_query, took);
                     self.acknowledge(&slice);
                     metrics::histogram!("trading_sync_commit_seconds").record(took.as_secs_f64());
                     metrics::histogram!("trading_sync_batch_events").record(slice.len() as f64);
@@ -568,14 +539,14 @@ impl Writer {
         self.stats
             .dead_lettered
             .fetch_add(applied.dead_letters, Ordering::Relaxed);
-        for channel in CHANNELS {
-            let valid = plan.valid[channel_index(channel)];
+        for channel in ChannelKind::ALL {
+            let valid = plan.valid[channel];
             let applied_here = if channel == ChannelKind::Trades {
                 applied.new_trades
             } else {
                 valid
             };
-            self.stats.applied[channel_index(channel)].fetch_add(applied_here, Ordering::Relaxed);
+            self.stats.applied[channel].fetch_add(applied_here, Ordering::Relaxed);
             if applied_here > 0 {
                 metrics::counter!("trading_sync_events_applied_total", "channel" => channel.suffix())
                     .increment(applied_here);

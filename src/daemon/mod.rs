@@ -7,7 +7,6 @@
 //! first (nothing new arrives), then the journal appender journals what it holds, then the
 //! writer drains what was received.
 
-pub mod heartbeat;
 pub mod http;
 pub mod notify;
 
@@ -19,13 +18,15 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::{Writer, WriterEnd, WriterSettings, WriterStats};
+use crate::apply::{Writer, WriterEnd, WriterSettings};
 use crate::config::Config;
+use crate::core::health::{JournalHealth, StreamHealth, SubscriptionHealth, WriterStats};
+use crate::core::queue::{self, QueueStats};
+use crate::core::ChannelKind;
 use crate::events::DecodeLimits;
-use crate::ingest::journal::{JournalAppender, JournalHealth, JournalTrim};
-use crate::ingest::pubsub::{channel_names, PubSubSource, SubscriptionHealth};
-use crate::ingest::queue::{self, QueueStats};
-use crate::ingest::streams::{KeyRole, StreamHealth, StreamSource};
+use crate::ingest::journal::{JournalAppender, JournalTrim};
+use crate::ingest::pubsub::PubSubSource;
+use crate::ingest::streams::{KeyRole, StreamSource};
 
 /// Shared state the daemon exposes (health endpoints, watchdog, summary, tests).
 #[derive(Debug, Default)]
@@ -120,7 +121,10 @@ pub async fn run(
         .redis
         .effective_url()
         .context("while reading redis.password_file")?;
-    let all_channels = channel_names(&config.redis.channel_prefix);
+    let all_channels: Vec<_> = ChannelKind::names(&config.redis.channel_prefix)
+        .iter()
+        .map(|(kind, name)| (name.clone(), kind))
+        .collect();
     let pubsub_channels: Vec<_> = all_channels
         .iter()
         .filter(|(_, kind)| config.transport.for_channel(*kind).pubsub())

@@ -38,10 +38,10 @@ pub mod num;
 pub mod position;
 pub mod trade;
 
-use std::fmt;
-
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
+
+pub use crate::core::ChannelKind;
 
 pub use market_data::MarketDataUpdated;
 pub use position::PositionUpdated;
@@ -56,55 +56,6 @@ const MAX_CONTEXT_CHARS: usize = 100;
 
 /// Longest excerpt of an offending value quoted in an error message.
 const MAX_EXCERPT_CHARS: usize = 40;
-
-/// Which `data_sync` channel (pub/sub channel or stream key) a message came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ChannelKind {
-    Trades,
-    Positions,
-    MarketData,
-}
-
-impl ChannelKind {
-    pub const ALL: [ChannelKind; 3] = [
-        ChannelKind::Trades,
-        ChannelKind::Positions,
-        ChannelKind::MarketData,
-    ];
-
-    /// The part after the configurable prefix: `data_sync:<suffix>`.
-    pub fn suffix(&self) -> &'static str {
-        match self {
-            ChannelKind::Trades => "trades",
-            ChannelKind::Positions => "positions",
-            ChannelKind::MarketData => "market_data",
-        }
-    }
-
-    /// Exact, case-sensitive: Redis channel names are.
-    pub fn from_suffix(suffix: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.suffix() == suffix)
-    }
-
-    /// The one event `type` this channel carries.
-    pub fn event_type(&self) -> &'static str {
-        match self {
-            ChannelKind::Trades => trade::EVENT_TYPE,
-            ChannelKind::Positions => position::EVENT_TYPE,
-            ChannelKind::MarketData => market_data::EVENT_TYPE,
-        }
-    }
-
-    fn for_event_type(event_type: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.event_type() == event_type)
-    }
-}
-
-impl fmt::Display for ChannelKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.suffix())
-    }
-}
 
 /// Limits and settings that decoding depends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 use super::num::{self, Fit};
 use super::{get, opt_str, req_str, timestamp_or, DecodeError, DecodeLimits};
 
-pub const EVENT_TYPE: &str = "trade_executed";
+pub const EVENT_TYPE: &str = crate::core::ChannelKind::Trades.event_type();
 pub const TRADE_ID_MAX_CHARS: usize = 100;
 pub const ACCOUNT_ID_MAX_CHARS: usize = 50;
 pub const SYMBOL_MAX_CHARS: usize = 20;

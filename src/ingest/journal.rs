@@ -21,7 +21,7 @@
 //!
 //! It must not decode events or touch PostgreSQL.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,9 +30,9 @@ use redis::streams::{StreamInfoGroupsReply, StreamPendingReply};
 use redis::{AsyncConnectionConfig, RedisResult, RetryMethod};
 use tokio_util::sync::CancellationToken;
 
-use super::queue::{Inbound, QueueReceiver, QueueSender, QueueStats};
-use crate::daemon::heartbeat::Heartbeat;
-use crate::events::ChannelKind;
+use crate::core::health::JournalHealth;
+use crate::core::queue::{Inbound, QueueReceiver, QueueSender};
+use crate::core::ChannelKind;
 
 /// The entry field naming the channel a journaled message arrived on.
 pub const CHANNEL_FIELD: &str = "channel";
@@ -44,7 +44,7 @@ pub const SHA256_FIELD: &str = "sha256";
 pub fn entry_oversized(
     size: Option<&redis::Value>,
     sha256: Option<&redis::Value>,
-) -> Option<super::queue::Oversized> {
+) -> Option<crate::core::queue::Oversized> {
     let text = |v: Option<&redis::Value>| match v {
         Some(redis::Value::BulkString(b)) => std::str::from_utf8(b).ok().map(str::to_owned),
         _ => None,
@@ -55,27 +55,7 @@ pub fn entry_oversized(
     for (i, byte) in sha.iter_mut().enumerate() {
         *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
-    Some(super::queue::Oversized { size, sha256: sha })
-}
-
-/// Counters of the journal, for metrics, /readyz and tests.
-#[derive(Debug, Default)]
-pub struct JournalHealth {
-    /// Messages XADDed to the journal.
-    pub appended: AtomicU64,
-    /// Messages Redis refused to journal (an error reply retrying cannot fix, e.g. OOM), handed
-    /// to the writer directly instead: applied, but not durable until committed.
-    pub bypassed: AtomicU64,
-    /// Append round trips retried after a lost connection.
-    pub retries: AtomicU64,
-    /// Entries removed by XTRIM MINID after every group acknowledged them.
-    pub trimmed: AtomicU64,
-    /// XLEN of the journal at the last trim or lag measurement.
-    pub length: AtomicU64,
-    /// The buffer between the push handler and the appender.
-    pub buffer: Arc<QueueStats>,
-    /// Beats each time the appender's loop turns (watchdog).
-    pub heartbeat: Heartbeat,
+    Some(crate::core::queue::Oversized { size, sha256: sha })
 }
 
 /// Journal trimming settings for the stream source's acker.

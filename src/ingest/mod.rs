@@ -1,6 +1,6 @@
-//! Redis in: the pub/sub session and the byte-bounded queue it fills.
+//! Redis in: the pub/sub session, the stream consumer and the pub/sub journal. They fill the
+//! byte-bounded queue of [`crate::core::queue`].
 
 pub mod journal;
 pub mod pubsub;
-pub mod queue;
 pub mod streams;

@@ -11,7 +11,7 @@
 //!
 //! It must not decode messages or touch PostgreSQL.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,8 +19,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{PushInfo, PushKind, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::queue::{EdgeLimits, Inbound, QueueSender, Refused};
-use crate::events::ChannelKind;
+use crate::core::health::SubscriptionHealth;
+use crate::core::queue::{EdgeLimits, Inbound, QueueSender, Refused};
+use crate::core::ChannelKind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -34,29 +35,6 @@ pub enum IngestError {
         #[source]
         source: redis::RedisError,
     },
-}
-
-/// Liveness of the subscription, read by /readyz and the watchdog.
-#[derive(Debug, Default)]
-pub struct SubscriptionHealth {
-    /// True while every channel's subscription is confirmed on the current connection.
-    pub live: AtomicBool,
-    /// Confirmed subscriptions on the current connection.
-    confirmed: AtomicUsize,
-    pub disconnects: AtomicU64,
-    pub received: AtomicU64,
-    /// Beats each time the session loop turns (watchdog).
-    pub heartbeat: crate::daemon::heartbeat::Heartbeat,
-}
-
-/// Channel names for a prefix, in [`ChannelKind`] order.
-pub fn channel_names(prefix: &str) -> [(String, ChannelKind); 3] {
-    [
-        ChannelKind::Trades,
-        ChannelKind::Positions,
-        ChannelKind::MarketData,
-    ]
-    .map(|kind| (format!("{prefix}:{}", kind.suffix()), kind))
 }
 
 /// Forces RESP3: pushes (and so automatic resubscription) exist only there.

@@ -13,7 +13,7 @@
 //! It must not decode events or touch PostgreSQL.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,34 +25,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::journal::{self, JournalTrim};
 use super::pubsub::IngestError;
-use super::queue::{EdgeLimits, Inbound, QueueSender, StreamAck};
 use crate::config::StreamsConfig;
-use crate::daemon::heartbeat::Heartbeat;
-use crate::events::ChannelKind;
-
-/// Consumer lag and liveness, for /readyz, metrics and tests.
-#[derive(Debug, Default)]
-pub struct StreamHealth {
-    /// True while the reader's connection works.
-    pub live: AtomicBool,
-    pub read: AtomicU64,
-    /// Entries of the channel keys delivered to this consumer for the first time: what "received"
-    /// means for the stream transport (a redelivery or a takeover was received before, by this
-    /// process or another; a journal entry was received as a pub/sub message).
-    pub received: AtomicU64,
-    pub claimed: AtomicU64,
-    pub acked: AtomicU64,
-    /// Entries pending for the group (all consumers), summed over keys.
-    pub pending: AtomicU64,
-    /// Age of the oldest pending entry, milliseconds.
-    pub oldest_pending_ms: AtomicU64,
-    /// Entries in the streams (XLEN), summed.
-    pub length: AtomicU64,
-    /// Set once a read of new entries came back short: the backlog present at start has been
-    /// read (reconcile's start run waits for it, so waiting entries are not healed from rows).
-    pub caught_up: AtomicBool,
-    pub heartbeat: Heartbeat,
-}
+use crate::core::health::StreamHealth;
+use crate::core::queue::{EdgeLimits, Inbound, QueueSender, StreamAck};
+use crate::core::ChannelKind;
 
 /// What a stream key carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,6 +11,7 @@ use chrono::Datelike;
 use tokio_postgres::Client;
 
 use crate::config::MaintenanceConfig;
+use crate::core::note_duration;
 
 /// "tsmaint" — held for the duration of one maintenance run.
 const MAINTENANCE_LOCK_KEY: i64 = 0x7473_6d61_696e_7400;
@@ -223,17 +224,4 @@ pub async fn timed<T, E>(
     let result = work.await;
     note_duration(operation, slow, started.elapsed());
     result
-}
-
-/// Counts and logs a database operation slower than the threshold.
-pub fn note_duration(operation: &'static str, slow: Duration, took: Duration) {
-    if took >= slow {
-        metrics::counter!("trading_sync_slow_queries_total", "operation" => operation).increment(1);
-        tracing::warn!(
-            operation,
-            took_ms = took.as_millis() as u64,
-            threshold_ms = slow.as_millis() as u64,
-            "slow query"
-        );
-    }
 }

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use crate::events::ChannelKind;
+use crate::core::ChannelKind;
 
 /// One message as received, not yet decoded.
 #[derive(Debug)]

@@ -1,0 +1,32 @@
+//! The leaf every stage may use and that uses no other module of the crate: what two stages
+//! share moves down here, so every import points down the data's path (ARCHITECTURE.md).
+//!
+//! - [`ChannelKind`] and [`PerChannel`]: the three channels, named once;
+//! - [`queue`]: the message as received and the byte-bounded queue between ingest and apply;
+//! - [`heartbeat`]: progress marks the watchdog and /readyz read;
+//! - [`health`]: each stage's liveness and lag counters;
+//! - [`Backoff`]: capped exponential backoff.
+
+pub mod backoff;
+pub mod channel;
+pub mod health;
+pub mod heartbeat;
+pub mod queue;
+
+pub use backoff::Backoff;
+pub use channel::{ChannelKind, PerChannel};
+
+use std::time::Duration;
+
+/// Counts and logs a database operation slower than the threshold (`database.slow_query_ms`).
+pub fn note_duration(operation: &'static str, slow: Duration, took: Duration) {
+    if took >= slow {
+        metrics::counter!("trading_sync_slow_queries_total", "operation" => operation).increment(1);
+        tracing::warn!(
+            operation,
+            took_ms = took.as_millis() as u64,
+            threshold_ms = slow.as_millis() as u64,
+            "slow query"
+        );
+    }
+}
