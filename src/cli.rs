@@ -111,7 +111,8 @@ pub async fn run(config: &Config, source: ConfigSource) -> anyhow::Result<()> {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let running = config.clone();
     crate::daemon::handle_daemon_signals(shutdown.clone(), move || reload(&running, &source))?;
-    crate::daemon::run(config, shutdown, Default::default(), || {}).await
+    crate::daemon::run(config, shutdown).await?;
+    Ok(())
 }
 
 /// SIGHUP: re-reads the configuration; applies `log.filter` (unless `RUST_LOG` wins); other

@@ -82,7 +82,7 @@ async fn sigterm_drains_everything_received_and_speaks_the_notify_protocol() {
             let () = pipe.query_async(&mut redis).await.unwrap();
         }
     });
-    let port = daemon.port;
+    let port = daemon.port().await;
     let applied_before_signal = eventually(
         "metrics to show applied trades",
         Duration::from_secs(20),
@@ -143,7 +143,7 @@ async fn readyz_follows_redis_and_metrics_count_applied_events() {
     redis.wait_up().await;
     let url = format!("redis://127.0.0.1:{port}/0");
     let daemon = Daemon::start(&db, &url, &[]);
-    let dport = daemon.port;
+    let dport = daemon.port().await;
     let status = |want: u16| {
         move || async move {
             let (code, body) = http_get(dport, "/readyz").await?;
@@ -307,4 +307,30 @@ async fn startup_fails_fast_with_the_cause() {
         ("REDIS_URL", &redis),
     ]);
     assert!(unmigrated.contains("trading-sync migrate"), "{unmigrated}");
+}
+
+/// `Daemon::build` binds the HTTP port once and says which: with port 0 the kernel picks it, the
+/// endpoints answer there, and a second daemon asking for that same port fails at build, naming
+/// the setting (no window in which the port was released between a check and the real bind).
+#[tokio::test]
+async fn the_http_port_is_bound_once_at_build_and_reported() {
+    let app = common::spawn_app(|c| c.http.enabled = true).await;
+    let port = app.http_port.expect("HTTP is enabled");
+    assert_ne!(port, 0);
+    let (status, body) = http_get(port, "/healthz").await.expect("/healthz answers");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    eventually("ready", Duration::from_secs(10), || async {
+        let (status, _) = http_get(port, "/readyz").await?;
+        (status == 200).then_some(())
+    })
+    .await;
+
+    let mut taken = app.config.clone();
+    taken.http.listen = format!("127.0.0.1:{port}");
+    let error = match trading_sync::daemon::Daemon::build(&taken).await {
+        Ok(_) => panic!("a second daemon bound a port in use"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(error.contains("http.listen"), "{error}");
+    app.stop().await.unwrap();
 }

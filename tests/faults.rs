@@ -455,7 +455,7 @@ async fn redis_restarted_mid_load(journal: bool) {
         ]);
     }
     let daemon = Daemon::start(&db, &url, &env);
-    let dport = daemon.port;
+    let dport = daemon.port().await;
     let readyz = || async move {
         let (code, _) = http_get(dport, "/readyz").await?;
         (code == 200).then_some(())

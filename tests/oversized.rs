@@ -100,7 +100,7 @@ async fn wait_applied(db: &TestDb, daemon: &Daemon) {
         },
     )
     .await;
-    let (_, text) = http_get(daemon.port, "/metrics").await.unwrap();
+    let (_, text) = http_get(daemon.port().await, "/metrics").await.unwrap();
     assert_eq!(
         metric(&text, "trading_sync_queue_refused_total"),
         0.0,
@@ -126,7 +126,7 @@ async fn a_flood_of_oversized_pubsub_messages_is_cut_at_the_edge() {
     redis.wait_up().await;
     let url = format!("redis://127.0.0.1:{port}/0");
     let daemon = Daemon::start(&db, &url, &env());
-    let dport = daemon.port;
+    let dport = daemon.port().await;
     eventually("ready", Duration::from_secs(20), || async move {
         let (code, _) = http_get(dport, "/readyz").await?;
         (code == 200).then_some(())

@@ -84,7 +84,7 @@ async fn refusals_read_only_and_sighup_during_a_load_lose_nothing() {
             ("TRADING_SYNC__HTTP__READYZ_STALL_SECS", "60".into()),
         ],
     );
-    let port = daemon.port;
+    let port = daemon.port().await;
     ready_again(port).await;
     let mut generator = Generator::new(Spec {
         seed: 7,
@@ -281,7 +281,7 @@ async fn the_final_line_adds_up_after_refusals() {
             ("TRADING_SYNC__SYNC__QUEUE_MAX_BYTES", "4096".into()),
         ],
     );
-    let port = daemon.port;
+    let port = daemon.port().await;
     ready_again(port).await;
     let locker = hold_the_ledger(&db).await;
     let mut redis = loadgen::connect_redis(&common::redis_url()).await.unwrap();
@@ -351,7 +351,7 @@ async fn a_stuck_writer_turns_readyz_to_503() {
             ),
         ],
     );
-    let port = daemon.port;
+    let port = daemon.port().await;
     ready_again(port).await;
     let locker = hold_the_ledger(&db).await;
     let mut redis = loadgen::connect_redis(&common::redis_url()).await.unwrap();
@@ -403,7 +403,7 @@ async fn sighup_reloads_the_log_filter_and_keeps_the_old_settings_on_a_bad_file(
             ("TRADING_SYNC__RECONCILE__ENABLED", "false".into()),
         ],
     );
-    ready_again(daemon.port).await;
+    ready_again(daemon.port().await).await;
     let hup = |daemon: &Daemon| {
         let status = std::process::Command::new("kill")
             .args(["-HUP", &daemon.child.id().to_string()])

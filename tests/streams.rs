@@ -244,3 +244,31 @@ async fn both_transports_at_once_count_each_trade_once() {
     app.stop().await.unwrap();
     cleanup(&mut conn, &key).await;
 }
+
+/// A daemon reading every channel as a stream subscribes to nothing: its final report still
+/// counts what it received (it once read only the pub/sub counter and said received=0).
+#[tokio::test]
+async fn a_stream_only_daemon_reports_what_it_received() {
+    let app = spawn_app(|c: &mut Config| {
+        stream_mode("stream-only")(c);
+        c.transport.positions = Transport::Stream;
+        c.transport.market_data = Transport::Stream;
+    })
+    .await;
+    let key = app.channel("trades");
+    let mut conn = redis().await;
+    for i in 0..100 {
+        xadd(&mut conn, &key, &trade(&format!("SO{i}"), 2)).await;
+    }
+    eventually("100 trades applied", Duration::from_secs(20), || async {
+        (ledger_and_quantity(&app).await == (100, 100)).then_some(())
+    })
+    .await;
+    let report = app.stop().await.unwrap();
+    assert_eq!(
+        (report.received, report.applied, report.left, report.refused),
+        (100, 100, 0, 0)
+    );
+    assert!(report.complete(), "{}", report.outcome());
+    cleanup(&mut conn, &key).await;
+}

@@ -2,7 +2,6 @@
 //! `/readyz` (the database answers and every subscription is live; 503 otherwise, e.g. while
 //! Redis is reconnecting).
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -48,8 +47,9 @@ struct AppState {
     stall: Duration,
 }
 
+/// Serves on `listener` (bound by [`super::Daemon::build`]) until `shutdown`.
 pub async fn serve(
-    listen: SocketAddr,
+    listener: tokio::net::TcpListener,
     daemon: Arc<DaemonState>,
     pool: deadpool_postgres::Pool,
     stall: Duration,
@@ -64,7 +64,8 @@ pub async fn serve(
             pool,
             stall,
         });
-    let listener = tokio::net::TcpListener::bind(listen).await?;
+    // The bound address, not the configured one: with port 0 it names the port picked.
+    let listen = listener.local_addr()?;
     tracing::info!(listen = %listen, "serving /metrics, /healthz and /readyz");
     axum::serve(listener, router)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

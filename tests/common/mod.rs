@@ -276,7 +276,9 @@ pub struct App {
     pub config: trading_sync::config::Config,
     pub shutdown: tokio_util::sync::CancellationToken,
     pub state: std::sync::Arc<trading_sync::daemon::DaemonState>,
-    pub handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub handle: tokio::task::JoinHandle<anyhow::Result<trading_sync::daemon::StopReport>>,
+    /// The HTTP port when the test enabled it (`http.listen` on port 0 picks a free one).
+    pub http_port: Option<u16>,
     pub redis: redis::aio::MultiplexedConnection,
 }
 
@@ -295,13 +297,15 @@ impl App {
             .expect("PUBLISH");
     }
 
-    /// Stops the daemon and returns how `run` ended.
-    pub async fn stop(self) -> anyhow::Result<()> {
+    /// Stops the daemon and returns how `run_until_stopped` ended.
+    pub async fn stop(self) -> anyhow::Result<trading_sync::daemon::StopReport> {
         self.stop_keeping_db().await.0
     }
 
     /// Stops the daemon; the database stays for the test to inspect or clean up.
-    pub async fn stop_keeping_db(self) -> (anyhow::Result<()>, TestDb) {
+    pub async fn stop_keeping_db(
+        self,
+    ) -> (anyhow::Result<trading_sync::daemon::StopReport>, TestDb) {
         self.shutdown.cancel();
         (self.handle.await.expect("daemon task panicked"), self.db)
     }
@@ -336,25 +340,18 @@ pub async fn spawn_app_on(
     config.redis.reconnect_max_backoff_ms = 200;
     config.indicators.enabled = false;
     config.http.enabled = false;
+    config.http.listen = "127.0.0.1:0".into();
     config.maintenance.enabled = false;
     config.log.summary_interval_secs = 0;
     tweak(&mut config);
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let state = std::sync::Arc::new(trading_sync::daemon::DaemonState::default());
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let handle = {
-        let (config, shutdown, state) = (config.clone(), shutdown.clone(), state.clone());
-        tokio::spawn(async move {
-            trading_sync::daemon::run(&config, shutdown, state, move || {
-                let _ = ready_tx.send(());
-            })
-            .await
-        })
-    };
-    if ready_rx.await.is_err() {
-        let ended = handle.await.expect("daemon task panicked");
-        panic!("daemon stopped before it was ready: {ended:?}");
-    }
+    // Subscribed and consumer groups created once `build` returns: what is published from
+    // here on is read.
+    let daemon = trading_sync::daemon::Daemon::build(&config)
+        .await
+        .unwrap_or_else(|e| panic!("the daemon did not start: {e:#}"));
+    let (state, http_port) = (daemon.state(), daemon.http_port());
+    let handle = tokio::spawn(daemon.run_until_stopped(shutdown.clone()));
     let redis = redis::Client::open(redis_url())
         .unwrap()
         .get_multiplexed_async_connection()
@@ -366,6 +363,7 @@ pub async fn spawn_app_on(
         shutdown,
         state,
         handle,
+        http_port,
         redis,
     }
 }

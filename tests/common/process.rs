@@ -18,7 +18,8 @@ pub fn free_port() -> u16 {
 pub struct Daemon {
     pub child: Child,
     pub log: std::path::PathBuf,
-    pub port: u16,
+    /// The HTTP port the daemon bound (`127.0.0.1:0`), read from its log line on first use.
+    port: std::sync::OnceLock<u16>,
     pub prefix: String,
 }
 
@@ -35,7 +36,6 @@ impl Daemon {
         extra_env: &[(&str, String)],
     ) -> Daemon {
         let prefix = prefix.to_owned();
-        let port = free_port();
         let log = std::env::temp_dir().join(format!("{}.log", unique_name(&prefix)));
         // Through `sh … exec` so that WATCHDOG_PID can name the daemon's own pid, as systemd
         // sets it (the watchdog is ignored otherwise).
@@ -52,7 +52,8 @@ impl Daemon {
         .env("REDIS_URL", redis_url)
         .env("TRADING_SYNC__REDIS__CHANNEL_PREFIX", &prefix)
         .env("TRADING_SYNC__REDIS__RECONNECT_MAX_BACKOFF_MS", "200")
-        .env("TRADING_SYNC__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        // Port 0: the daemon binds once and logs the port it got, so no two tests race for one.
+        .env("TRADING_SYNC__HTTP__LISTEN", "127.0.0.1:0")
         .env("TRADING_SYNC__INDICATORS__ENABLED", "false")
         .env("TRADING_SYNC__MAINTENANCE__ENABLED", "false")
         .env("RUST_LOG", "info")
@@ -67,7 +68,7 @@ impl Daemon {
         Daemon {
             child: cmd.spawn().unwrap(),
             log,
-            port,
+            port: Default::default(),
             prefix,
         }
     }
@@ -114,7 +115,33 @@ impl Daemon {
     }
 
     pub async fn get(&self, path: &str) -> Option<(u16, String)> {
-        http_get(self.port, path).await
+        http_get(self.port().await, path).await
+    }
+
+    /// The HTTP port, from the daemon's "serving /metrics" line (waits for it, up to 30 s).
+    pub async fn port(&self) -> u16 {
+        if let Some(port) = self.port.get() {
+            return *port;
+        }
+        let port = eventually(
+            "the daemon to bind its HTTP port",
+            Duration::from_secs(30),
+            || async {
+                self.logs().iter().find_map(|line| {
+                    let fields = line.get("fields").unwrap_or(line);
+                    fields
+                        .get("message")?
+                        .as_str()?
+                        .starts_with("serving /metrics")
+                        .then_some(())?;
+                    let listen: std::net::SocketAddr =
+                        fields.get("listen")?.as_str()?.parse().ok()?;
+                    Some(listen.port())
+                })
+            },
+        )
+        .await;
+        *self.port.get_or_init(|| port)
     }
 }
 
