@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::health::WriterStats;
 use crate::core::queue::{Inbound, QueueReceiver, StreamAck};
+use crate::core::Backoff;
 use crate::core::ChannelKind;
 use crate::events::DecodeLimits;
 use fold::{plan, DeadLetter};
@@ -52,6 +53,9 @@ pub struct WriterSettings {
     pub statement_timeout: Duration,
     pub lock_timeout: Duration,
 }
+
+/// The first retry's wait after a failed attempt.
+const FIRST_RETRY: Duration = Duration::from_millis(50);
 
 /// Backoff cap for errors an operator must fix: slow enough not to flood the server's log.
 const BLOCKED_MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -256,7 +260,7 @@ impl Writer {
         let mut planned = planned;
         // Work list of slices still to commit; a data error replaces a slice by its halves.
         let mut pending: Vec<Vec<Inbound>> = vec![batch];
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(FIRST_RETRY, self.settings.max_backoff);
         while let Some(slice) = pending.pop() {
             let started = Instant::now();
             let limit = self.attempt_limit();
@@ -276,7 +280,7 @@ impl Writer {
             match outcome {
                 Ok(()) => {
                     self.database_back();
-                    backoff = Duration::from_millis(50);
+                    backoff.reset();
                     let took = started.elapsed();
                     crate::core::note_duration("batch", self.settings.slow_query, took);
                     self.acknowledge(&slice);
@@ -326,26 +330,23 @@ impl Writer {
                         Some(e) => self.database_failed(e, false, 1),
                         None => self.client = None,
                     }
-                    if !self.pause(backoff).await {
+                    if !self.pause(self.retry_wait(&mut backoff, false)).await {
                         return false;
                     }
-                    backoff = (backoff * 2).min(self.settings.max_backoff);
                     pending.push(slice);
                 }
                 Err(Failure::Transient(error)) => {
                     self.database_failed(&error, false, slice.len());
-                    if !self.pause(backoff).await {
+                    if !self.pause(self.retry_wait(&mut backoff, false)).await {
                         return false;
                     }
-                    backoff = (backoff * 2).min(self.settings.max_backoff);
                     pending.push(slice);
                 }
                 Err(Failure::Blocked(error)) => {
                     self.database_failed(&error, true, slice.len());
-                    if !self.pause(backoff).await {
+                    if !self.pause(self.retry_wait(&mut backoff, true)).await {
                         return false;
                     }
-                    backoff = (backoff * 2).min(BLOCKED_MAX_BACKOFF.max(self.settings.max_backoff));
                     pending.push(slice);
                 }
             }
@@ -450,7 +451,7 @@ impl Writer {
     /// False if the drain deadline passed first. Every failure is retried, the way a batch's
     /// is: a dead letter is received data too.
     async fn dead_letter_with_retry(&mut self, letter: DeadLetter) -> bool {
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(FIRST_RETRY, self.settings.max_backoff);
         loop {
             let limit = self.attempt_limit();
             let attempt = async {
@@ -459,7 +460,7 @@ impl Writer {
             };
             let Ok(result) = tokio::time::timeout(limit, attempt).await else {
                 self.client = None;
-                if !self.pause(backoff).await {
+                if !self.pause(self.retry_wait(&mut backoff, false)).await {
                     return false;
                 }
                 continue;
@@ -485,16 +486,20 @@ impl Writer {
                     }
                 },
             };
-            if !self.pause(backoff).await {
+            if !self.pause(self.retry_wait(&mut backoff, blocked)).await {
                 return false;
             }
-            let cap = if blocked {
-                BLOCKED_MAX_BACKOFF.max(self.settings.max_backoff)
-            } else {
-                self.settings.max_backoff
-            };
-            backoff = (backoff * 2).min(cap);
         }
+    }
+
+    /// The wait before retrying after a failure: doubling up to `max_backoff`, or, for an error
+    /// only an operator can fix, up to [`BLOCKED_MAX_BACKOFF`].
+    fn retry_wait(&self, backoff: &mut Backoff, blocked: bool) -> Duration {
+        let cap = match blocked {
+            true => BLOCKED_MAX_BACKOFF.max(self.settings.max_backoff),
+            false => self.settings.max_backoff,
+        };
+        backoff.with_cap(cap).fail()
     }
 
     async fn client(

@@ -30,7 +30,12 @@ use redis::streams::{StreamInfoGroupsReply, StreamPendingReply};
 use redis::{AsyncConnectionConfig, RedisResult, RetryMethod};
 use tokio_util::sync::CancellationToken;
 
+use super::connection::Reconnecting;
 use crate::core::health::JournalHealth;
+use crate::core::Backoff;
+
+/// The first retry's wait after a failed round trip.
+const FIRST_RETRY: Duration = Duration::from_millis(50);
 use crate::core::queue::{Inbound, QueueReceiver, QueueSender};
 use crate::core::ChannelKind;
 
@@ -100,9 +105,9 @@ impl JournalAppender {
         direct: QueueSender,
         flush: CancellationToken,
     ) {
-        let mut conn: Option<MultiplexedConnection> = None;
+        let mut conn = Reconnecting::default();
         let mut idle_beat = tokio::time::interval(Duration::from_secs(1));
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(FIRST_RETRY, self.max_backoff);
         let mut retry: Vec<Inbound> = Vec::new();
         loop {
             self.health.heartbeat.beat();
@@ -133,21 +138,21 @@ impl JournalAppender {
                 }
             };
             match self.settle(batch, replies, &mut conn, &buffer, &direct) {
-                Appended::Done => backoff = Duration::from_millis(50),
+                Appended::Done => backoff.reset(),
                 Appended::Retry(left) => {
+                    let wait = backoff.fail();
                     self.health.retries.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("trading_sync_journal_append_retries_total").increment(1);
                     tracing::warn!(
                         messages = left.len(),
-                        retry_in_ms = backoff.as_millis() as u64,
+                        retry_in_ms = wait.as_millis() as u64,
                         "cannot reach Redis to journal received messages; they wait in memory"
                     );
                     retry = left;
                     tokio::select! {
                         () = flush.cancelled() => break,
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(wait) => {}
                     }
-                    backoff = (backoff * 2).min(self.max_backoff);
                 }
             }
         }
@@ -193,7 +198,7 @@ impl JournalAppender {
     /// Redis's answer to one XADD.
     async fn send(
         &self,
-        conn: &mut Option<MultiplexedConnection>,
+        conn: &mut Reconnecting,
         batch: &[Inbound],
     ) -> RedisResult<Vec<RedisResult<String>>> {
         let mut pipe = redis::pipe();
@@ -215,11 +220,11 @@ impl JournalAppender {
                     .arg(hex);
             }
         }
-        if conn.is_none() {
-            *conn = Some(self.connection().await?);
-        }
-        pipe.query_async(conn.as_mut().expect("connected above"))
-            .await
+        conn.run(
+            async || self.connection().await,
+            async |c: &mut MultiplexedConnection| pipe.query_async(c).await,
+        )
+        .await
     }
 
     /// Settles the messages Redis answered for (journaled, or bypassed on an error reply). On a
@@ -230,7 +235,7 @@ impl JournalAppender {
         &self,
         batch: Vec<Inbound>,
         replies: RedisResult<Vec<RedisResult<String>>>,
-        conn: &mut Option<MultiplexedConnection>,
+        conn: &mut Reconnecting,
         buffer: &QueueReceiver,
         direct: &QueueSender,
     ) -> Appended {
@@ -243,12 +248,13 @@ impl JournalAppender {
                     replies = r.len(),
                     "journal reply count mismatch"
                 );
-                *conn = None;
+                conn.reset();
                 return Appended::Retry(batch);
             }
             Err(e) => {
                 tracing::debug!(error = %e, "journal append failed");
-                *conn = None;
+                // Also when the round trip was abandoned on a timeout, before it could fail.
+                conn.reset();
                 return Appended::Retry(batch);
             }
         };

@@ -23,10 +23,15 @@ use redis::{AsyncConnectionConfig, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::connection::Reconnecting;
 use super::journal::{self, JournalTrim};
 use super::pubsub::IngestError;
 use crate::config::StreamsConfig;
 use crate::core::health::StreamHealth;
+use crate::core::Backoff;
+
+/// The first retry's wait after a failed read or acknowledgement.
+const FIRST_RETRY: Duration = Duration::from_millis(50);
 use crate::core::queue::{EdgeLimits, Inbound, QueueSender, StreamAck};
 use crate::core::ChannelKind;
 
@@ -144,25 +149,25 @@ impl StreamSource {
 
     /// Reads until shutdown, reconnecting with capped backoff.
     pub async fn run_reader(&self, queue: QueueSender, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(FIRST_RETRY, self.max_backoff);
         loop {
             match self.session(&queue, &shutdown).await {
                 SessionEnd::Shutdown => break,
                 SessionEnd::Disconnected(e) => {
+                    let wait = backoff.fail();
                     self.health.live.store(false, Ordering::Release);
                     metrics::counter!("trading_sync_reconnects_total", "server" => "redis-streams")
                         .increment(1);
                     tracing::warn!(
                         server = "redis",
                         error = %e,
-                        retry_in_ms = backoff.as_millis() as u64,
+                        retry_in_ms = wait.as_millis() as u64,
                         "stream reader lost Redis; entries stay pending there and nothing is lost"
                     );
                     tokio::select! {
                         () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(wait) => {}
                     }
-                    backoff = (backoff * 2).min(self.max_backoff);
                 }
             }
         }
@@ -536,7 +541,7 @@ impl StreamSource {
         mut committed: mpsc::UnboundedReceiver<Vec<StreamAck>>,
         shutdown: CancellationToken,
     ) {
-        let mut conn: Option<MultiplexedConnection> = None;
+        let mut conn = Reconnecting::default();
         let journal_key = self
             .keys
             .iter()
@@ -576,25 +581,26 @@ impl StreamSource {
             for ack in acks {
                 by_key.entry(ack.key).or_default().push(ack.id);
             }
+            let mut pipe = redis::pipe();
+            for (key, ids) in &by_key {
+                pipe.cmd("XACK")
+                    .arg(&**key)
+                    .arg(&self.settings.group)
+                    .arg(ids)
+                    .ignore();
+            }
+            let mut backoff = Backoff::new(FIRST_RETRY, self.max_backoff);
             let mut attempt = 0u32;
             loop {
                 attempt += 1;
-                let result = async {
-                    if conn.is_none() {
-                        conn = Some(self.connection(false).await.map_err(|e| e.to_string())?);
-                    }
-                    let c = conn.as_mut().expect("connected above");
-                    let mut pipe = redis::pipe();
-                    for (key, ids) in &by_key {
-                        pipe.cmd("XACK")
-                            .arg(&**key)
-                            .arg(&self.settings.group)
-                            .arg(ids)
-                            .ignore();
-                    }
-                    pipe.query_async::<()>(c).await.map_err(|e| e.to_string())
-                }
-                .await;
+                let result = conn
+                    .run(
+                        async || self.connection(false).await.map_err(|e| e.to_string()),
+                        async |c: &mut MultiplexedConnection| {
+                            pipe.query_async::<()>(c).await.map_err(|e| e.to_string())
+                        },
+                    )
+                    .await;
                 match result {
                     Ok(()) => {
                         let n: usize = by_key.values().map(Vec::len).sum();
@@ -603,13 +609,11 @@ impl StreamSource {
                         break;
                     }
                     Err(e) => {
-                        conn = None;
                         tracing::warn!(error = %e, attempt, "cannot acknowledge stream entries; retrying");
                         if shutdown.is_cancelled() && attempt >= 3 {
                             break;
                         }
-                        let wait = Duration::from_millis(50 * 2u64.pow(attempt.min(6)));
-                        tokio::time::sleep(wait.min(self.max_backoff)).await;
+                        tokio::time::sleep(backoff.fail()).await;
                     }
                 }
             }
@@ -626,26 +630,20 @@ impl StreamSource {
     }
 
     /// One trim of the journal; false if it failed (retried at the next interval).
-    async fn trim_journal(
-        &self,
-        conn: &mut Option<MultiplexedConnection>,
-        key: &str,
-        trim: &JournalTrim,
-    ) -> bool {
-        let result = async {
-            if conn.is_none() {
-                *conn = Some(self.connection(false).await.map_err(|e| e.to_string())?);
-            }
-            let c = conn.as_mut().expect("connected above");
-            journal::trim(c, key, &trim.health)
-                .await
-                .map_err(|e| e.to_string())
-        }
-        .await;
+    async fn trim_journal(&self, conn: &mut Reconnecting, key: &str, trim: &JournalTrim) -> bool {
+        let result = conn
+            .run(
+                async || self.connection(false).await.map_err(|e| e.to_string()),
+                async |c: &mut MultiplexedConnection| {
+                    journal::trim(c, key, &trim.health)
+                        .await
+                        .map_err(|e| e.to_string())
+                },
+            )
+            .await;
         match result {
             Ok(_) => true,
             Err(e) => {
-                *conn = None;
                 tracing::warn!(error = %e, stream = key, "cannot trim the journal; will retry");
                 false
             }
