@@ -11,7 +11,7 @@ pub mod daemon;
 pub mod db;
 pub mod events;
 pub mod indicators;
-pub mod ingest;
+pub(crate) mod ingest;
 pub mod loadgen;
 pub mod maintenance;
 pub mod reconcile;

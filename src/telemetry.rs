@@ -60,7 +60,7 @@ pub fn init(format: LogFormat, configured_filter: Option<&str>) -> anyhow::Resul
 
 /// What a reload did to the log filter.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FilterReload {
+pub(crate) enum FilterReload {
     /// Now filtering with this.
     Applied(String),
     /// `RUST_LOG` is set and wins: unchanged.
@@ -68,7 +68,7 @@ pub enum FilterReload {
 }
 
 /// Applies `log.filter` (or `info`) to the running subscriber, unless `RUST_LOG` overrides it.
-pub fn reload_filter(configured_filter: Option<&str>) -> anyhow::Result<FilterReload> {
+pub(crate) fn reload_filter(configured_filter: Option<&str>) -> anyhow::Result<FilterReload> {
     if let Some(from_env) = env_filter() {
         return Ok(FilterReload::EnvironmentWins(from_env));
     }

@@ -37,14 +37,14 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     /// Whether `payload` is the whole message: a replay can re-decode it.
-    pub fn replayable(&self) -> bool {
+    pub(crate) fn replayable(&self) -> bool {
         self.payload.len() == self.size
     }
 }
 
 impl DeadLetter {
     /// A dead letter for `message` with a reason and no event context.
-    pub fn new(message: &Inbound, kind: &'static str, error: String) -> Self {
+    pub(crate) fn new(message: &Inbound, kind: &'static str, error: String) -> Self {
         DeadLetter {
             channel: message.channel,
             payload: message.payload.clone(),
@@ -70,7 +70,7 @@ impl DeadLetter {
         }
     }
 
-    pub fn from_decode(message: &Inbound, error: &DecodeError) -> Self {
+    pub(crate) fn from_decode(message: &Inbound, error: &DecodeError) -> Self {
         DeadLetter {
             event_type: error.event_type().map(str::to_owned),
             trade_id: error.trade_id().map(str::to_owned),
@@ -170,7 +170,7 @@ pub fn plan(messages: &[Inbound], limits: &DecodeLimits) -> BatchPlan {
 
 /// Sum of the trades of one (account, symbol).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct PortfolioDelta {
+pub(crate) struct PortfolioDelta {
     pub trade_count: i64,
     pub net_quantity: Decimal,
     pub total_value: Decimal,
@@ -181,7 +181,7 @@ pub struct PortfolioDelta {
 
 /// Sum of the trades of one (strategy, exchange-local day).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct MetricsDelta {
+pub(crate) struct MetricsDelta {
     pub total_trades: i64,
     pub winning_trades: i64,
     pub realized_pnl: Decimal,
@@ -193,7 +193,7 @@ pub struct MetricsDelta {
 }
 
 impl PortfolioDelta {
-    pub fn add_trade(&mut self, trade: &TradeExecuted) {
+    pub(crate) fn add_trade(&mut self, trade: &TradeExecuted) {
         self.merge(&PortfolioDelta {
             trade_count: 1,
             net_quantity: trade.signed_quantity(),
@@ -204,7 +204,7 @@ impl PortfolioDelta {
         });
     }
 
-    pub fn merge(&mut self, other: &PortfolioDelta) {
+    pub(crate) fn merge(&mut self, other: &PortfolioDelta) {
         self.trade_count += other.trade_count;
         self.net_quantity += other.net_quantity;
         self.total_value += other.total_value;
@@ -215,7 +215,7 @@ impl PortfolioDelta {
 }
 
 impl MetricsDelta {
-    pub fn add_trade(&mut self, trade: &TradeExecuted) {
+    pub(crate) fn add_trade(&mut self, trade: &TradeExecuted) {
         self.merge(&MetricsDelta {
             total_trades: 1,
             winning_trades: i64::from(trade.is_win),
@@ -226,7 +226,7 @@ impl MetricsDelta {
         });
     }
 
-    pub fn merge(&mut self, other: &MetricsDelta) {
+    pub(crate) fn merge(&mut self, other: &MetricsDelta) {
         self.total_trades += other.total_trades;
         self.winning_trades += other.winning_trades;
         self.realized_pnl += other.realized_pnl;
@@ -239,13 +239,13 @@ impl MetricsDelta {
 /// Deltas keyed and sorted: BTreeMap order is the lock order of the upserts, identical in every
 /// instance, so concurrent writers cannot deadlock on these rows.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Folded {
+pub(crate) struct Folded {
     pub portfolio: BTreeMap<(String, String), PortfolioDelta>,
     pub metrics: BTreeMap<(String, NaiveDate), MetricsDelta>,
 }
 
 impl Folded {
-    pub fn add<'a>(&mut self, trades: impl IntoIterator<Item = &'a TradeExecuted>) {
+    pub(crate) fn add<'a>(&mut self, trades: impl IntoIterator<Item = &'a TradeExecuted>) {
         for trade in trades {
             self.portfolio
                 .entry((trade.account_id.clone(), trade.symbol.clone()))
@@ -260,7 +260,9 @@ impl Folded {
         }
     }
 
-    pub fn merge(&mut self, other: &Folded) {
+    /// Folding in parts and merging equals folding at once (a property test checks it).
+    #[cfg(test)]
+    fn merge(&mut self, other: &Folded) {
         for (k, v) in &other.portfolio {
             self.portfolio.entry(k.clone()).or_default().merge(v);
         }
@@ -270,7 +272,7 @@ impl Folded {
     }
 }
 
-pub fn fold<'a>(trades: impl IntoIterator<Item = &'a TradeExecuted>) -> Folded {
+pub(crate) fn fold<'a>(trades: impl IntoIterator<Item = &'a TradeExecuted>) -> Folded {
     let mut folded = Folded::default();
     folded.add(trades);
     folded

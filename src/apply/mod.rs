@@ -31,14 +31,14 @@ use fold::{plan, DeadLetter};
 
 /// How the writer ended.
 #[derive(Debug, PartialEq, Eq)]
-pub enum WriterEnd {
+pub(crate) enum WriterEnd {
     /// Everything received was committed or dead-lettered.
     Drained,
     /// The drain deadline passed with this many messages uncommitted (logged with counts).
     DeadlineExceeded { left: usize },
 }
 
-pub struct WriterSettings {
+pub(crate) struct WriterSettings {
     pub batch_max_events: usize,
     pub batch_max_wait: Duration,
     pub drain_deadline: Duration,
@@ -62,7 +62,7 @@ const BLOCKED_MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// The batch writer. `shutdown` starts the drain: the queue is closed to new messages and what
 /// it holds is committed within `drain_deadline`.
-pub struct Writer {
+pub(crate) struct Writer {
     settings: WriterSettings,
     /// Symbols with a new yahoo bar, handed to the indicator job after commit.
     indicator_symbols: Option<mpsc::UnboundedSender<String>>,
@@ -100,7 +100,7 @@ struct Outage {
 }
 
 impl Writer {
-    pub fn new(
+    pub(crate) fn new(
         settings: WriterSettings,
         indicator_symbols: Option<mpsc::UnboundedSender<String>>,
         shutdown: CancellationToken,
@@ -119,7 +119,7 @@ impl Writer {
     }
 
     /// Acknowledge stream entries through `acks` once committed.
-    pub fn with_acks(mut self, acks: mpsc::UnboundedSender<Vec<StreamAck>>) -> Self {
+    pub(crate) fn with_acks(mut self, acks: mpsc::UnboundedSender<Vec<StreamAck>>) -> Self {
         self.acks = Some(acks);
         self
     }
@@ -133,7 +133,7 @@ impl Writer {
         }
     }
 
-    pub async fn run(mut self, mut queue: QueueReceiver) -> WriterEnd {
+    pub(crate) async fn run(mut self, mut queue: QueueReceiver) -> WriterEnd {
         let shutdown = self.shutdown.clone();
         // Beats while idle too: an empty queue is not a stuck writer.
         let mut idle_beat = tokio::time::interval(Duration::from_secs(1));

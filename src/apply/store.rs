@@ -107,7 +107,7 @@ impl Statements {
 
 /// Where the trades of a plan come from, as the ledger records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TradeSource {
+pub(crate) enum TradeSource {
     /// `trade_executed` events.
     Event,
     /// execution.trades rows, through reconcile.
@@ -151,7 +151,7 @@ pub async fn apply(
 
 /// Applies a plan inside a transaction the caller owns and commits (reconcile adds its own
 /// statements to it). Trades whose id is in the ledger already change nothing.
-pub async fn apply_in(
+pub(crate) async fn apply_in(
     tx: &tokio_postgres::Transaction<'_>,
     stmts: &Statements,
     plan: &BatchPlan,
@@ -285,7 +285,7 @@ pub async fn apply_in(
 }
 
 /// Dead letters alone, in their own transaction: used for events the database itself refused.
-pub async fn insert_dead_letters_only(
+pub(crate) async fn insert_dead_letters_only(
     client: &mut tokio_postgres::Client,
     stmts: &Statements,
     letters: &[DeadLetter],

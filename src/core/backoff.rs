@@ -31,11 +31,6 @@ impl Backoff {
         wait
     }
 
-    /// What the next failure would wait, without counting a failure.
-    pub fn peek(&self) -> Duration {
-        self.next
-    }
-
     /// A success: the next failure starts from `first` again.
     pub fn reset(&mut self) {
         self.next = self.first;

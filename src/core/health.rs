@@ -18,7 +18,7 @@ pub struct SubscriptionHealth {
     pub disconnects: AtomicU64,
     pub received: AtomicU64,
     /// Beats each time the session loop turns (watchdog).
-    pub heartbeat: Heartbeat,
+    pub(crate) heartbeat: Heartbeat,
 }
 
 /// Consumer lag and liveness, for /readyz, metrics and tests.
@@ -42,7 +42,7 @@ pub struct StreamHealth {
     /// Set once a read of new entries came back short: the backlog present at start has been
     /// read (reconcile's start run waits for it, so waiting entries are not healed from rows).
     pub caught_up: AtomicBool,
-    pub heartbeat: Heartbeat,
+    pub(crate) heartbeat: Heartbeat,
 }
 
 /// Counters of the journal, for metrics, /readyz and tests.
@@ -62,7 +62,7 @@ pub struct JournalHealth {
     /// The buffer between the push handler and the appender.
     pub buffer: Arc<QueueStats>,
     /// Beats each time the appender's loop turns (watchdog).
-    pub heartbeat: Heartbeat,
+    pub(crate) heartbeat: Heartbeat,
 }
 
 /// Running totals, for the summary log line, /readyz detail and tests.
@@ -74,9 +74,9 @@ pub struct WriterStats {
     pub duplicates: AtomicU64,
     pub dead_lettered: AtomicU64,
     /// Beats on every loop turn, idle or not.
-    pub heartbeat: Heartbeat,
+    pub(crate) heartbeat: Heartbeat,
     /// Set while the writer holds a batch it has not committed yet: how long it has been stuck.
-    pub busy: Since,
+    pub(crate) busy: Since,
     /// True while batches fail to reach the database (any error but a data error).
     pub database_failing: AtomicBool,
     /// True while that error is one retrying alone cannot fix (permissions, schema, password).
@@ -84,7 +84,7 @@ pub struct WriterStats {
 }
 
 impl WriterStats {
-    pub fn applied_total(&self) -> u64 {
+    pub(crate) fn applied_total(&self) -> u64 {
         self.applied
             .values()
             .map(|a| a.load(Ordering::Relaxed))

@@ -12,7 +12,7 @@ fn epoch() -> Instant {
 
 /// Milliseconds since the process epoch of the last beat.
 #[derive(Debug)]
-pub struct Heartbeat(AtomicU64);
+pub(crate) struct Heartbeat(AtomicU64);
 
 impl Default for Heartbeat {
     fn default() -> Self {
@@ -23,12 +23,12 @@ impl Default for Heartbeat {
 }
 
 impl Heartbeat {
-    pub fn beat(&self) {
+    pub(crate) fn beat(&self) {
         self.0
             .store(epoch().elapsed().as_millis() as u64, Ordering::Release);
     }
 
-    pub fn age(&self) -> Duration {
+    pub(crate) fn age(&self) -> Duration {
         let now = epoch().elapsed().as_millis() as u64;
         Duration::from_millis(now.saturating_sub(self.0.load(Ordering::Acquire)))
     }
@@ -37,21 +37,21 @@ impl Heartbeat {
 /// Since when a task has been busy with one piece of work, if it is: /readyz tells a writer
 /// stuck on a batch from one that is merely idle.
 #[derive(Debug, Default)]
-pub struct Since(AtomicU64);
+pub(crate) struct Since(AtomicU64);
 
 impl Since {
-    pub fn set(&self) {
+    pub(crate) fn set(&self) {
         // 0 means "not busy": a mark of 0 ms after the epoch is stored as 1.
         let now = (epoch().elapsed().as_millis() as u64).max(1);
         self.0.store(now, Ordering::Release);
     }
 
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         self.0.store(0, Ordering::Release);
     }
 
     /// How long the current piece of work has taken so far; None when idle.
-    pub fn age(&self) -> Option<Duration> {
+    pub(crate) fn age(&self) -> Option<Duration> {
         let since = self.0.load(Ordering::Acquire);
         (since != 0).then(|| {
             let now = epoch().elapsed().as_millis() as u64;

@@ -7,19 +7,19 @@
 //! - [`health`]: each stage's liveness and lag counters;
 //! - [`Backoff`]: capped exponential backoff.
 
-pub mod backoff;
-pub mod channel;
+mod backoff;
+mod channel;
 pub mod health;
 pub mod heartbeat;
 pub mod queue;
 
-pub use backoff::Backoff;
+pub(crate) use backoff::Backoff;
 pub use channel::{ChannelKind, PerChannel};
 
 use std::time::Duration;
 
 /// Counts and logs a database operation slower than the threshold (`database.slow_query_ms`).
-pub fn note_duration(operation: &'static str, slow: Duration, took: Duration) {
+pub(crate) fn note_duration(operation: &'static str, slow: Duration, took: Duration) {
     if took >= slow {
         metrics::counter!("trading_sync_slow_queries_total", "operation" => operation).increment(1);
         tracing::warn!(

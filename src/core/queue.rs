@@ -40,14 +40,14 @@ pub struct Oversized {
 
 impl Oversized {
     /// Whether the payload still holds the whole message (a replay can use it).
-    pub fn whole(&self, payload: &[u8]) -> bool {
+    pub(crate) fn whole(&self, payload: &[u8]) -> bool {
         payload.len() == self.size
     }
 }
 
 /// How much of a message the ingest edge keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EdgeLimits {
+pub(crate) struct EdgeLimits {
     /// `sync.max_message_bytes`: larger messages are refused (dead-lettered unparsed).
     pub max_message_bytes: usize,
     /// `sync.dead_letter_max_bytes`: a refused message up to this size is kept whole (replayable
@@ -56,7 +56,7 @@ pub struct EdgeLimits {
 }
 
 /// What is kept of a message too large even for a dead letter: enough to see what it was.
-pub const OVERSIZED_PREFIX_BYTES: usize = 4096;
+pub(crate) const OVERSIZED_PREFIX_BYTES: usize = 4096;
 
 /// A stream entry to acknowledge after its transaction committed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +85,11 @@ impl Inbound {
     /// A message as it arrives at the ingest edge: one over `max_message_bytes` is marked, and
     /// cut to a prefix when over `dead_letter_max_bytes` too, before it is queued or journaled —
     /// a 50 MiB message then costs its 4 KiB prefix, not 50 MiB of queue, journal and table.
-    pub fn received(channel: ChannelKind, mut payload: Vec<u8>, limits: &EdgeLimits) -> Self {
+    pub(crate) fn received(
+        channel: ChannelKind,
+        mut payload: Vec<u8>,
+        limits: &EdgeLimits,
+    ) -> Self {
         use sha2::Digest;
         let oversized = (payload.len() > limits.max_message_bytes).then(|| {
             let marker = Oversized {
@@ -110,7 +114,7 @@ impl Inbound {
     }
 
     /// Bytes this message holds against the queue's budget (payload plus bookkeeping).
-    pub fn cost(&self) -> usize {
+    pub(crate) fn cost(&self) -> usize {
         self.payload.len() + std::mem::size_of::<Inbound>()
     }
 }
@@ -127,7 +131,7 @@ pub struct QueueStats {
 }
 
 #[derive(Clone)]
-pub struct QueueSender {
+pub(crate) struct QueueSender {
     tx: mpsc::UnboundedSender<Inbound>,
     stats: Arc<QueueStats>,
     max_bytes: usize,
@@ -135,7 +139,7 @@ pub struct QueueSender {
     space: Arc<tokio::sync::Notify>,
 }
 
-pub struct QueueReceiver {
+pub(crate) struct QueueReceiver {
     rx: mpsc::UnboundedReceiver<Inbound>,
     stats: Arc<QueueStats>,
     space: Arc<tokio::sync::Notify>,
@@ -143,7 +147,7 @@ pub struct QueueReceiver {
 
 /// Why a message was not queued.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Refused {
+pub(crate) enum Refused {
     #[error("queue full ({bytes} of {max_bytes} bytes in use)")]
     Full { bytes: usize, max_bytes: usize },
     #[error("queue closed (the writer has stopped)")]
@@ -151,7 +155,7 @@ pub enum Refused {
 }
 
 /// `stats` is passed in so that health endpoints and tests can watch the queue.
-pub fn queue(max_bytes: usize, stats: Arc<QueueStats>) -> (QueueSender, QueueReceiver) {
+pub(crate) fn queue(max_bytes: usize, stats: Arc<QueueStats>) -> (QueueSender, QueueReceiver) {
     let (tx, rx) = mpsc::unbounded_channel();
     let space = Arc::new(tokio::sync::Notify::new());
     (
@@ -167,7 +171,7 @@ pub fn queue(max_bytes: usize, stats: Arc<QueueStats>) -> (QueueSender, QueueRec
 
 impl QueueSender {
     /// Queues without waiting. The caller logs and counts a refusal.
-    pub fn offer(&self, message: Inbound) -> Result<(), Refused> {
+    pub(crate) fn offer(&self, message: Inbound) -> Result<(), Refused> {
         self.reserve_and_send(message).map_err(|(refused, _)| {
             if matches!(refused, Refused::Full { .. }) {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -205,7 +209,7 @@ impl QueueSender {
 
     /// Queues, waiting for budget if the queue is full: for stream entries, which Redis keeps
     /// safely until read, so waiting (backpressure) is better than refusing.
-    pub async fn send_wait(&self, mut message: Inbound) -> Result<(), Refused> {
+    pub(crate) async fn send_wait(&self, mut message: Inbound) -> Result<(), Refused> {
         loop {
             let space = self.space.notified();
             tokio::pin!(space);
@@ -222,7 +226,7 @@ impl QueueSender {
     }
 
     /// Waits until fewer than `depth` messages are queued or in flight.
-    pub async fn wait_below(&self, depth: usize) {
+    pub(crate) async fn wait_below(&self, depth: usize) {
         loop {
             let space = self.space.notified();
             tokio::pin!(space);
@@ -234,37 +238,37 @@ impl QueueSender {
         }
     }
 
-    pub fn stats(&self) -> &Arc<QueueStats> {
+    pub(crate) fn stats(&self) -> &Arc<QueueStats> {
         &self.stats
     }
 }
 
 impl QueueReceiver {
     /// Waits for the next message; None once every sender is gone and the queue is empty.
-    pub async fn recv(&mut self) -> Option<Inbound> {
+    pub(crate) async fn recv(&mut self) -> Option<Inbound> {
         self.rx.recv().await
     }
 
     /// Takes a message if one is ready.
-    pub fn try_recv(&mut self) -> Option<Inbound> {
+    pub(crate) fn try_recv(&mut self) -> Option<Inbound> {
         self.rx.try_recv().ok()
     }
 
     /// Gives back the budget of messages whose fate is sealed (committed or dead-lettered).
-    pub fn release(&self, messages: usize, bytes: usize) {
+    pub(crate) fn release(&self, messages: usize, bytes: usize) {
         self.stats.bytes.fetch_sub(bytes, Ordering::AcqRel);
         self.stats.depth.fetch_sub(messages, Ordering::AcqRel);
         self.space.notify_waiters();
     }
 
     /// Stops accepting: later offers are refused as Closed, queued messages can still be read.
-    pub fn close(&mut self) {
+    pub(crate) fn close(&mut self) {
         self.rx.close();
         // Wake waiting senders so they see the queue closed.
         self.space.notify_waiters();
     }
 
-    pub fn stats(&self) -> &Arc<QueueStats> {
+    pub(crate) fn stats(&self) -> &Arc<QueueStats> {
         &self.stats
     }
 }

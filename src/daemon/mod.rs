@@ -17,12 +17,12 @@
 //! committed, then the background tasks stop.
 
 mod background;
-pub mod http;
+mod http;
 mod monitor;
-pub mod notify;
+mod notify;
 mod signals;
 mod supervise;
-pub mod topology;
+mod topology;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -41,9 +41,9 @@ use crate::indicators::schedule::SchedulerSettings;
 use crate::ingest::journal::{JournalAppender, JournalTrim};
 use crate::ingest::pubsub::PubSubSource;
 use crate::ingest::streams::StreamSource;
-pub use signals::{cancel_on_signals, handle_daemon_signals};
+pub(crate) use signals::{cancel_on_signals, handle_daemon_signals};
 use supervise::supervise;
-pub use topology::Topology;
+pub(crate) use topology::Topology;
 
 /// Shared state the daemon exposes (health endpoints, watchdog, summary, tests).
 #[derive(Debug, Default)]
@@ -68,19 +68,19 @@ impl DaemonState {
     /// Messages received, per transport: pub/sub deliveries (journaled or not) and stream entries
     /// delivered for the first time. Without the journal, at the end of a run it equals applied
     /// + duplicates + dead-lettered + refused + left uncommitted.
-    pub fn received(&self) -> u64 {
+    pub(crate) fn received(&self) -> u64 {
         self.subscription.received.load(Ordering::Relaxed)
             + self.streams.received.load(Ordering::Relaxed)
     }
 
     /// Messages refused at a full queue or journal buffer.
-    pub fn refused(&self) -> u64 {
+    pub(crate) fn refused(&self) -> u64 {
         self.queue.refused.load(Ordering::Relaxed)
             + self.journal.buffer.refused.load(Ordering::Relaxed)
     }
 
     /// Every configured transport is connected (pub/sub subscribed, stream reader live).
-    pub fn ingest_live(&self) -> bool {
+    pub(crate) fn ingest_live(&self) -> bool {
         (!self.uses_pubsub.load(Ordering::Relaxed)
             || self.subscription.live.load(Ordering::Acquire))
             && (!self.uses_streams.load(Ordering::Relaxed)
@@ -486,7 +486,10 @@ impl Daemon {
 }
 
 /// `build` and `run_until_stopped` in one call: what `trading-sync run` does.
-pub async fn run(config: &Config, shutdown: CancellationToken) -> anyhow::Result<StopReport> {
+pub(crate) async fn run(
+    config: &Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<StopReport> {
     Daemon::build(config)
         .await?
         .run_until_stopped(shutdown)

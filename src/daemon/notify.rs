@@ -18,10 +18,6 @@ pub fn watchdog() {
     send(&[NotifyState::Watchdog]);
 }
 
-pub fn status(text: &str) {
-    send(&[NotifyState::Status(text)]);
-}
-
 /// The watchdog interval systemd expects pings within, if it set one.
 pub fn watchdog_interval() -> Option<Duration> {
     let mut usec = 0;

@@ -120,7 +120,9 @@ pub async fn migrate_to(
 
 /// Names of the embedded migrations not yet applied to the database (`run` refuses to start
 /// on a schema older than the binary).
-pub async fn pending(client: &mut tokio_postgres::Client) -> Result<Vec<String>, MigrateError> {
+pub(crate) async fn pending(
+    client: &mut tokio_postgres::Client,
+) -> Result<Vec<String>, MigrateError> {
     let runner = embedded::migrations::runner();
     let never_migrated = client
         .query_one(HISTORY_EXISTS, &[])

@@ -19,7 +19,7 @@ pub enum DbError {
 
 /// A database error as an operator needs it: the server's own message and SQLSTATE, not
 /// tokio-postgres's bare "db error"; other errors (I/O, protocol) as they are.
-pub fn error_text(error: &tokio_postgres::Error) -> String {
+pub(crate) fn error_text(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
         None => error.to_string(),
@@ -28,7 +28,7 @@ pub fn error_text(error: &tokio_postgres::Error) -> String {
 
 /// A pool of `database.pool_size` connections. TLS is not offered: the daemon runs next to its
 /// database (README, "Decisions").
-pub fn pool(config: &DatabaseConfig) -> Result<Pool, DbError> {
+pub(crate) fn pool(config: &DatabaseConfig) -> Result<Pool, DbError> {
     let pg = config.pg_config()?;
     let manager = Manager::from_config(
         pg,
@@ -45,7 +45,9 @@ pub fn pool(config: &DatabaseConfig) -> Result<Pool, DbError> {
 }
 
 /// One connection outside the pool, with its driver task tied to the returned client's lifetime.
-pub async fn connect(pg: &tokio_postgres::Config) -> Result<tokio_postgres::Client, DbError> {
+pub(crate) async fn connect(
+    pg: &tokio_postgres::Config,
+) -> Result<tokio_postgres::Client, DbError> {
     let (client, connection) = pg.connect(NoTls).await.map_err(DbError::Connect)?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {

@@ -215,7 +215,7 @@ pub async fn run_once(
 
 /// Times a statement and reports it as slow past the configured threshold (the review's
 /// DatabaseMonitoring).
-pub async fn timed<T, E>(
+pub(crate) async fn timed<T, E>(
     operation: &'static str,
     slow: Duration,
     work: impl std::future::Future<Output = Result<T, E>>,

@@ -188,7 +188,7 @@ pub enum Trigger {
 }
 
 impl Trigger {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Trigger::Start => "start",
             Trigger::Resubscribed => "resubscribed",
@@ -211,7 +211,9 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn from_config(config: &crate::config::Config) -> Result<Self, crate::config::ConfigError> {
+    pub(crate) fn from_config(
+        config: &crate::config::Config,
+    ) -> Result<Self, crate::config::ConfigError> {
         Ok(Settings {
             grace: Duration::from_millis(config.reconcile.grace_ms),
             ledger_retention_days: config.maintenance.ledger_retention_days,
