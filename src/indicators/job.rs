@@ -23,7 +23,7 @@ use chrono_tz::Tz;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use super::replica::{BarSource, ReplicaSettings};
+use super::replica::{BarSource, ReadOn, ReplicaSettings};
 use super::step::{self, Bar, IndicatorRow, IndicatorState, SkipReason};
 use super::store::{
     self, bar_date, BarChange, ListedSymbol, Overflow, RawBar, RowEncoder, StateToSave,
@@ -650,7 +650,12 @@ async fn process_chunk(
         });
         planned.push((symbol, start, slot));
     }
-    let reads = bars.load_bars(&tx, &requests, &mut summary).await?;
+    let (reads, read_on) = bars.load_bars(&tx, &requests).await?;
+    match read_on {
+        ReadOn::Primary => {}
+        ReadOn::Replica => summary.replica_reads += 1,
+        ReadOn::Fallback => summary.replica_fallbacks += 1,
+    }
     let tz = ctx.tz;
     let plan = blocking(move || {
         let computed = planned

@@ -33,7 +33,6 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::types::PgLsn;
 use tokio_postgres::{Client, Transaction};
 
-use super::job::RunSummary;
 use super::store::{self, RawBar};
 use super::IndicatorError;
 use crate::config::{Config, ConfigError};
@@ -153,6 +152,17 @@ struct Replica {
 /// failed, or the chunk's own transaction when no replica is configured or usable.
 pub(crate) struct BarSource(Option<Reader>);
 
+/// Where a chunk's bars were read. Returned rather than counted here so that the job, which
+/// owns the run's counts, is the one module that knows them: this module stays below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadOn {
+    /// No replica is configured, or the chunk needed no bars.
+    Primary,
+    Replica,
+    /// A replica is configured but could not serve this chunk (logged and counted by reason).
+    Fallback,
+}
+
 struct Reader {
     settings: ReplicaSettings,
     replica: Option<Replica>,
@@ -180,24 +190,21 @@ impl BarSource {
         }))
     }
 
-    /// `store::load_bars` for a chunk whose change rows `tx` has read.
+    /// `store::load_bars` for a chunk whose change rows `tx` has read, and where they were read.
     pub(crate) async fn load_bars(
         &mut self,
         tx: &Transaction<'_>,
         requests: &[(String, Option<DateTime<Utc>>)],
-        summary: &mut RunSummary,
-    ) -> Result<Vec<Vec<RawBar>>, IndicatorError> {
+    ) -> Result<(Vec<Vec<RawBar>>, ReadOn), IndicatorError> {
         let Some(reader) = self.0.as_mut().filter(|_| !requests.is_empty()) else {
-            return store::load_bars(tx, requests).await;
+            return Ok((store::load_bars(tx, requests).await?, ReadOn::Primary));
         };
         match reader.read_chunk(tx, requests).await? {
             Ok(bars) => {
-                summary.replica_reads += 1;
                 metrics::counter!("trading_sync_indicator_replica_reads_total").increment(1);
-                Ok(bars)
+                Ok((bars, ReadOn::Replica))
             }
             Err(fallback) => {
-                summary.replica_fallbacks += 1;
                 let reason = fallback.reason();
                 metrics::counter!("trading_sync_indicator_replica_fallbacks_total", "reason" => reason)
                     .increment(1);
@@ -210,7 +217,7 @@ impl BarSource {
                         "reading a chunk's bars from the primary instead of the replica"
                     );
                 }
-                store::load_bars(tx, requests).await
+                Ok((store::load_bars(tx, requests).await?, ReadOn::Fallback))
             }
         }
     }
