@@ -36,6 +36,7 @@ use tokio_postgres::{Client, Transaction};
 use super::store::{self, RawBar};
 use super::IndicatorError;
 use crate::config::{Config, ConfigError};
+use crate::core::Backoff;
 
 /// Where and how long to wait: from `database.replica_url` and `indicators.replica_max_wait_ms`.
 #[derive(Debug, Clone)]
@@ -171,7 +172,8 @@ struct Reader {
     /// The primary refused the message (a revoked grant): not asked again in this run.
     flush_refused: bool,
     retry_at: Option<Instant>,
-    retry_after: Duration,
+    /// How long after a failed connection attempt the next one is made.
+    retry: Backoff,
     /// The previous wait ran out. Later chunks then look once rather than wait again: a
     /// replica that far behind would otherwise cost every chunk of the run the whole wait.
     lagging: bool,
@@ -185,7 +187,7 @@ impl BarSource {
             flusher: None,
             flush_refused: false,
             retry_at: None,
-            retry_after: FIRST_RETRY,
+            retry: Backoff::new(FIRST_RETRY, MAX_RETRY),
             lagging: false,
         }))
     }
@@ -287,12 +289,11 @@ impl Reader {
         match open(&self.settings.pg).await {
             Ok(r) => {
                 self.retry_at = None;
-                self.retry_after = FIRST_RETRY;
+                self.retry.reset();
                 Ok(r)
             }
             Err(f) => {
-                self.retry_at = Some(Instant::now() + self.retry_after);
-                self.retry_after = (self.retry_after * 2).min(MAX_RETRY);
+                self.retry_at = Some(Instant::now() + self.retry.fail());
                 Err(f)
             }
         }
@@ -340,7 +341,7 @@ impl Reader {
             self.settings.max_wait
         };
         let deadline = started + max_wait;
-        let mut pause = FIRST_POLL;
+        let mut pause = Backoff::new(FIRST_POLL, MAX_POLL);
         loop {
             let limit = deadline
                 .saturating_duration_since(Instant::now())
@@ -369,8 +370,7 @@ impl Reader {
                     waited: now - started,
                 });
             }
-            tokio::time::sleep(pause.min(deadline - now)).await;
-            pause = (pause * 2).min(MAX_POLL);
+            tokio::time::sleep(pause.fail().min(deadline - now)).await;
         }
     }
 }
