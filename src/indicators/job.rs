@@ -385,7 +385,7 @@ async fn prepare_connection(client: &Client) -> Result<(), IndicatorError> {
         .await
         .map_err(IndicatorError::query("configuring the session"))?;
     client
-        .batch_execute(store::CREATE_STAGING_SQL)
+        .batch_execute(&store::CREATE_STAGING_SQL)
         .await
         .map_err(IndicatorError::query("creating staging tables"))
 }
@@ -824,7 +824,7 @@ async fn write(
     store::delete_rows_from(tx, &plan.delete_from).await?;
     if plan.direct.rows() > 0 {
         summary.rows_written +=
-            store::copy_rows(tx, store::COPY_ROWS_SQL, plan.direct.finish()).await?;
+            store::copy_rows(tx, &store::COPY_ROWS_SQL, plan.direct.finish()).await?;
     }
     if !plan.staged_targets.is_empty() {
         summary.rows_written +=
