@@ -46,8 +46,9 @@ pub enum IndicatorError {
 }
 
 impl IndicatorError {
-    /// `map_err` adapter naming what was being done.
-    pub(crate) fn query(context: &'static str) -> impl Fn(tokio_postgres::Error) -> Self {
+    /// `map_err` adapter naming what was being done; `Copy`, so one serves every statement of
+    /// a step.
+    pub(crate) fn query(context: &'static str) -> impl Fn(tokio_postgres::Error) -> Self + Copy {
         move |source| IndicatorError::Query { context, source }
     }
 }

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::collections::VecDeque;
+use std::fmt;
 use std::io::Cursor;
 use std::sync::LazyLock;
 
@@ -64,12 +65,16 @@ SELECT k.ord::int4
  WHERE pg_try_advisory_xact_lock($1::int4, k.key)
 "#;
 
-pub const LOAD_STATES_SQL: &str = r#"
-SELECT symbol::text, spec_version, first_date, last_date, bars_consumed, closes, close_dates,
-       volumes, ema12, ema26, ema50, macd_fast, macd_signal, macd_seed_sum, avg_gain, avg_loss
-  FROM analytics.indicator_state
- WHERE symbol = ANY($1::text[])
-"#;
+/// Every state column but `prev_close`, a copy of the last of `closes` that [`IndicatorState`]
+/// derives rather than holds.
+static LOAD_STATES_SQL: LazyLock<String> = LazyLock::new(|| {
+    let read = STATE_COLUMNS.iter().filter(|(c, ..)| *c != "prev_close");
+    let columns = column_list(read.map(|&(c, _, sql)| (c, sql)), "{c}");
+    format!(
+        "SELECT symbol::text, {columns} FROM analytics.indicator_state \
+         WHERE symbol = ANY($1::text[])"
+    )
+});
 
 /// The recorded bar changes of a chunk's symbols: the earliest, and the rows read. `-infinity`
 /// (everything) reads as NULL, which chrono has no value for.
@@ -160,14 +165,25 @@ const VALUE_COLUMNS: [(&str, ColumnType); 22] = [
     ("current_volume", BigInt),
 ];
 
-/// The value columns comma-separated, each written as `template` with `{c}` standing for its
-/// name and `{type}` for its SQL type.
-fn value_columns(template: &str) -> String {
-    VALUE_COLUMNS
-        .iter()
-        .map(|(column, ty)| template.replace("{c}", column).replace("{type}", &ty.sql()))
+/// `columns` comma-separated, each written as `template` with `{c}` standing for its name and
+/// `{type}` for its SQL type.
+fn column_list<'a, T: fmt::Display>(
+    columns: impl IntoIterator<Item = (&'a str, T)>,
+    template: &str,
+) -> String {
+    columns
+        .into_iter()
+        .map(|(column, ty)| {
+            template
+                .replace("{c}", column)
+                .replace("{type}", &ty.to_string())
+        })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+fn value_columns(template: &str) -> String {
+    column_list(VALUE_COLUMNS, template)
 }
 
 /// The COPY of a [`RowEncoder`] payload into `table`.
@@ -179,23 +195,45 @@ fn copy_rows_sql(table: &str) -> String {
 pub static COPY_ROWS_SQL: LazyLock<String> =
     LazyLock::new(|| copy_rows_sql("analytics.technical_indicators"));
 
+/// analytics.indicator_state's columns (V13) after `symbol`, in table order, with the type
+/// [`save_states`] sends each value as and the staging table's declaration: the one list the
+/// state statements derive theirs from. [`save_states`] writes the values in this order.
+const STATE_COLUMNS: [(&str, Type, &str); 16] = [
+    ("spec_version", Type::INT4, "int4 NOT NULL"),
+    ("first_date", Type::DATE, "date NOT NULL"),
+    ("last_date", Type::DATE, "date NOT NULL"),
+    ("bars_consumed", Type::INT8, "int8 NOT NULL"),
+    ("closes", Type::FLOAT8_ARRAY, "float8[] NOT NULL"),
+    ("close_dates", Type::DATE_ARRAY, "date[] NOT NULL"),
+    ("volumes", Type::INT8_ARRAY, "int8[] NOT NULL"),
+    ("ema12", Type::FLOAT8, "float8"),
+    ("ema26", Type::FLOAT8, "float8"),
+    ("ema50", Type::FLOAT8, "float8"),
+    ("macd_fast", Type::FLOAT8, "float8"),
+    ("macd_signal", Type::FLOAT8, "float8"),
+    ("macd_seed_sum", Type::FLOAT8, "float8"),
+    ("avg_gain", Type::FLOAT8, "float8"),
+    ("avg_loss", Type::FLOAT8, "float8"),
+    ("prev_close", Type::FLOAT8, "float8"),
+];
+
+fn state_columns(template: &str) -> String {
+    column_list(STATE_COLUMNS.iter().map(|&(c, _, sql)| (c, sql)), template)
+}
+
 /// Per-connection staging tables for the two writes that are upserts. ON COMMIT DELETE ROWS
 /// empties them at each commit (PostgreSQL skips that for transactions that did not touch
 /// them). They live on the job's own connections, never on a pooled one.
 pub static CREATE_STAGING_SQL: LazyLock<String> = LazyLock::new(|| {
-    let columns = value_columns("{c} {type}");
+    let rows = value_columns("{c} {type}");
+    let states = state_columns("{c} {type}");
     format!(
-        "CREATE TEMP TABLE IF NOT EXISTS indicator_rows_stage (
-    symbol varchar(20) NOT NULL, date date NOT NULL, {columns}
-) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS indicator_state_stage (
-    symbol varchar(20) NOT NULL, spec_version int4 NOT NULL, first_date date NOT NULL,
-    last_date date NOT NULL, bars_consumed int8 NOT NULL, closes float8[] NOT NULL,
-    close_dates date[] NOT NULL, volumes int8[] NOT NULL, ema12 float8, ema26 float8,
-    ema50 float8, macd_fast float8, macd_signal float8, macd_seed_sum float8, avg_gain float8,
-    avg_loss float8, prev_close float8
-) ON COMMIT DELETE ROWS;
-"
+        "CREATE TEMP TABLE IF NOT EXISTS indicator_rows_stage \
+             (symbol varchar(20) NOT NULL, date date NOT NULL, {rows}) \
+             ON COMMIT DELETE ROWS; \
+         CREATE TEMP TABLE IF NOT EXISTS indicator_state_stage \
+             (symbol varchar(20) NOT NULL, {states}) \
+             ON COMMIT DELETE ROWS;"
     )
 });
 
@@ -261,27 +299,20 @@ DELETE FROM analytics.technical_indicators_latest l
    AND NOT EXISTS (SELECT 1 FROM analytics.technical_indicators t WHERE t.symbol = l.symbol)
 "#;
 
-pub const COPY_STATES_SQL: &str = "COPY pg_temp.indicator_state_stage (symbol, spec_version, \
-    first_date, last_date, bars_consumed, closes, close_dates, volumes, ema12, ema26, ema50, \
-    macd_fast, macd_signal, macd_seed_sum, avg_gain, avg_loss, prev_close) \
-    FROM STDIN (FORMAT binary)";
+static COPY_STATES_SQL: LazyLock<String> = LazyLock::new(|| {
+    let columns = state_columns("{c}");
+    format!("COPY pg_temp.indicator_state_stage (symbol, {columns}) FROM STDIN (FORMAT binary)")
+});
 
-pub const UPSERT_STATES_SQL: &str = r#"
-INSERT INTO analytics.indicator_state AS st (symbol, spec_version, first_date, last_date,
-       bars_consumed, closes, close_dates, volumes, ema12, ema26, ema50, macd_fast, macd_signal,
-       macd_seed_sum, avg_gain, avg_loss, prev_close)
-SELECT symbol, spec_version, first_date, last_date, bars_consumed, closes, close_dates, volumes,
-       ema12, ema26, ema50, macd_fast, macd_signal, macd_seed_sum, avg_gain, avg_loss, prev_close
-  FROM pg_temp.indicator_state_stage
-ON CONFLICT (symbol) DO UPDATE SET
-       spec_version = EXCLUDED.spec_version, first_date = EXCLUDED.first_date,
-       last_date = EXCLUDED.last_date, bars_consumed = EXCLUDED.bars_consumed,
-       closes = EXCLUDED.closes, close_dates = EXCLUDED.close_dates, volumes = EXCLUDED.volumes,
-       ema12 = EXCLUDED.ema12, ema26 = EXCLUDED.ema26, ema50 = EXCLUDED.ema50,
-       macd_fast = EXCLUDED.macd_fast, macd_signal = EXCLUDED.macd_signal,
-       macd_seed_sum = EXCLUDED.macd_seed_sum, avg_gain = EXCLUDED.avg_gain,
-       avg_loss = EXCLUDED.avg_loss, prev_close = EXCLUDED.prev_close
-"#;
+static UPSERT_STATES_SQL: LazyLock<String> = LazyLock::new(|| {
+    let columns = state_columns("{c}");
+    let set = state_columns("{c} = EXCLUDED.{c}");
+    format!(
+        "INSERT INTO analytics.indicator_state AS st (symbol, {columns}) \
+         SELECT symbol, {columns} FROM pg_temp.indicator_state_stage \
+         ON CONFLICT (symbol) DO UPDATE SET {set}"
+    )
+});
 
 pub const DELETE_STATES_SQL: &str =
     "DELETE FROM analytics.indicator_state WHERE symbol = ANY($1::text[])";
@@ -365,36 +396,37 @@ pub async fn load_states(
     symbols: &[String],
 ) -> Result<HashMap<String, IndicatorState>, IndicatorError> {
     let rows = tx
-        .query(LOAD_STATES_SQL, &[&symbols])
+        .query(LOAD_STATES_SQL.as_str(), &[&symbols])
         .await
         .map_err(IndicatorError::query("loading indicator states"))?;
     let mut out = HashMap::with_capacity(rows.len());
+    // By name: the statement's column order is STATE_COLUMNS', not written out here.
     for r in rows {
-        let closes: Vec<f64> = r.get(5);
-        let close_dates: Vec<NaiveDate> = r.get(6);
-        let volumes: Vec<i64> = r.get(7);
-        let first_date: NaiveDate = r.get(2);
-        let last_date: NaiveDate = r.get(3);
+        let closes: Vec<f64> = r.get("closes");
+        let close_dates: Vec<NaiveDate> = r.get("close_dates");
+        let volumes: Vec<i64> = r.get("volumes");
+        let first_date: NaiveDate = r.get("first_date");
+        let last_date: NaiveDate = r.get("last_date");
         let state = IndicatorState {
-            spec_version: r.get(1),
+            spec_version: r.get("spec_version"),
             first_date: Some(first_date),
             last_date: Some(last_date),
-            bars_consumed: r.get(4),
+            bars_consumed: r.get("bars_consumed"),
             closes: VecDeque::from(closes),
             close_dates: VecDeque::from(close_dates),
             volumes: VecDeque::from(volumes),
             // Not persisted: `step` rebuilds it from `closes` to the same bits.
             log_returns: VecDeque::new(),
-            ema12: r.get(8),
-            ema26: r.get(9),
-            ema50: r.get(10),
-            macd_fast: r.get(11),
-            macd_signal: r.get(12),
-            macd_seed_sum: r.get::<_, Option<f64>>(13).unwrap_or(0.0),
-            avg_gain: r.get(14),
-            avg_loss: r.get(15),
+            ema12: r.get("ema12"),
+            ema26: r.get("ema26"),
+            ema50: r.get("ema50"),
+            macd_fast: r.get("macd_fast"),
+            macd_signal: r.get("macd_signal"),
+            macd_seed_sum: r.get::<_, Option<f64>>("macd_seed_sum").unwrap_or(0.0),
+            avg_gain: r.get("avg_gain"),
+            avg_loss: r.get("avg_loss"),
         };
-        out.insert(r.get(0), state);
+        out.insert(r.get("symbol"), state);
     }
     Ok(out)
 }
@@ -520,15 +552,17 @@ const N5_4: NumericType = numeric(5, 4);
 const N10_4: NumericType = numeric(10, 4);
 const N12_2: NumericType = numeric(12, 2);
 
-impl ColumnType {
-    /// The type as the staging table declares it.
-    fn sql(self) -> String {
+/// The type as the staging table declares it.
+impl fmt::Display for ColumnType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Numeric(n) => format!("numeric({},{})", n.precision, n.scale),
-            BigInt => "bigint".to_owned(),
+            Numeric(n) => write!(f, "numeric({},{})", n.precision, n.scale),
+            BigInt => f.write_str("bigint"),
         }
     }
+}
 
+impl ColumnType {
     /// `v` rounded to the column, or None when it does not fit (or is not finite).
     fn fit(self, v: f64) -> Option<Fitted> {
         match self {
@@ -829,16 +863,13 @@ pub async fn refresh_latest(
     if symbols.is_empty() {
         return Ok(());
     }
+    let err = IndicatorError::query("updating technical_indicators_latest");
     tx.execute(REFRESH_LATEST_SQL.as_str(), &[&symbols])
         .await
-        .map_err(IndicatorError::query(
-            "updating technical_indicators_latest",
-        ))?;
+        .map_err(err)?;
     tx.execute(DELETE_ORPHAN_LATEST_SQL, &[&symbols])
         .await
-        .map_err(IndicatorError::query(
-            "updating technical_indicators_latest",
-        ))?;
+        .map_err(err)?;
     Ok(())
 }
 
@@ -857,26 +888,10 @@ pub async fn save_states(
         return Ok(());
     }
     let err = IndicatorError::query("saving indicator states");
-    let sink = tx.copy_in(COPY_STATES_SQL).await.map_err(err)?;
-    let types = [
-        Type::VARCHAR,
-        Type::INT4,
-        Type::DATE,
-        Type::DATE,
-        Type::INT8,
-        Type::FLOAT8_ARRAY,
-        Type::DATE_ARRAY,
-        Type::INT8_ARRAY,
-        Type::FLOAT8,
-        Type::FLOAT8,
-        Type::FLOAT8,
-        Type::FLOAT8,
-        Type::FLOAT8,
-        Type::FLOAT8,
-        Type::FLOAT8,
-        Type::FLOAT8,
-        Type::FLOAT8,
-    ];
+    let sink = tx.copy_in(COPY_STATES_SQL.as_str()).await.map_err(err)?;
+    let types: Vec<Type> = std::iter::once(Type::VARCHAR)
+        .chain(STATE_COLUMNS.iter().map(|(_, ty, _)| ty.clone()))
+        .collect();
     let writer = BinaryCopyInWriter::new(sink, &types);
     futures::pin_mut!(writer);
     for s in states {
@@ -907,15 +922,12 @@ pub async fn save_states(
                 &prev_close,
             ])
             .await
-            .map_err(IndicatorError::query("saving indicator states"))?;
+            .map_err(err)?;
     }
-    writer
-        .finish()
+    writer.finish().await.map_err(err)?;
+    tx.execute(UPSERT_STATES_SQL.as_str(), &[])
         .await
-        .map_err(IndicatorError::query("saving indicator states"))?;
-    tx.execute(UPSERT_STATES_SQL, &[])
-        .await
-        .map_err(IndicatorError::query("saving indicator states"))?;
+        .map_err(err)?;
     Ok(())
 }
 
