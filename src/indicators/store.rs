@@ -485,8 +485,7 @@ pub async fn load_bars(
     client: &impl GenericClient,
     requests: &[(String, Option<DateTime<Utc>>)],
 ) -> Result<Vec<Vec<RawBar>>, IndicatorError> {
-    let symbols: Vec<&str> = requests.iter().map(|(s, _)| s.as_str()).collect();
-    let from: Vec<Option<DateTime<Utc>>> = requests.iter().map(|(_, f)| *f).collect();
+    let (symbols, from) = unzip(requests);
     let rows = client
         .query(LOAD_BARS_SQL, &[&symbols, &from])
         .await
@@ -513,6 +512,14 @@ pub async fn load_bars(
         *slot = bars;
     }
     Ok(out)
+}
+
+/// Per-symbol pairs as the two arrays an `unnest($1, $2)` takes.
+fn unzip<T: Copy>(pairs: &[(String, T)]) -> (Vec<&str>, Vec<T>) {
+    pairs
+        .iter()
+        .map(|(symbol, v)| (symbol.as_str(), *v))
+        .unzip()
 }
 
 /// The bar's date: its instant's calendar date in `tz`.
@@ -830,8 +837,7 @@ pub async fn delete_rows_from(
     if targets.is_empty() {
         return Ok(0);
     }
-    let symbols: Vec<&str> = targets.iter().map(|(s, _)| s.as_str()).collect();
-    let dates: Vec<Option<NaiveDate>> = targets.iter().map(|(_, d)| *d).collect();
+    let (symbols, dates) = unzip(targets);
     tx.execute(DELETE_ROWS_FROM_SQL, &[&symbols, &dates])
         .await
         .map_err(IndicatorError::query("deleting rows to rewrite"))
@@ -846,8 +852,7 @@ pub async fn upsert_rows(
     payload: CopyPayload,
 ) -> Result<u64, IndicatorError> {
     copy_rows(tx, &COPY_STAGED_ROWS_SQL, payload).await?;
-    let symbols: Vec<&str> = targets.iter().map(|(s, _)| s.as_str()).collect();
-    let dates: Vec<Option<NaiveDate>> = targets.iter().map(|(_, d)| *d).collect();
+    let (symbols, dates) = unzip(targets);
     tx.execute(DELETE_UNSTAGED_ROWS_SQL, &[&symbols, &dates])
         .await
         .map_err(IndicatorError::query("deleting rows of vanished bars"))?;
