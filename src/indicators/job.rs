@@ -23,7 +23,7 @@ use chrono_tz::Tz;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use super::replica::{BarSource, ReplicaSettings};
+use super::replica::{BarSource, ReadOn, ReplicaSettings};
 use super::step::{self, Bar, IndicatorRow, IndicatorState, SkipReason};
 use super::store::{
     self, bar_date, BarChange, ListedSymbol, Overflow, RawBar, RowEncoder, StateToSave,
@@ -205,8 +205,7 @@ async fn run_inner(
     cancel: &CancellationToken,
     started: Instant,
 ) -> Result<RunSummary, IndicatorError> {
-    let first = crate::db::connect(pg).await?;
-    prepare_connection(&first).await?;
+    let first = connect(pg).await?;
     let given = match selection {
         Selection::All => None,
         Selection::Symbols(list) => Some(list.as_slice()),
@@ -327,11 +326,7 @@ async fn worker(
 ) -> Result<RunSummary, IndicatorError> {
     let mut client = match client {
         Some(c) => c,
-        None => {
-            let c = crate::db::connect(&ctx.pg).await?;
-            prepare_connection(&c).await?;
-            c
-        }
+        None => connect(&ctx.pg).await?,
     };
     let mut bars = BarSource::new(ctx.replica.clone());
     let mut summary = RunSummary::default();
@@ -355,10 +350,7 @@ async fn worker(
                 }
                 part
             }
-            Err(e) => {
-                tracing::error!(symbol = %chunk[0], error = %e, "indicators failed for symbol");
-                failed(&chunk[0])
-            }
+            Err(e) => failed(&chunk[0], &e),
         };
         progress
             .symbols_done
@@ -371,12 +363,21 @@ async fn worker(
     Ok(summary)
 }
 
-fn failed(symbol: &str) -> RunSummary {
+/// A symbol whose transaction failed: logged here, counted by the caller's merge.
+fn failed(symbol: &str, error: &IndicatorError) -> RunSummary {
+    tracing::error!(symbol, error = %error, "indicators failed for symbol");
     RunSummary {
         failures: 1,
         failed_symbols: vec![symbol.to_owned()],
         ..RunSummary::default()
     }
+}
+
+/// A connection of the job's own: session settings and staging tables in place.
+async fn connect(pg: &tokio_postgres::Config) -> Result<Client, IndicatorError> {
+    let client = crate::db::connect(pg).await?;
+    prepare_connection(&client).await?;
+    Ok(client)
 }
 
 async fn prepare_connection(client: &Client) -> Result<(), IndicatorError> {
@@ -385,7 +386,7 @@ async fn prepare_connection(client: &Client) -> Result<(), IndicatorError> {
         .await
         .map_err(IndicatorError::query("configuring the session"))?;
     client
-        .batch_execute(store::CREATE_STAGING_SQL)
+        .batch_execute(&store::CREATE_STAGING_SQL)
         .await
         .map_err(IndicatorError::query("creating staging tables"))
 }
@@ -397,28 +398,14 @@ async fn process_alone(
     symbol: &str,
     ctx: &Ctx,
 ) -> RunSummary {
-    if client.is_closed() {
-        match crate::db::connect(&ctx.pg).await {
-            Ok(c) => {
-                *client = c;
-                if let Err(e) = prepare_connection(client).await {
-                    tracing::error!(symbol, error = %e, "indicators failed for symbol");
-                    return failed(symbol);
-                }
-            }
-            Err(e) => {
-                tracing::error!(symbol, error = %e, "indicators failed for symbol");
-                return failed(symbol);
-            }
+    let result = async {
+        if client.is_closed() {
+            *client = crate::db::connect(&ctx.pg).await?;
+            prepare_connection(client).await?;
         }
-    }
-    match process_chunk(client, bars, &[symbol.to_owned()], ctx).await {
-        Ok(part) => part,
-        Err(e) => {
-            tracing::error!(symbol, error = %e, "indicators failed for symbol");
-            failed(symbol)
-        }
-    }
+        process_chunk(client, bars, &[symbol.to_owned()], ctx).await
+    };
+    result.await.unwrap_or_else(|e| failed(symbol, &e))
 }
 
 /// Where a symbol's computation starts.
@@ -650,7 +637,12 @@ async fn process_chunk(
         });
         planned.push((symbol, start, slot));
     }
-    let reads = bars.load_bars(&tx, &requests, &mut summary).await?;
+    let (reads, read_on) = bars.load_bars(&tx, &requests).await?;
+    match read_on {
+        ReadOn::Primary => {}
+        ReadOn::Replica => summary.replica_reads += 1,
+        ReadOn::Fallback => summary.replica_fallbacks += 1,
+    }
     let tz = ctx.tz;
     let plan = blocking(move || {
         let computed = planned
@@ -819,7 +811,7 @@ async fn write(
     store::delete_rows_from(tx, &plan.delete_from).await?;
     if plan.direct.rows() > 0 {
         summary.rows_written +=
-            store::copy_rows(tx, store::COPY_ROWS_SQL, plan.direct.finish()).await?;
+            store::copy_rows(tx, &store::COPY_ROWS_SQL, plan.direct.finish()).await?;
     }
     if !plan.staged_targets.is_empty() {
         summary.rows_written +=

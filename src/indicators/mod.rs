@@ -6,6 +6,19 @@
 //! - [`job`]: one run (all symbols or a list, incremental or full), parallel over connections.
 //! - [`replica`]: bar reads from a read replica, never staler than the chunk's change rows.
 //! - [`schedule`]: the daemon task (cron, catch-up at start, debounced market-data triggers).
+//!
+//! Imports point one way, down the indicator path, so each module can be read (and tested)
+//! knowing only what lies to its right here:
+//!
+//! ```text
+//! schedule → job → replica → store → step
+//! ```
+//!
+//! A module may skip ahead (`job` uses `store` and `step` directly, `schedule` takes
+//! [`replica::ReplicaSettings`] for the job it configures) but never points left: `replica`
+//! reports where a chunk's bars came from (`replica::ReadOn`) instead of touching the run's
+//! counts, which belong to `job`, and `step` uses no other module of the crate. What two of
+//! them share lives in the one further right (or in this file, as [`IndicatorError`]).
 
 pub mod job;
 pub mod replica;
@@ -33,8 +46,9 @@ pub enum IndicatorError {
 }
 
 impl IndicatorError {
-    /// `map_err` adapter naming what was being done.
-    pub(crate) fn query(context: &'static str) -> impl Fn(tokio_postgres::Error) -> Self {
+    /// `map_err` adapter naming what was being done; `Copy`, so one serves every statement of
+    /// a step.
+    pub(crate) fn query(context: &'static str) -> impl Fn(tokio_postgres::Error) -> Self + Copy {
         move |source| IndicatorError::Query { context, source }
     }
 }

@@ -33,10 +33,10 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::types::PgLsn;
 use tokio_postgres::{Client, Transaction};
 
-use super::job::RunSummary;
 use super::store::{self, RawBar};
 use super::IndicatorError;
 use crate::config::{Config, ConfigError};
+use crate::core::Backoff;
 
 /// Where and how long to wait: from `database.replica_url` and `indicators.replica_max_wait_ms`.
 #[derive(Debug, Clone)]
@@ -153,6 +153,17 @@ struct Replica {
 /// failed, or the chunk's own transaction when no replica is configured or usable.
 pub(crate) struct BarSource(Option<Reader>);
 
+/// Where a chunk's bars were read. Returned rather than counted here so that the job, which
+/// owns the run's counts, is the one module that knows them: this module stays below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadOn {
+    /// No replica is configured, or the chunk needed no bars.
+    Primary,
+    Replica,
+    /// A replica is configured but could not serve this chunk (logged and counted by reason).
+    Fallback,
+}
+
 struct Reader {
     settings: ReplicaSettings,
     replica: Option<Replica>,
@@ -161,7 +172,8 @@ struct Reader {
     /// The primary refused the message (a revoked grant): not asked again in this run.
     flush_refused: bool,
     retry_at: Option<Instant>,
-    retry_after: Duration,
+    /// How long after a failed connection attempt the next one is made.
+    retry: Backoff,
     /// The previous wait ran out. Later chunks then look once rather than wait again: a
     /// replica that far behind would otherwise cost every chunk of the run the whole wait.
     lagging: bool,
@@ -175,29 +187,26 @@ impl BarSource {
             flusher: None,
             flush_refused: false,
             retry_at: None,
-            retry_after: FIRST_RETRY,
+            retry: Backoff::new(FIRST_RETRY, MAX_RETRY),
             lagging: false,
         }))
     }
 
-    /// `store::load_bars` for a chunk whose change rows `tx` has read.
+    /// `store::load_bars` for a chunk whose change rows `tx` has read, and where they were read.
     pub(crate) async fn load_bars(
         &mut self,
         tx: &Transaction<'_>,
         requests: &[(String, Option<DateTime<Utc>>)],
-        summary: &mut RunSummary,
-    ) -> Result<Vec<Vec<RawBar>>, IndicatorError> {
+    ) -> Result<(Vec<Vec<RawBar>>, ReadOn), IndicatorError> {
         let Some(reader) = self.0.as_mut().filter(|_| !requests.is_empty()) else {
-            return store::load_bars(tx, requests).await;
+            return Ok((store::load_bars(tx, requests).await?, ReadOn::Primary));
         };
         match reader.read_chunk(tx, requests).await? {
             Ok(bars) => {
-                summary.replica_reads += 1;
                 metrics::counter!("trading_sync_indicator_replica_reads_total").increment(1);
-                Ok(bars)
+                Ok((bars, ReadOn::Replica))
             }
             Err(fallback) => {
-                summary.replica_fallbacks += 1;
                 let reason = fallback.reason();
                 metrics::counter!("trading_sync_indicator_replica_fallbacks_total", "reason" => reason)
                     .increment(1);
@@ -210,7 +219,7 @@ impl BarSource {
                         "reading a chunk's bars from the primary instead of the replica"
                     );
                 }
-                store::load_bars(tx, requests).await
+                Ok((store::load_bars(tx, requests).await?, ReadOn::Fallback))
             }
         }
     }
@@ -280,12 +289,11 @@ impl Reader {
         match open(&self.settings.pg).await {
             Ok(r) => {
                 self.retry_at = None;
-                self.retry_after = FIRST_RETRY;
+                self.retry.reset();
                 Ok(r)
             }
             Err(f) => {
-                self.retry_at = Some(Instant::now() + self.retry_after);
-                self.retry_after = (self.retry_after * 2).min(MAX_RETRY);
+                self.retry_at = Some(Instant::now() + self.retry.fail());
                 Err(f)
             }
         }
@@ -333,7 +341,7 @@ impl Reader {
             self.settings.max_wait
         };
         let deadline = started + max_wait;
-        let mut pause = FIRST_POLL;
+        let mut pause = Backoff::new(FIRST_POLL, MAX_POLL);
         loop {
             let limit = deadline
                 .saturating_duration_since(Instant::now())
@@ -362,8 +370,7 @@ impl Reader {
                     waited: now - started,
                 });
             }
-            tokio::time::sleep(pause.min(deadline - now)).await;
-            pause = (pause * 2).min(MAX_POLL);
+            tokio::time::sleep(pause.fail().min(deadline - now)).await;
         }
     }
 }

@@ -9,7 +9,9 @@
 
 use std::collections::HashMap;
 use std::collections::VecDeque;
+use std::fmt;
 use std::io::Cursor;
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
@@ -63,12 +65,16 @@ SELECT k.ord::int4
  WHERE pg_try_advisory_xact_lock($1::int4, k.key)
 "#;
 
-pub const LOAD_STATES_SQL: &str = r#"
-SELECT symbol::text, spec_version, first_date, last_date, bars_consumed, closes, close_dates,
-       volumes, ema12, ema26, ema50, macd_fast, macd_signal, macd_seed_sum, avg_gain, avg_loss
-  FROM analytics.indicator_state
- WHERE symbol = ANY($1::text[])
-"#;
+/// Every state column but `prev_close`, a copy of the last of `closes` that [`IndicatorState`]
+/// derives rather than holds.
+static LOAD_STATES_SQL: LazyLock<String> = LazyLock::new(|| {
+    let read = STATE_COLUMNS.iter().filter(|(c, ..)| *c != "prev_close");
+    let columns = column_list(read.map(|&(c, _, sql)| (c, sql)), "{c}");
+    format!(
+        "SELECT symbol::text, {columns} FROM analytics.indicator_state \
+         WHERE symbol = ANY($1::text[])"
+    )
+});
 
 /// The recorded bar changes of a chunk's symbols: the earliest, and the rows read. `-infinity`
 /// (everything) reads as NULL, which chrono has no value for.
@@ -120,44 +126,119 @@ DELETE FROM analytics.technical_indicators t
               OFFSET 0) x))
 "#;
 
-/// The indicator columns in table order; `rsi` and `rsi_14` carry the same value.
-const VALUE_COLUMNS: &str = "sma_20, sma_50, sma_200, ema_12, ema_26, ema_50, rsi, rsi_14, \
-    macd_line, macd_signal, macd_histogram, bb_upper, bb_middle, bb_lower, bb_position, bb_width, \
-    volatility_20, price_change_1d, price_change_5d, price_change_30d, avg_volume_20, current_volume";
+/// A value column's SQL type (V10), which is also what its values are rounded to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ColumnType {
+    Numeric(NumericType),
+    BigInt,
+}
 
-pub const COPY_ROWS_SQL: &str = "COPY analytics.technical_indicators (symbol, date, sma_20, sma_50, \
-    sma_200, ema_12, ema_26, ema_50, rsi, rsi_14, macd_line, macd_signal, macd_histogram, bb_upper, \
-    bb_middle, bb_lower, bb_position, bb_width, volatility_20, price_change_1d, price_change_5d, \
-    price_change_30d, avg_volume_20, current_volume) FROM STDIN (FORMAT binary)";
+use ColumnType::{BigInt, Numeric};
+
+/// technical_indicators' value columns after (symbol, date), in table order (V10): the one list
+/// the COPY statements, the staging table, the upserts and [`RowEncoder`] derive theirs from.
+/// `rsi` and `rsi_14` both carry [`IndicatorRow::rsi_14`]; without `rsi`, the list is
+/// [`IndicatorRow::named_values`] in its order, then `current_volume`. The statements are
+/// built from it once, on first use ([`LazyLock`]), not for every chunk.
+const VALUE_COLUMNS: [(&str, ColumnType); 22] = [
+    ("sma_20", Numeric(N15_4)),
+    ("sma_50", Numeric(N15_4)),
+    ("sma_200", Numeric(N15_4)),
+    ("ema_12", Numeric(N15_4)),
+    ("ema_26", Numeric(N15_4)),
+    ("ema_50", Numeric(N15_4)),
+    ("rsi", Numeric(N5_2)),
+    ("rsi_14", Numeric(N5_2)),
+    ("macd_line", Numeric(N15_4)),
+    ("macd_signal", Numeric(N15_4)),
+    ("macd_histogram", Numeric(N15_4)),
+    ("bb_upper", Numeric(N15_4)),
+    ("bb_middle", Numeric(N15_4)),
+    ("bb_lower", Numeric(N15_4)),
+    ("bb_position", Numeric(N5_4)),
+    ("bb_width", Numeric(N10_4)),
+    ("volatility_20", Numeric(N12_2)),
+    ("price_change_1d", Numeric(N12_2)),
+    ("price_change_5d", Numeric(N12_2)),
+    ("price_change_30d", Numeric(N12_2)),
+    ("avg_volume_20", BigInt),
+    ("current_volume", BigInt),
+];
+
+/// `columns` comma-separated, each written as `template` with `{c}` standing for its name and
+/// `{type}` for its SQL type.
+fn column_list<'a, T: fmt::Display>(
+    columns: impl IntoIterator<Item = (&'a str, T)>,
+    template: &str,
+) -> String {
+    columns
+        .into_iter()
+        .map(|(column, ty)| {
+            template
+                .replace("{c}", column)
+                .replace("{type}", &ty.to_string())
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn value_columns(template: &str) -> String {
+    column_list(VALUE_COLUMNS, template)
+}
+
+/// The COPY of a [`RowEncoder`] payload into `table`.
+fn copy_rows_sql(table: &str) -> String {
+    let columns = value_columns("{c}");
+    format!("COPY {table} (symbol, date, {columns}) FROM STDIN (FORMAT binary)")
+}
+
+pub static COPY_ROWS_SQL: LazyLock<String> =
+    LazyLock::new(|| copy_rows_sql("analytics.technical_indicators"));
+
+/// analytics.indicator_state's columns (V13) after `symbol`, in table order, with the type
+/// [`save_states`] sends each value as and the staging table's declaration: the one list the
+/// state statements derive theirs from. [`save_states`] writes the values in this order.
+const STATE_COLUMNS: [(&str, Type, &str); 16] = [
+    ("spec_version", Type::INT4, "int4 NOT NULL"),
+    ("first_date", Type::DATE, "date NOT NULL"),
+    ("last_date", Type::DATE, "date NOT NULL"),
+    ("bars_consumed", Type::INT8, "int8 NOT NULL"),
+    ("closes", Type::FLOAT8_ARRAY, "float8[] NOT NULL"),
+    ("close_dates", Type::DATE_ARRAY, "date[] NOT NULL"),
+    ("volumes", Type::INT8_ARRAY, "int8[] NOT NULL"),
+    ("ema12", Type::FLOAT8, "float8"),
+    ("ema26", Type::FLOAT8, "float8"),
+    ("ema50", Type::FLOAT8, "float8"),
+    ("macd_fast", Type::FLOAT8, "float8"),
+    ("macd_signal", Type::FLOAT8, "float8"),
+    ("macd_seed_sum", Type::FLOAT8, "float8"),
+    ("avg_gain", Type::FLOAT8, "float8"),
+    ("avg_loss", Type::FLOAT8, "float8"),
+    ("prev_close", Type::FLOAT8, "float8"),
+];
+
+fn state_columns(template: &str) -> String {
+    column_list(STATE_COLUMNS.iter().map(|&(c, _, sql)| (c, sql)), template)
+}
 
 /// Per-connection staging tables for the two writes that are upserts. ON COMMIT DELETE ROWS
 /// empties them at each commit (PostgreSQL skips that for transactions that did not touch
 /// them). They live on the job's own connections, never on a pooled one.
-pub const CREATE_STAGING_SQL: &str = r#"
-CREATE TEMP TABLE IF NOT EXISTS indicator_rows_stage (
-    symbol varchar(20) NOT NULL, date date NOT NULL,
-    sma_20 numeric(15,4), sma_50 numeric(15,4), sma_200 numeric(15,4),
-    ema_12 numeric(15,4), ema_26 numeric(15,4), ema_50 numeric(15,4),
-    rsi numeric(5,2), rsi_14 numeric(5,2),
-    macd_line numeric(15,4), macd_signal numeric(15,4), macd_histogram numeric(15,4),
-    bb_upper numeric(15,4), bb_middle numeric(15,4), bb_lower numeric(15,4),
-    bb_position numeric(5,4), bb_width numeric(10,4),
-    volatility_20 numeric(12,2), price_change_1d numeric(12,2), price_change_5d numeric(12,2),
-    price_change_30d numeric(12,2), avg_volume_20 bigint, current_volume bigint
-) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS indicator_state_stage (
-    symbol varchar(20) NOT NULL, spec_version int4 NOT NULL, first_date date NOT NULL,
-    last_date date NOT NULL, bars_consumed int8 NOT NULL, closes float8[] NOT NULL,
-    close_dates date[] NOT NULL, volumes int8[] NOT NULL, ema12 float8, ema26 float8,
-    ema50 float8, macd_fast float8, macd_signal float8, macd_seed_sum float8, avg_gain float8,
-    avg_loss float8, prev_close float8
-) ON COMMIT DELETE ROWS;
-"#;
+pub static CREATE_STAGING_SQL: LazyLock<String> = LazyLock::new(|| {
+    let rows = value_columns("{c} {type}");
+    let states = state_columns("{c} {type}");
+    format!(
+        "CREATE TEMP TABLE IF NOT EXISTS indicator_rows_stage \
+             (symbol varchar(20) NOT NULL, date date NOT NULL, {rows}) \
+             ON COMMIT DELETE ROWS; \
+         CREATE TEMP TABLE IF NOT EXISTS indicator_state_stage \
+             (symbol varchar(20) NOT NULL, {states}) \
+             ON COMMIT DELETE ROWS;"
+    )
+});
 
-pub const COPY_STAGED_ROWS_SQL: &str = "COPY pg_temp.indicator_rows_stage (symbol, date, sma_20, \
-    sma_50, sma_200, ema_12, ema_26, ema_50, rsi, rsi_14, macd_line, macd_signal, macd_histogram, \
-    bb_upper, bb_middle, bb_lower, bb_position, bb_width, volatility_20, price_change_1d, \
-    price_change_5d, price_change_30d, avg_volume_20, current_volume) FROM STDIN (FORMAT binary)";
+pub static COPY_STAGED_ROWS_SQL: LazyLock<String> =
+    LazyLock::new(|| copy_rows_sql("pg_temp.indicator_rows_stage"));
 
 /// A recomputed symbol's rows, from its first changed date on (NULL: all), whose date is no
 /// longer a bar date (a bar was deleted, or its close became invalid). Found by key and
@@ -175,40 +256,33 @@ DELETE FROM analytics.technical_indicators t
                            WHERE s.symbol = x.symbol AND s.date = x.date)))
 "#;
 
-/// The value columns as `c = EXCLUDED.c, …`, `alias.c, …` and `EXCLUDED.c, …`: the SET list and
-/// the two sides of the "did anything change" comparison of an upsert.
-fn upsert_column_lists(alias: &str) -> (String, String, String) {
-    let cols: Vec<&str> = VALUE_COLUMNS.split(", ").collect();
-    let join =
-        |f: &dyn Fn(&str) -> String| cols.iter().map(|c| f(c)).collect::<Vec<_>>().join(", ");
-    (
-        join(&|c| format!("{c} = EXCLUDED.{c}")),
-        join(&|c| format!("{alias}.{c}")),
-        join(&|c| format!("EXCLUDED.{c}")),
-    )
-}
-
 /// Upsert of a recomputed symbol's rows that touches only rows whose rounded values changed,
 /// so a revision of last week's bar rewrites last week onwards and leaves the years before it
 /// (and their updated_at) alone. Its row count is the number of rows inserted or changed.
-pub fn upsert_staged_rows_sql() -> String {
-    let (set, old, new) = upsert_column_lists("t");
+static UPSERT_STAGED_ROWS_SQL: LazyLock<String> = LazyLock::new(|| {
+    let columns = value_columns("{c}");
+    let set = value_columns("{c} = EXCLUDED.{c}");
+    let old = value_columns("t.{c}");
+    let new = value_columns("EXCLUDED.{c}");
     format!(
-        "INSERT INTO analytics.technical_indicators AS t (symbol, date, {VALUE_COLUMNS}) \
-         SELECT symbol, date, {VALUE_COLUMNS} FROM pg_temp.indicator_rows_stage \
+        "INSERT INTO analytics.technical_indicators AS t (symbol, date, {columns}) \
+         SELECT symbol, date, {columns} FROM pg_temp.indicator_rows_stage \
          ON CONFLICT (symbol, date) DO UPDATE SET {set} \
          WHERE ({old}) IS DISTINCT FROM ({new})"
     )
-}
+});
 
 /// technical_indicators_latest from the newest row of each symbol just written, read back from
 /// the table rather than sent again: it is then the newest row by construction, also after a
 /// revision deleted rows. Unchanged rows are not rewritten.
-pub fn refresh_latest_sql() -> String {
-    let (set, old, new) = upsert_column_lists("l");
-    let (_, tcols, _) = upsert_column_lists("t");
+static REFRESH_LATEST_SQL: LazyLock<String> = LazyLock::new(|| {
+    let columns = value_columns("{c}");
+    let set = value_columns("{c} = EXCLUDED.{c}");
+    let tcols = value_columns("t.{c}");
+    let old = value_columns("l.{c}");
+    let new = value_columns("EXCLUDED.{c}");
     format!(
-        "INSERT INTO analytics.technical_indicators_latest AS l (symbol, calculated_date, {VALUE_COLUMNS}) \
+        "INSERT INTO analytics.technical_indicators_latest AS l (symbol, calculated_date, {columns}) \
          SELECT t.symbol, t.date, {tcols} \
            FROM unnest($1::text[]) AS s(symbol) \
           CROSS JOIN LATERAL (SELECT * FROM analytics.technical_indicators x \
@@ -216,7 +290,7 @@ pub fn refresh_latest_sql() -> String {
          ON CONFLICT (symbol) DO UPDATE SET calculated_date = EXCLUDED.calculated_date, {set} \
          WHERE (l.calculated_date, {old}) IS DISTINCT FROM (EXCLUDED.calculated_date, {new})"
     )
-}
+});
 
 /// Latest rows of symbols that no longer have any row (every bar revised away).
 pub const DELETE_ORPHAN_LATEST_SQL: &str = r#"
@@ -225,27 +299,20 @@ DELETE FROM analytics.technical_indicators_latest l
    AND NOT EXISTS (SELECT 1 FROM analytics.technical_indicators t WHERE t.symbol = l.symbol)
 "#;
 
-pub const COPY_STATES_SQL: &str = "COPY pg_temp.indicator_state_stage (symbol, spec_version, \
-    first_date, last_date, bars_consumed, closes, close_dates, volumes, ema12, ema26, ema50, \
-    macd_fast, macd_signal, macd_seed_sum, avg_gain, avg_loss, prev_close) \
-    FROM STDIN (FORMAT binary)";
+static COPY_STATES_SQL: LazyLock<String> = LazyLock::new(|| {
+    let columns = state_columns("{c}");
+    format!("COPY pg_temp.indicator_state_stage (symbol, {columns}) FROM STDIN (FORMAT binary)")
+});
 
-pub const UPSERT_STATES_SQL: &str = r#"
-INSERT INTO analytics.indicator_state AS st (symbol, spec_version, first_date, last_date,
-       bars_consumed, closes, close_dates, volumes, ema12, ema26, ema50, macd_fast, macd_signal,
-       macd_seed_sum, avg_gain, avg_loss, prev_close)
-SELECT symbol, spec_version, first_date, last_date, bars_consumed, closes, close_dates, volumes,
-       ema12, ema26, ema50, macd_fast, macd_signal, macd_seed_sum, avg_gain, avg_loss, prev_close
-  FROM pg_temp.indicator_state_stage
-ON CONFLICT (symbol) DO UPDATE SET
-       spec_version = EXCLUDED.spec_version, first_date = EXCLUDED.first_date,
-       last_date = EXCLUDED.last_date, bars_consumed = EXCLUDED.bars_consumed,
-       closes = EXCLUDED.closes, close_dates = EXCLUDED.close_dates, volumes = EXCLUDED.volumes,
-       ema12 = EXCLUDED.ema12, ema26 = EXCLUDED.ema26, ema50 = EXCLUDED.ema50,
-       macd_fast = EXCLUDED.macd_fast, macd_signal = EXCLUDED.macd_signal,
-       macd_seed_sum = EXCLUDED.macd_seed_sum, avg_gain = EXCLUDED.avg_gain,
-       avg_loss = EXCLUDED.avg_loss, prev_close = EXCLUDED.prev_close
-"#;
+static UPSERT_STATES_SQL: LazyLock<String> = LazyLock::new(|| {
+    let columns = state_columns("{c}");
+    let set = state_columns("{c} = EXCLUDED.{c}");
+    format!(
+        "INSERT INTO analytics.indicator_state AS st (symbol, {columns}) \
+         SELECT symbol, {columns} FROM pg_temp.indicator_state_stage \
+         ON CONFLICT (symbol) DO UPDATE SET {set}"
+    )
+});
 
 pub const DELETE_STATES_SQL: &str =
     "DELETE FROM analytics.indicator_state WHERE symbol = ANY($1::text[])";
@@ -329,36 +396,37 @@ pub async fn load_states(
     symbols: &[String],
 ) -> Result<HashMap<String, IndicatorState>, IndicatorError> {
     let rows = tx
-        .query(LOAD_STATES_SQL, &[&symbols])
+        .query(LOAD_STATES_SQL.as_str(), &[&symbols])
         .await
         .map_err(IndicatorError::query("loading indicator states"))?;
     let mut out = HashMap::with_capacity(rows.len());
+    // By name: the statement's column order is STATE_COLUMNS', not written out here.
     for r in rows {
-        let closes: Vec<f64> = r.get(5);
-        let close_dates: Vec<NaiveDate> = r.get(6);
-        let volumes: Vec<i64> = r.get(7);
-        let first_date: NaiveDate = r.get(2);
-        let last_date: NaiveDate = r.get(3);
+        let closes: Vec<f64> = r.get("closes");
+        let close_dates: Vec<NaiveDate> = r.get("close_dates");
+        let volumes: Vec<i64> = r.get("volumes");
+        let first_date: NaiveDate = r.get("first_date");
+        let last_date: NaiveDate = r.get("last_date");
         let state = IndicatorState {
-            spec_version: r.get(1),
+            spec_version: r.get("spec_version"),
             first_date: Some(first_date),
             last_date: Some(last_date),
-            bars_consumed: r.get(4),
+            bars_consumed: r.get("bars_consumed"),
             closes: VecDeque::from(closes),
             close_dates: VecDeque::from(close_dates),
             volumes: VecDeque::from(volumes),
             // Not persisted: `step` rebuilds it from `closes` to the same bits.
             log_returns: VecDeque::new(),
-            ema12: r.get(8),
-            ema26: r.get(9),
-            ema50: r.get(10),
-            macd_fast: r.get(11),
-            macd_signal: r.get(12),
-            macd_seed_sum: r.get::<_, Option<f64>>(13).unwrap_or(0.0),
-            avg_gain: r.get(14),
-            avg_loss: r.get(15),
+            ema12: r.get("ema12"),
+            ema26: r.get("ema26"),
+            ema50: r.get("ema50"),
+            macd_fast: r.get("macd_fast"),
+            macd_signal: r.get("macd_signal"),
+            macd_seed_sum: r.get::<_, Option<f64>>("macd_seed_sum").unwrap_or(0.0),
+            avg_gain: r.get("avg_gain"),
+            avg_loss: r.get("avg_loss"),
         };
-        out.insert(r.get(0), state);
+        out.insert(r.get("symbol"), state);
     }
     Ok(out)
 }
@@ -417,8 +485,7 @@ pub async fn load_bars(
     client: &impl GenericClient,
     requests: &[(String, Option<DateTime<Utc>>)],
 ) -> Result<Vec<Vec<RawBar>>, IndicatorError> {
-    let symbols: Vec<&str> = requests.iter().map(|(s, _)| s.as_str()).collect();
-    let from: Vec<Option<DateTime<Utc>>> = requests.iter().map(|(_, f)| *f).collect();
+    let (symbols, from) = unzip(requests);
     let rows = client
         .query(LOAD_BARS_SQL, &[&symbols, &from])
         .await
@@ -445,6 +512,14 @@ pub async fn load_bars(
         *slot = bars;
     }
     Ok(out)
+}
+
+/// Per-symbol pairs as the two arrays an `unnest($1, $2)` takes.
+fn unzip<T: Copy>(pairs: &[(String, T)]) -> (Vec<&str>, Vec<T>) {
+    pairs
+        .iter()
+        .map(|(symbol, v)| (symbol.as_str(), *v))
+        .unzip()
 }
 
 /// The bar's date: its instant's calendar date in `tz`.
@@ -484,17 +559,43 @@ const N5_4: NumericType = numeric(5, 4);
 const N10_4: NumericType = numeric(10, 4);
 const N12_2: NumericType = numeric(12, 2);
 
-/// Column type of each of [`IndicatorRow::named_values`], in that order (V10).
-const COLUMN_TYPES: [NumericType; 19] = [
-    N15_4, N15_4, N15_4, // sma_20/50/200
-    N15_4, N15_4, N15_4, // ema_12/26/50
-    N5_2,  // rsi_14 (written to rsi and rsi_14)
-    N15_4, N15_4, N15_4, // macd
-    N15_4, N15_4, N15_4, // bb upper/middle/lower
-    N5_4,  // bb_position
-    N10_4, // bb_width
-    N12_2, N12_2, N12_2, N12_2, // volatility_20, price_change_1d/5d/30d
-];
+/// The type as the staging table declares it.
+impl fmt::Display for ColumnType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Numeric(n) => write!(f, "numeric({},{})", n.precision, n.scale),
+            BigInt => f.write_str("bigint"),
+        }
+    }
+}
+
+impl ColumnType {
+    /// `v` rounded to the column, or None when it does not fit (or is not finite).
+    fn fit(self, v: f64) -> Option<Fitted> {
+        match self {
+            Numeric(ty) => fit_numeric(v, ty).map(|(negative, n)| Fitted::Numeric {
+                negative,
+                n,
+                scale: ty.scale,
+            }),
+            BigInt => fit_bigint(v).map(Fitted::BigInt),
+        }
+    }
+}
+
+/// A value rounded to its column, ready to encode.
+#[derive(Debug, Clone, Copy)]
+enum Fitted {
+    Numeric { negative: bool, n: u128, scale: u32 },
+    BigInt(i64),
+}
+
+fn put_fitted(buf: &mut Vec<u8>, value: Fitted) {
+    match value {
+        Fitted::Numeric { negative, n, scale } => put_numeric(buf, negative, n, scale),
+        Fitted::BigInt(n) => put_i64(buf, n),
+    }
+}
 
 /// `|v|·10^scale` rounded half away from zero (as PostgreSQL rounds a NUMERIC to its scale),
 /// computed exactly from the binary value, with the sign. None for NaN/±inf and for
@@ -626,6 +727,9 @@ pub struct RowEncoder {
 
 const PIECE_BYTES: usize = 1 << 20;
 
+/// Fields of a row: symbol, date and the value columns.
+const FIELDS: i16 = 2 + VALUE_COLUMNS.len() as i16;
+
 impl Default for RowEncoder {
     fn default() -> Self {
         Self::new()
@@ -656,18 +760,20 @@ impl RowEncoder {
             self.pieces.push(full);
         }
         let buf = &mut self.buf;
-        buf.extend_from_slice(&24i16.to_be_bytes());
+        buf.extend_from_slice(&FIELDS.to_be_bytes());
         buf.extend_from_slice(&(symbol.len() as i32).to_be_bytes());
         buf.extend_from_slice(symbol.as_bytes());
         put_date(buf, row.date);
-        let values = row.named_values();
-        for ((column, value), ty) in values[..19].iter().zip(COLUMN_TYPES) {
-            let fitted = value.map(|v| (v, fit_numeric(v, ty)));
-            let times = if *column == "rsi_14" { 2 } else { 1 };
+        // `rsi` gets rsi_14's value, written twice below; `current_volume` (never NULL, an
+        // integer already) is not among the named values and comes last.
+        let columns = VALUE_COLUMNS.iter().filter(|(c, _)| *c != "rsi");
+        for ((column, value), &(_, ty)) in row.named_values().into_iter().zip(columns) {
+            let fitted = value.map(|v| (v, ty.fit(v)));
+            let times = if column == "rsi_14" { 2 } else { 1 };
             for _ in 0..times {
                 match fitted {
                     None => put_null(buf),
-                    Some((_, Some((neg, n)))) => put_numeric(buf, neg, n, ty.scale),
+                    Some((_, Some(f))) => put_fitted(buf, f),
                     Some((v, None)) => {
                         put_null(buf);
                         overflows.push(Overflow {
@@ -677,18 +783,6 @@ impl RowEncoder {
                         });
                     }
                 }
-            }
-        }
-        match row.avg_volume_20.map(|v| (v, fit_bigint(v))) {
-            None => put_null(buf),
-            Some((_, Some(n))) => put_i64(buf, n),
-            Some((v, None)) => {
-                put_null(buf);
-                overflows.push(Overflow {
-                    column: "avg_volume_20",
-                    date: row.date,
-                    value: v,
-                });
             }
         }
         put_i64(buf, row.current_volume);
@@ -743,8 +837,7 @@ pub async fn delete_rows_from(
     if targets.is_empty() {
         return Ok(0);
     }
-    let symbols: Vec<&str> = targets.iter().map(|(s, _)| s.as_str()).collect();
-    let dates: Vec<Option<NaiveDate>> = targets.iter().map(|(_, d)| *d).collect();
+    let (symbols, dates) = unzip(targets);
     tx.execute(DELETE_ROWS_FROM_SQL, &[&symbols, &dates])
         .await
         .map_err(IndicatorError::query("deleting rows to rewrite"))
@@ -758,13 +851,12 @@ pub async fn upsert_rows(
     targets: &[(String, Option<NaiveDate>)],
     payload: CopyPayload,
 ) -> Result<u64, IndicatorError> {
-    copy_rows(tx, COPY_STAGED_ROWS_SQL, payload).await?;
-    let symbols: Vec<&str> = targets.iter().map(|(s, _)| s.as_str()).collect();
-    let dates: Vec<Option<NaiveDate>> = targets.iter().map(|(_, d)| *d).collect();
+    copy_rows(tx, &COPY_STAGED_ROWS_SQL, payload).await?;
+    let (symbols, dates) = unzip(targets);
     tx.execute(DELETE_UNSTAGED_ROWS_SQL, &[&symbols, &dates])
         .await
         .map_err(IndicatorError::query("deleting rows of vanished bars"))?;
-    tx.execute(upsert_staged_rows_sql().as_str(), &[])
+    tx.execute(UPSERT_STAGED_ROWS_SQL.as_str(), &[])
         .await
         .map_err(IndicatorError::query("upserting recomputed rows"))
 }
@@ -776,16 +868,13 @@ pub async fn refresh_latest(
     if symbols.is_empty() {
         return Ok(());
     }
-    tx.execute(refresh_latest_sql().as_str(), &[&symbols])
+    let err = IndicatorError::query("updating technical_indicators_latest");
+    tx.execute(REFRESH_LATEST_SQL.as_str(), &[&symbols])
         .await
-        .map_err(IndicatorError::query(
-            "updating technical_indicators_latest",
-        ))?;
+        .map_err(err)?;
     tx.execute(DELETE_ORPHAN_LATEST_SQL, &[&symbols])
         .await
-        .map_err(IndicatorError::query(
-            "updating technical_indicators_latest",
-        ))?;
+        .map_err(err)?;
     Ok(())
 }
 
@@ -804,26 +893,10 @@ pub async fn save_states(
         return Ok(());
     }
     let err = IndicatorError::query("saving indicator states");
-    let sink = tx.copy_in(COPY_STATES_SQL).await.map_err(err)?;
-    let types = [
-        Type::VARCHAR,
-        Type::INT4,
-        Type::DATE,
-        Type::DATE,
-        Type::INT8,
-        Type::FLOAT8_ARRAY,
-        Type::DATE_ARRAY,
-        Type::INT8_ARRAY,
-        Type::FLOAT8,
-        Type::FLOAT8,
-        Type::FLOAT8,
-        Type::FLOAT8,
-        Type::FLOAT8,
-        Type::FLOAT8,
-        Type::FLOAT8,
-        Type::FLOAT8,
-        Type::FLOAT8,
-    ];
+    let sink = tx.copy_in(COPY_STATES_SQL.as_str()).await.map_err(err)?;
+    let types: Vec<Type> = std::iter::once(Type::VARCHAR)
+        .chain(STATE_COLUMNS.iter().map(|(_, ty, _)| ty.clone()))
+        .collect();
     let writer = BinaryCopyInWriter::new(sink, &types);
     futures::pin_mut!(writer);
     for s in states {
@@ -854,15 +927,12 @@ pub async fn save_states(
                 &prev_close,
             ])
             .await
-            .map_err(IndicatorError::query("saving indicator states"))?;
+            .map_err(err)?;
     }
-    writer
-        .finish()
+    writer.finish().await.map_err(err)?;
+    tx.execute(UPSERT_STATES_SQL.as_str(), &[])
         .await
-        .map_err(IndicatorError::query("saving indicator states"))?;
-    tx.execute(UPSERT_STATES_SQL, &[])
-        .await
-        .map_err(IndicatorError::query("saving indicator states"))?;
+        .map_err(err)?;
     Ok(())
 }
 
@@ -1016,6 +1086,21 @@ mod tests {
         let t = start_of_day(sp, d);
         assert_eq!(bar_date(sp, t), d);
         assert!(bar_date(sp, t - chrono::Duration::microseconds(1)) < d);
+    }
+
+    #[test]
+    fn value_columns_are_the_named_values_with_rsi_and_current_volume() {
+        let bar = crate::indicators::step::Bar {
+            date: NaiveDate::from_ymd_opt(2024, 1, 2).unwrap(),
+            close: 1.0,
+            volume: 1,
+        };
+        let (_, rows) = crate::indicators::step::full(&[bar]);
+        let mut want: Vec<&str> = rows[0].named_values().iter().map(|(c, _)| *c).collect();
+        want.insert(want.iter().position(|c| *c == "rsi_14").unwrap(), "rsi");
+        want.push("current_volume");
+        let columns: Vec<&str> = VALUE_COLUMNS.iter().map(|(c, _)| *c).collect();
+        assert_eq!(columns, want);
     }
 
     #[test]
