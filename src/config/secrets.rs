@@ -1,0 +1,172 @@
+//! Secrets: reading them from files, and hiding them in any text that may carry one.
+//!
+//! Every secret file the configuration names is read here, so that a relative path means the
+//! same thing everywhere (systemd's `$CREDENTIALS_DIRECTORY`); every rendering of a URL or of an
+//! error that may quote one goes through [`mask_secrets`].
+
+use std::path::Path;
+
+use super::ConfigError;
+
+/// Reads a secret file; a relative path is looked up in systemd's credentials directory.
+/// Trailing line breaks are dropped (an editor's or `echo`'s); an empty secret is refused, as it
+/// would only fail later as a wrong password. An error names `key`.
+pub(super) fn read_secret(path: &Path, key: &str) -> Result<String, ConfigError> {
+    let resolved = match std::env::var_os("CREDENTIALS_DIRECTORY") {
+        Some(dir) if path.is_relative() => Path::new(&dir).join(path),
+        _ => path.to_path_buf(),
+    };
+    let text = std::fs::read_to_string(&resolved).map_err(|e| {
+        ConfigError::invalid(key, format!("cannot read {}: {e}", resolved.display()))
+    })?;
+    let secret = text.trim_end_matches(['\n', '\r']).to_owned();
+    if secret.is_empty() {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{} is empty", resolved.display()),
+        ));
+    }
+    Ok(secret)
+}
+
+/// Replaces the password of a URL, if it has one, by `********`: its userinfo password and any
+/// `password` / `sslpassword` query parameter. Works on text the URL parser refuses too (libpq's
+/// multi-host `postgres://u:p@h1:5432,h2:5432/db`).
+pub fn mask_url(raw: &str) -> String {
+    mask_secrets(raw)
+}
+
+const MASK: &str = "********";
+
+/// Hides every secret a piece of text may carry — a configuration value, an error message that
+/// quotes a TOML line, a URL: the password in `scheme://user:password@host` and the value of any
+/// `password=` or `sslpassword=` parameter (URL query or libpq key=value).
+pub fn mask_secrets(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    // Userinfo passwords: after each "://", up to the first '@' before any white space or
+    // quote — tokio-postgres takes a password up to the '@' even when it holds '/', '?' or '#'
+    // (base64 passwords do). When the '@' is in fact in the path or query, more is masked than
+    // needed, never less.
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let end = tail
+            .find([' ', '\t', '\n', '"', '\''])
+            .unwrap_or(tail.len());
+        let word = &tail[..end];
+        match word.find('@') {
+            Some(at) if word[..at].contains(':') => {
+                let user_end = word.find(':').expect("checked above");
+                out.push_str(&word[..=user_end]);
+                out.push_str(MASK);
+                out.push_str(&word[at..]);
+            }
+            _ => out.push_str(word),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    mask_password_parameters(&out)
+}
+
+/// `password=…` and `sslpassword=…` (any letter case) → `password=********`.
+fn mask_password_parameters(text: &str) -> String {
+    let lower = text.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    let mut from = 0;
+    while let Some(found) = lower[from..].find("password=") {
+        let start = from + found + "password=".len();
+        // A quoted value (libpq's key='value') runs to its closing quote.
+        let end = match text[start..].chars().next() {
+            Some(quote @ ('\'' | '"')) => text[start + 1..]
+                .find(quote)
+                .map_or(text.len(), |e| start + 1 + e + 1),
+            _ => text[start..]
+                .find(['&', ' ', '\t', '\n', '"', '\'', '#'])
+                .map_or(text.len(), |e| start + e),
+        };
+        out.push_str(&text[copied..start]);
+        if end > start {
+            out.push_str(MASK);
+        }
+        copied = end;
+        from = end.max(start);
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn every_place_a_password_can_stand_is_masked() {
+        for (raw, shown) in [
+            (
+                "postgres://app:s3cret@db:5432/trading_system",
+                "postgres://app:********@db:5432/trading_system",
+            ),
+            (
+                "postgres://app@db/trading_system?password=s3cret&sslmode=require",
+                "postgres://app@db/trading_system?password=********&sslmode=require",
+            ),
+            (
+                "postgres://app@db/t?sslpassword=k3y&PASSWORD=s3cret",
+                "postgres://app@db/t?sslpassword=********&PASSWORD=********",
+            ),
+            (
+                "postgres://app:s3cret@h1:5432,h2:5432/t?target_session_attrs=read-write",
+                "postgres://app:********@h1:5432,h2:5432/t?target_session_attrs=read-write",
+            ),
+            (
+                "rediss://:s3cret@cache:6380/0",
+                "rediss://:********@cache:6380/0",
+            ),
+            ("redis://cache:6379/0", "redis://cache:6379/0"),
+            (
+                "host=db user=app password=s3cret dbname=t",
+                "host=db user=app password=******** dbname=t",
+            ),
+            (
+                "url = \"postgres://app:s3cret@db/t\nmore",
+                "url = \"postgres://app:********@db/t\nmore",
+            ),
+            (
+                "postgres://app:pa/ss?w#rd@db/t",
+                "postgres://app:********@db/t",
+            ),
+            (
+                "host=db password='s3 cret' dbname=t",
+                "host=db password=******** dbname=t",
+            ),
+        ] {
+            assert_eq!(mask_secrets(raw), shown, "{raw}");
+        }
+    }
+
+    proptest! {
+        /// Whatever surrounds it, a password in a URL's userinfo or a password parameter never
+        /// survives masking.
+        #[test]
+        fn no_password_survives(
+            before in "[ -~]{0,20}",
+            user in "[a-z]{0,8}",
+            secret in "[A-Za-z0-9!$%()*+,;~]{4,20}",
+            after in "[ -~]{0,20}",
+            as_parameter in any::<bool>(),
+        ) {
+            let text = if as_parameter {
+                format!("{before} postgres://{user}@db/t?password={secret}&x=1 {after}")
+            } else {
+                format!("{before} postgres://{user}:{secret}@db/t {after}")
+            };
+            let masked = mask_secrets(&text);
+            prop_assert!(!masked.contains(&format!("{secret}@")), "{}", masked);
+            prop_assert!(!masked.contains(&format!("={secret}")), "{}", masked);
+        }
+    }
+}
