@@ -154,3 +154,144 @@ fn validate_pg_url(key: &str, url: &str) -> Result<(), ConfigError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::testing::{assert_accepted, assert_range, assert_refused, jail};
+
+    #[test]
+    fn url_must_be_a_postgres_url_naming_a_database() {
+        for url in ["mysql://x/y", "postgres://h/db?sslmode=sometimes"] {
+            let message = assert_refused("database.url", |c| c.database.url = url.into());
+            assert!(
+                message.starts_with("not a PostgreSQL URL"),
+                "{url}: {message}"
+            );
+        }
+        // libpq's key=value form (the empty string is one) is a connection string, not a URL.
+        for url in ["host=127.0.0.1 dbname=trading_system", ""] {
+            let message = assert_refused("database.url", |c| c.database.url = url.into());
+            assert!(
+                message.contains("must start with postgres://"),
+                "{url}: {message}"
+            );
+        }
+        let message = assert_refused("database.url", |c| {
+            c.database.url = "postgres://127.0.0.1".into()
+        });
+        assert!(message.contains("names no database"), "{message}");
+        assert_accepted(|c| c.database.url = "postgresql://u@h1:5432,h2:5433/t".into());
+    }
+
+    #[test]
+    fn replica_url_is_held_to_the_same_rules() {
+        for url in ["mysql://x/y", "postgres://127.0.0.1", ""] {
+            assert_refused("database.replica_url", |c| {
+                c.database.replica_url = Some(url.into())
+            });
+        }
+        assert_accepted(|c| c.database.replica_url = Some("postgres://ro@10.0.0.2/t".into()));
+    }
+
+    #[test]
+    fn password_files_must_be_readable_and_not_empty() {
+        jail(|jail| {
+            let message = assert_refused("database.password_file", |c| {
+                c.database.password_file = Some("/nonexistent/pw".into())
+            });
+            assert!(message.contains("/nonexistent/pw"), "{message}");
+            assert_refused("database.replica_password_file", |c| {
+                c.database.replica_password_file = Some("/nonexistent/pw".into())
+            });
+            jail.create_file("empty", "\n")?;
+            let message = assert_refused("database.password_file", |c| {
+                c.database.password_file = Some("empty".into())
+            });
+            assert!(message.ends_with("is empty"), "{message}");
+            jail.create_file("pw", "s3cret\n")?;
+            assert_accepted(|c| {
+                c.database.password_file = Some("pw".into());
+                c.database.replica_password_file = Some("pw".into());
+            });
+            Ok(())
+        });
+    }
+
+    /// The password file replaces the URL's password; the replica's falls back to the
+    /// primary's (a physical standby has the primary's roles) unless it has its own.
+    #[test]
+    fn password_files_are_applied_to_the_connections() {
+        jail(|jail| {
+            jail.create_file("primary", "pw-primary\r\n")?;
+            jail.create_file("replica", "pw-replica\n")?;
+            let mut db = super::DatabaseConfig {
+                url: "postgres://app:in-url@db/trading_system".into(),
+                replica_url: Some("postgres://ro@standby/trading_system".into()),
+                password_file: Some("primary".into()),
+                connect_timeout_ms: 1_234,
+                ..Default::default()
+            };
+            let pg = db.pg_config().unwrap();
+            assert_eq!(pg.get_password(), Some(&b"pw-primary"[..]));
+            assert_eq!(pg.get_user(), Some("app"));
+            assert_eq!(pg.get_application_name(), Some("trading-sync"));
+            assert_eq!(
+                pg.get_connect_timeout(),
+                Some(&std::time::Duration::from_millis(1_234))
+            );
+            let replica = db.replica_pg_config().unwrap().unwrap();
+            assert_eq!(replica.get_password(), Some(&b"pw-primary"[..]));
+            db.replica_password_file = Some("replica".into());
+            let replica = db.replica_pg_config().unwrap().unwrap();
+            assert_eq!(replica.get_password(), Some(&b"pw-replica"[..]));
+            assert_eq!(replica.get_user(), Some("ro"));
+            db.replica_url = None;
+            assert!(db.replica_pg_config().unwrap().is_none());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_application_name_in_the_url_is_kept() {
+        let db = super::DatabaseConfig {
+            url: "postgres://app@db/t?application_name=mine".into(),
+            ..Default::default()
+        };
+        assert_eq!(db.pg_config().unwrap().get_application_name(), Some("mine"));
+    }
+
+    #[test]
+    fn pool_size_bounds() {
+        assert_range("database.pool_size", 1, 512, |c, v| {
+            c.database.pool_size = v as usize
+        });
+    }
+
+    #[test]
+    fn connect_timeout_ms_bounds() {
+        assert_range("database.connect_timeout_ms", 100, 600_000, |c, v| {
+            c.database.connect_timeout_ms = v
+        });
+    }
+
+    #[test]
+    fn slow_query_ms_bounds() {
+        assert_range("database.slow_query_ms", 1, 3_600_000, |c, v| {
+            c.database.slow_query_ms = v
+        });
+    }
+
+    #[test]
+    fn statement_timeout_ms_bounds() {
+        assert_range("database.statement_timeout_ms", 100, 600_000, |c, v| {
+            c.database.statement_timeout_ms = v
+        });
+    }
+
+    #[test]
+    fn lock_timeout_ms_bounds() {
+        assert_range("database.lock_timeout_ms", 100, 600_000, |c, v| {
+            c.database.lock_timeout_ms = v
+        });
+    }
+}

@@ -161,3 +161,101 @@ impl ReconcileConfig {
         range("reconcile.grace_ms", self.grace_ms, 0, 3_600_000)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::testing::{assert_accepted, assert_range, assert_refused};
+
+    #[test]
+    fn indicators_timezone_is_an_iana_zone() {
+        assert_refused("indicators.timezone", |c| {
+            c.indicators.timezone = "New York".into()
+        });
+    }
+
+    /// Five fields that fire: a sixth field would be read as seconds, a date that never comes
+    /// would fail the scheduler at every start. Checked even with the job disabled.
+    #[test]
+    fn indicators_schedule_is_five_fields_that_fire() {
+        for (schedule, says) in [
+            ("0 0 17 * * 1-5", "has 6 fields"),
+            ("17 * *", "has 3 fields"),
+            ("61 * * * *", "is not a cron expression"),
+            ("0 17 31 2 *", "never fires"),
+            ("@sometimes", "is not a cron expression"),
+        ] {
+            let message = assert_refused("indicators.schedule", |c| {
+                c.indicators.enabled = false;
+                c.indicators.schedule = schedule.into();
+            });
+            assert!(message.contains(says), "{schedule}: {message}");
+        }
+        // Once every four years still fires.
+        assert_accepted(|c| c.indicators.schedule = "0 12 29 2 *".into());
+        assert_accepted(|c| c.indicators.schedule = "@daily".into());
+    }
+
+    #[test]
+    fn indicators_debounce_ms_bounds() {
+        assert_range("indicators.debounce_ms", 0, 3_600_000, |c, v| {
+            c.indicators.debounce_ms = v
+        });
+    }
+
+    #[test]
+    fn indicators_replica_max_wait_ms_bounds() {
+        assert_range("indicators.replica_max_wait_ms", 0, 600_000, |c, v| {
+            c.indicators.replica_max_wait_ms = v
+        });
+    }
+
+    #[test]
+    fn maintenance_timezone_is_an_iana_zone() {
+        assert_refused("maintenance.timezone", |c| {
+            c.maintenance.timezone = "Europe/Atlantis".into()
+        });
+    }
+
+    #[test]
+    fn maintenance_schedule_is_five_fields_that_fire() {
+        for (schedule, says) in [
+            ("30 3 30 2 *", "never fires"),
+            ("0 30 3 * * *", "has 6 fields"),
+            ("30 25 * * *", "is not a cron expression"),
+        ] {
+            let message = assert_refused("maintenance.schedule", |c| {
+                c.maintenance.schedule = schedule.into()
+            });
+            assert!(message.contains(says), "{schedule}: {message}");
+        }
+        assert_accepted(|c| c.maintenance.schedule = "@weekly".into());
+    }
+
+    #[test]
+    fn maintenance_ledger_retention_days_bounds() {
+        assert_range("maintenance.ledger_retention_days", 0, 36_500, |c, v| {
+            c.maintenance.ledger_retention_days = v as u32
+        });
+    }
+
+    #[test]
+    fn maintenance_partitions_ahead_years_bounds() {
+        assert_range("maintenance.partitions_ahead_years", 0, 50, |c, v| {
+            c.maintenance.partitions_ahead_years = v as u32
+        });
+    }
+
+    #[test]
+    fn reconcile_interval_secs_bounds() {
+        assert_range("reconcile.interval_secs", 1, 86_400, |c, v| {
+            c.reconcile.interval_secs = v
+        });
+    }
+
+    #[test]
+    fn reconcile_grace_ms_bounds() {
+        assert_range("reconcile.grace_ms", 0, 3_600_000, |c, v| {
+            c.reconcile.grace_ms = v
+        });
+    }
+}

@@ -92,3 +92,49 @@ impl LogConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::testing::{assert_accepted, assert_range, assert_refused};
+
+    /// An address to bind, not a name to resolve; checked even with the server disabled.
+    #[test]
+    fn http_listen_is_host_and_port() {
+        for listen in [
+            "localhost",
+            "localhost:9187",
+            "127.0.0.1",
+            "127.0.0.1:99999",
+        ] {
+            let message = assert_refused("http.listen", |c| {
+                c.http.enabled = false;
+                c.http.listen = listen.into();
+            });
+            assert!(message.contains(&format!("`{listen}`")), "{message}");
+        }
+        assert_accepted(|c| c.http.listen = "[::1]:9187".into());
+    }
+
+    #[test]
+    fn http_readyz_stall_secs_bounds() {
+        assert_range("http.readyz_stall_secs", 1, 86_400, |c, v| {
+            c.http.readyz_stall_secs = v
+        });
+    }
+
+    #[test]
+    fn log_summary_interval_secs_bounds() {
+        assert_range("log.summary_interval_secs", 0, 86_400, |c, v| {
+            c.log.summary_interval_secs = v
+        });
+    }
+
+    #[test]
+    fn log_filter_parses_as_a_tracing_filter() {
+        assert_refused("log.filter", |c| c.log.filter = Some("info,[".into()));
+        assert_refused("log.filter", |c| {
+            c.log.filter = Some("trading_sync=loud".into())
+        });
+        assert_accepted(|c| c.log.filter = Some("info,trading_sync=debug".into()));
+    }
+}

@@ -74,3 +74,66 @@ impl RedisConfig {
         Ok(url.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::testing::{assert_accepted, assert_range, assert_refused, jail};
+
+    #[test]
+    fn url_must_be_a_redis_url() {
+        let message = assert_refused("redis.url", |c| c.redis.url = "not a url".into());
+        assert!(message.starts_with("not a URL"), "{message}");
+        let message = assert_refused("redis.url", |c| c.redis.url = "http://127.0.0.1".into());
+        assert!(message.contains("`http`"), "{message}");
+        assert_accepted(|c| c.redis.url = "redis://:pw@cache:6380/2".into());
+    }
+
+    #[test]
+    fn password_file_must_be_readable() {
+        jail(|_| {
+            let message = assert_refused("redis.password_file", |c| {
+                c.redis.password_file = Some("/nonexistent/redis-pw".into())
+            });
+            assert!(message.contains("/nonexistent/redis-pw"), "{message}");
+            Ok(())
+        });
+    }
+
+    /// The file's password replaces the URL's, whatever its characters.
+    #[test]
+    fn password_file_is_applied_to_the_url() {
+        jail(|jail| {
+            jail.create_file("redis-pw", "p@ss/w rd\n")?;
+            let mut redis = super::RedisConfig {
+                url: "redis://:old@cache:6380/2".into(),
+                ..Default::default()
+            };
+            assert_eq!(redis.effective_url().unwrap(), redis.url);
+            redis.password_file = Some("redis-pw".into());
+            let url = url::Url::parse(&redis.effective_url().unwrap()).unwrap();
+            assert_eq!(url.password(), Some("p%40ss%2Fw%20rd"));
+            assert_eq!(
+                (url.host_str(), url.port(), url.path()),
+                (Some("cache"), Some(6380), "/2")
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn channel_prefix_is_a_literal_name() {
+        for prefix in ["", "data*", "d?ta", "[ds]", "data sync"] {
+            assert_refused("redis.channel_prefix", |c| {
+                c.redis.channel_prefix = prefix.into()
+            });
+        }
+        assert_accepted(|c| c.redis.channel_prefix = "{ds}:prod".into());
+    }
+
+    #[test]
+    fn reconnect_max_backoff_ms_bounds() {
+        assert_range("redis.reconnect_max_backoff_ms", 10, 600_000, |c, v| {
+            c.redis.reconnect_max_backoff_ms = v
+        });
+    }
+}

@@ -143,9 +143,60 @@ mod tests {
                 "host=db password='s3 cret' dbname=t",
                 "host=db password=******** dbname=t",
             ),
+            (
+                "host=db password=\"s3 cret\" dbname=t",
+                "host=db password=******** dbname=t",
+            ),
+            (
+                "postgres://app:pa?ss@db/t?password=s#3&x=1",
+                "postgres://app:********@db/t?password=********#3&x=1",
+            ),
+            // Two URLs in one message (a cause chain), each masked.
+            (
+                "db postgres://a:one@h/t, cache redis://:two@c:6379/0",
+                "db postgres://a:********@h/t, cache redis://:********@c:6379/0",
+            ),
+            ("", ""),
+            ("password=", "password="),
         ] {
             assert_eq!(mask_secrets(raw), shown, "{raw}");
+            assert_eq!(mask_url(raw), shown, "{raw}");
         }
+    }
+
+    /// `read_secret`'s own rules: trailing line breaks dropped (nothing else), an unreadable
+    /// or empty file refused under the key given, the path in the message.
+    #[test]
+    fn secret_files_are_read_as_written() {
+        crate::config::testing::jail(|jail| {
+            jail.create_file("pw", " s3 cret \r\n\n")?;
+            let path = jail.directory().join("pw");
+            assert_eq!(read_secret(&path, "k").unwrap(), " s3 cret ");
+            assert_eq!(read_secret(Path::new("pw"), "k").unwrap(), " s3 cret ");
+
+            let error = read_secret(Path::new("/nonexistent/pw"), "some.key").unwrap_err();
+            assert!(
+                error
+                    .to_string()
+                    .starts_with("some.key: cannot read /nonexistent/pw"),
+                "{error}"
+            );
+            jail.create_file("blank", "\r\n")?;
+            let error = read_secret(Path::new("blank"), "some.key").unwrap_err();
+            assert!(error.to_string().starts_with("some.key: "), "{error}");
+            assert!(error.to_string().ends_with("blank is empty"), "{error}");
+
+            // Relative: in $CREDENTIALS_DIRECTORY when set; absolute: as written.
+            jail.create_dir("creds")?;
+            jail.create_file("creds/pw", "from-creds\n")?;
+            jail.set_env(
+                "CREDENTIALS_DIRECTORY",
+                jail.directory().join("creds").display(),
+            );
+            assert_eq!(read_secret(Path::new("pw"), "k").unwrap(), "from-creds");
+            assert_eq!(read_secret(&path, "k").unwrap(), " s3 cret ");
+            Ok(())
+        });
     }
 
     proptest! {

@@ -81,3 +81,84 @@ impl SyncConfig {
         parse_tz("sync.exchange_timezone", &self.exchange_timezone)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::testing::{assert_accepted, assert_range, assert_refused};
+
+    #[test]
+    fn batch_max_events_bounds() {
+        assert_range("sync.batch_max_events", 1, 100_000, |c, v| {
+            c.sync.batch_max_events = v as usize
+        });
+    }
+
+    #[test]
+    fn batch_max_wait_ms_bounds() {
+        assert_range("sync.batch_max_wait_ms", 1, 60_000, |c, v| {
+            c.sync.batch_max_wait_ms = v
+        });
+    }
+
+    #[test]
+    fn max_message_bytes_bounds() {
+        assert_range("sync.max_message_bytes", 256, 16 << 20, |c, v| {
+            c.sync.max_message_bytes = v as usize;
+            // Room for the largest message in the dead letters too, to test this bound alone.
+            c.sync.dead_letter_max_bytes = 64 << 20;
+        });
+    }
+
+    #[test]
+    fn drain_deadline_ms_bounds() {
+        assert_range("sync.drain_deadline_ms", 0, 3_600_000, |c, v| {
+            c.sync.drain_deadline_ms = v
+        });
+    }
+
+    /// A dead letter can keep any message whole: its limit is at least the message limit.
+    #[test]
+    fn dead_letter_max_bytes_bounds_follow_max_message_bytes() {
+        assert_range("sync.dead_letter_max_bytes", 64 * 1024, 64 << 20, |c, v| {
+            c.sync.dead_letter_max_bytes = v as usize
+        });
+        let message = assert_refused("sync.dead_letter_max_bytes", |c| {
+            c.sync.max_message_bytes = 2 << 20;
+            c.sync.dead_letter_max_bytes = (2 << 20) - 1;
+        });
+        assert!(message.contains("2097152..=67108864"), "{message}");
+    }
+
+    #[test]
+    fn queue_max_bytes_holds_one_message() {
+        let message = assert_refused("sync.queue_max_bytes", |c| {
+            c.sync.queue_max_bytes = 64 * 1024 - 1
+        });
+        assert!(
+            message.contains("sync.max_message_bytes (65536)"),
+            "{message}"
+        );
+        assert_accepted(|c| c.sync.queue_max_bytes = 64 * 1024);
+    }
+
+    /// A budget larger than the memory there is bounds nothing. (Linux: /proc/meminfo.)
+    #[test]
+    fn queue_max_bytes_fits_in_memory() {
+        let message = assert_refused("sync.queue_max_bytes", |c| {
+            c.sync.queue_max_bytes = usize::MAX
+        });
+        assert!(message.contains("MemoryMax"), "{message}");
+    }
+
+    #[test]
+    fn exchange_timezone_is_an_iana_zone() {
+        let message = assert_refused("sync.exchange_timezone", |c| {
+            c.sync.exchange_timezone = "Mars/Olympus".into()
+        });
+        assert!(message.contains("`Mars/Olympus`"), "{message}");
+        assert_refused("sync.exchange_timezone", |c| {
+            c.sync.exchange_timezone = String::new()
+        });
+        assert_accepted(|c| c.sync.exchange_timezone = "Asia/Tokyo".into());
+    }
+}

@@ -203,3 +203,130 @@ impl JournalConfig {
         within_memory("journal.buffer_max_bytes", self.buffer_max_bytes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Transport;
+    use crate::config::testing::{assert_accepted, assert_range, assert_refused};
+
+    #[test]
+    fn the_journal_needs_a_pubsub_channel() {
+        let all_streams = |c: &mut crate::config::Config| {
+            c.transport.trades = Transport::Stream;
+            c.transport.positions = Transport::Stream;
+            c.transport.market_data = Transport::Stream;
+        };
+        assert_refused("transport.journal", |c| {
+            all_streams(c);
+            c.transport.journal = true;
+        });
+        assert_accepted(all_streams);
+        assert_accepted(|c| {
+            all_streams(c);
+            c.transport.positions = Transport::Both;
+            c.transport.journal = true;
+        });
+    }
+
+    #[test]
+    fn streams_group_is_not_empty() {
+        assert_refused("streams.group", |c| c.streams.group = String::new());
+    }
+
+    #[test]
+    fn streams_field_is_not_empty() {
+        assert_refused("streams.group", |c| c.streams.field = String::new());
+    }
+
+    #[test]
+    fn streams_consumer_is_not_empty() {
+        assert_refused("streams.consumer", |c| {
+            c.streams.consumer = Some(String::new())
+        });
+        assert_accepted(|c| c.streams.consumer = Some("host-a".into()));
+    }
+
+    #[test]
+    fn streams_start_id_is_dollar_or_a_stream_id() {
+        for id in ["", "latest", "1-", "-1", "1.5"] {
+            let message = assert_refused("streams.start_id", |c| c.streams.start_id = id.into());
+            assert!(message.contains(&format!("`{id}`")), "{message}");
+        }
+        for id in ["$", "0", "0-0", "1712345678901-3"] {
+            assert_accepted(|c| c.streams.start_id = id.into());
+        }
+    }
+
+    #[test]
+    fn streams_block_ms_bounds() {
+        assert_range("streams.block_ms", 1, 60_000, |c, v| c.streams.block_ms = v);
+    }
+
+    #[test]
+    fn streams_read_count_bounds() {
+        assert_range("streams.read_count", 1, 100_000, |c, v| {
+            c.streams.read_count = v as usize
+        });
+    }
+
+    #[test]
+    fn streams_read_ahead_bounds() {
+        assert_range("streams.read_ahead", 1, 10_000_000, |c, v| {
+            c.streams.read_ahead = v as usize
+        });
+    }
+
+    #[test]
+    fn streams_claim_idle_ms_bounds() {
+        assert_range("streams.claim_idle_ms", 100, 86_400_000, |c, v| {
+            c.streams.claim_idle_ms = v
+        });
+    }
+
+    #[test]
+    fn streams_max_deliveries_bounds() {
+        assert_range("streams.max_deliveries", 1, 1_000, |c, v| {
+            c.streams.max_deliveries = v as u32
+        });
+    }
+
+    #[test]
+    fn journal_key_is_one_word() {
+        for key in ["", "audit journal", "audit\njournal", "audit\r"] {
+            assert_refused("journal.key", |c| c.journal.key = Some(key.into()));
+        }
+        assert_accepted(|c| c.journal.key = Some("{ds}:audit".into()));
+    }
+
+    #[test]
+    fn journal_append_batch_bounds() {
+        assert_range("journal.append_batch", 1, 100_000, |c, v| {
+            c.journal.append_batch = v as usize
+        });
+    }
+
+    #[test]
+    fn journal_trim_interval_ms_bounds() {
+        assert_range("journal.trim_interval_ms", 10, 3_600_000, |c, v| {
+            c.journal.trim_interval_ms = v
+        });
+    }
+
+    #[test]
+    fn journal_buffer_max_bytes_fits_in_memory() {
+        let message = assert_refused("journal.buffer_max_bytes", |c| {
+            c.journal.buffer_max_bytes = usize::MAX
+        });
+        assert!(message.contains("MemoryMax"), "{message}");
+    }
+
+    /// The default consumer name is the host's, so that each instance has its own.
+    #[test]
+    fn consumer_name_is_the_configured_one_or_the_host_name() {
+        let mut streams = super::StreamsConfig::default();
+        let host = streams.consumer_name();
+        assert!(!host.is_empty() && host.trim() == host, "{host:?}");
+        streams.consumer = Some("instance-b".into());
+        assert_eq!(streams.consumer_name(), "instance-b");
+    }
+}
