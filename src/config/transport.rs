@@ -115,11 +115,13 @@ impl Default for StreamsConfig {
 impl StreamsConfig {
     /// Names Redis is given (group, consumer, field, start id) and the read limits.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.group.is_empty() || self.field.is_empty() {
-            return Err(ConfigError::invalid(
-                "streams.group",
-                "streams.group and streams.field must be non-empty",
-            ));
+        for (key, value) in [
+            ("streams.group", &self.group),
+            ("streams.field", &self.field),
+        ] {
+            if value.is_empty() {
+                return Err(ConfigError::invalid(key, "must be non-empty"));
+            }
         }
         if self.consumer.as_deref() == Some("") {
             return Err(ConfigError::invalid(
@@ -127,7 +129,7 @@ impl StreamsConfig {
                 "must be non-empty",
             ));
         }
-        if !(self.start_id == "$" || self.start_id.split('-').all(|p| p.parse::<u64>().is_ok())) {
+        if !is_group_start(&self.start_id) {
             return Err(ConfigError::invalid(
                 "streams.start_id",
                 format!("`{}` is neither \"$\" nor a stream id", self.start_id),
@@ -149,6 +151,19 @@ impl StreamsConfig {
                 .unwrap_or_else(|| "trading-sync".into())
         })
     }
+}
+
+/// What XGROUP CREATE takes as a group's start: `$`, or a stream id — `<ms>` or `<ms>-<seq>`;
+/// anything else Redis refuses, and the reader would retry it forever.
+fn is_group_start(id: &str) -> bool {
+    // Digits only: u64's parser would also take a leading '+'.
+    let number =
+        |part: &str| part.bytes().all(|b| b.is_ascii_digit()) && part.parse::<u64>().is_ok();
+    id == "$"
+        || match id.split_once('-') {
+            Some((ms, seq)) => number(ms) && number(seq),
+            None => number(id),
+        }
 }
 
 /// The pub/sub journal (`transport.journal = true`): one stream holding every pub/sub message
@@ -235,7 +250,7 @@ mod tests {
 
     #[test]
     fn streams_field_is_not_empty() {
-        assert_refused("streams.group", |c| c.streams.field = String::new());
+        assert_refused("streams.field", |c| c.streams.field = String::new());
     }
 
     #[test]
@@ -248,7 +263,7 @@ mod tests {
 
     #[test]
     fn streams_start_id_is_dollar_or_a_stream_id() {
-        for id in ["", "latest", "1-", "-1", "1.5"] {
+        for id in ["", "latest", "1-", "-1", "1.5", "1-2-3", "+1", "1-*"] {
             let message = assert_refused("streams.start_id", |c| c.streams.start_id = id.into());
             assert!(message.contains(&format!("`{id}`")), "{message}");
         }
