@@ -11,7 +11,8 @@ use super::ConfigError;
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
-    /// `redis://` or `rediss://` URL; its password is a secret.
+    /// `redis://` URL, or `unix://` / `redis+unix://` for a socket; its password is a secret.
+    /// No `rediss://`: this build has no TLS to Redis.
     pub url: String,
     /// File holding the Redis password (AUTH); overrides one in `url`.
     pub password_file: Option<PathBuf>,
@@ -33,19 +34,35 @@ impl Default for RedisConfig {
 }
 
 impl RedisConfig {
-    /// The URL, the password file, the channel prefix and the backoff cap.
+    /// The URL as the redis client will read it (password file applied), the channel prefix
+    /// and the backoff cap.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(p) = &self.password_file {
-            read_secret(p, "redis.password_file")?;
-        }
         let url = url::Url::parse(&self.url)
             .map_err(|e| ConfigError::invalid("redis.url", format!("not a URL: {e}")))?;
-        if !matches!(url.scheme(), "redis" | "rediss" | "unix" | "redis+unix") {
-            return Err(ConfigError::invalid(
-                "redis.url",
-                format!("scheme `{}` is not redis:// or rediss://", url.scheme()),
-            ));
+        match url.scheme() {
+            "redis" | "unix" | "redis+unix" => {}
+            // The redis crate is built without a TLS feature: every connection would fail.
+            "rediss" => {
+                return Err(ConfigError::invalid(
+                    "redis.url",
+                    "rediss:// (TLS) is not supported by this build; use redis://",
+                ))
+            }
+            other => {
+                return Err(ConfigError::invalid(
+                    "redis.url",
+                    format!("scheme `{other}` is not redis://, unix:// or redis+unix://"),
+                ))
+            }
         }
+        // Reads the password file and refuses a URL that cannot carry its password.
+        let effective = self.effective_url()?;
+        // The client's own reading, which every connection attempt repeats: a database that is
+        // not a number, a missing or wildcard host, an unknown protocol would otherwise fail
+        // each of them, the daemon retrying forever.
+        ::redis::IntoConnectionInfo::into_connection_info(effective.as_str()).map_err(|e| {
+            ConfigError::invalid("redis.url", format!("the redis client refuses it: {e}"))
+        })?;
         if self.channel_prefix.is_empty() || self.channel_prefix.contains(['*', '?', '[', ']', ' '])
         {
             return Err(ConfigError::invalid(
@@ -69,8 +86,12 @@ impl RedisConfig {
         let password = read_secret(p, "redis.password_file")?;
         let mut url = url::Url::parse(&self.url)
             .map_err(|e| ConfigError::invalid("redis.url", e.to_string()))?;
-        url.set_password(Some(&password))
-            .map_err(|()| ConfigError::invalid("redis.url", "cannot carry a password"))?;
+        url.set_password(Some(&password)).map_err(|()| {
+            ConfigError::invalid(
+                "redis.url",
+                "cannot carry a password: redis.password_file needs a redis:// URL",
+            )
+        })?;
         Ok(url.to_string())
     }
 }
@@ -86,6 +107,46 @@ mod tests {
         let message = assert_refused("redis.url", |c| c.redis.url = "http://127.0.0.1".into());
         assert!(message.contains("`http`"), "{message}");
         assert_accepted(|c| c.redis.url = "redis://:pw@cache:6380/2".into());
+        assert_accepted(|c| c.redis.url = "unix:///run/redis/redis.sock".into());
+        assert_accepted(|c| c.redis.url = "redis+unix:///run/redis.sock?db=1&pass=pw".into());
+    }
+
+    /// The redis crate is built without TLS: a rediss:// URL would fail every connection.
+    #[test]
+    fn url_is_not_tls() {
+        let message = assert_refused("redis.url", |c| {
+            c.redis.url = "rediss://cache:6380/0".into()
+        });
+        assert!(message.contains("TLS"), "{message}");
+    }
+
+    /// What the redis client refuses when it opens the URL, check-config refuses first.
+    #[test]
+    fn url_is_one_the_redis_client_takes() {
+        for (url, says) in [
+            ("redis://cache:6379/zero", "Invalid database number"),
+            ("redis://0.0.0.0:6379/0", "wildcard"),
+            ("redis:///0", "Missing hostname"),
+            ("redis://cache:6379/0?protocol=resp9", "Invalid protocol"),
+            ("unix:///run/redis.sock?db=zero", "Invalid database number"),
+        ] {
+            let message = assert_refused("redis.url", |c| c.redis.url = url.into());
+            assert!(message.contains(says), "{url}: {message}");
+        }
+    }
+
+    /// A socket URL has no userinfo to put the file's password in.
+    #[test]
+    fn password_file_needs_a_url_with_userinfo() {
+        jail(|jail| {
+            jail.create_file("redis-pw", "pw\n")?;
+            let message = assert_refused("redis.url", |c| {
+                c.redis.url = "unix:///run/redis.sock".into();
+                c.redis.password_file = Some("redis-pw".into());
+            });
+            assert!(message.starts_with("cannot carry a password"), "{message}");
+            Ok(())
+        });
     }
 
     #[test]
