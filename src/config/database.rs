@@ -136,7 +136,8 @@ impl DatabaseConfig {
     }
 }
 
-/// A libpq-style URL with a database name; an error names `key`.
+/// A libpq-style URL with a database name, which a connection without TLS can use; an error
+/// names `key`.
 fn validate_pg_url(key: &str, url: &str) -> Result<(), ConfigError> {
     let pg = tokio_postgres::Config::from_str(url)
         .map_err(|e| ConfigError::invalid(key, format!("not a PostgreSQL URL: {e}")))?;
@@ -150,6 +151,14 @@ fn validate_pg_url(key: &str, url: &str) -> Result<(), ConfigError> {
         return Err(ConfigError::invalid(
             key,
             "names no database (add /trading_system)",
+        ));
+    }
+    // Every connection is made without TLS (README, "Decisions"): one that requires it fails
+    // each attempt, and the daemon would restart forever.
+    if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+        return Err(ConfigError::invalid(
+            key,
+            "sslmode=require, but this build connects without TLS: every connection would fail",
         ));
     }
     Ok(())
@@ -183,9 +192,26 @@ mod tests {
         assert_accepted(|c| c.database.url = "postgresql://u@h1:5432,h2:5433/t".into());
     }
 
+    /// Connections are made without TLS: requiring it would fail every one of them.
+    #[test]
+    fn url_does_not_require_tls() {
+        let message = assert_refused("database.url", |c| {
+            c.database.url = "postgres://app@db/trading_system?sslmode=require".into()
+        });
+        assert!(message.contains("without TLS"), "{message}");
+        for mode in ["disable", "prefer"] {
+            assert_accepted(|c| c.database.url = format!("postgres://app@db/t?sslmode={mode}"));
+        }
+    }
+
     #[test]
     fn replica_url_is_held_to_the_same_rules() {
-        for url in ["mysql://x/y", "postgres://127.0.0.1", ""] {
+        for url in [
+            "mysql://x/y",
+            "postgres://127.0.0.1",
+            "",
+            "postgres://ro@standby/t?sslmode=require",
+        ] {
             assert_refused("database.replica_url", |c| {
                 c.database.replica_url = Some(url.into())
             });
