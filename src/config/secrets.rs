@@ -40,14 +40,17 @@ const MASK: &str = "********";
 
 /// Hides every secret a piece of text may carry — a configuration value, an error message that
 /// quotes a TOML line, a URL: the password in `scheme://user:password@host` and the value of any
-/// `password=` or `sslpassword=` parameter (URL query or libpq key=value).
+/// `password=` or `sslpassword=` parameter (URL query or libpq key=value), or of a `pass=`
+/// parameter (the redis client's socket URLs).
 pub fn mask_secrets(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    // Userinfo passwords: after each "://", up to the first '@' before any white space or
-    // quote — tokio-postgres takes a password up to the '@' even when it holds '/', '?' or '#'
-    // (base64 passwords do). When the '@' is in fact in the path or query, more is masked than
-    // needed, never less.
+    // Userinfo passwords: after each "://", in the word before any white space or quote. The
+    // two parsers disagree on where the password ends, and both readings are masked:
+    // tokio-postgres takes it up to the first '@' even when it holds '/', '?' or '#' (base64
+    // passwords do); the URL parser (Redis) up to the last '@' before the path, so a password
+    // may hold an '@'. When an '@' is in fact in the path or query, more is masked than needed,
+    // never less.
     while let Some(at) = rest.find("://") {
         let (head, tail) = rest.split_at(at + 3);
         out.push_str(head);
@@ -55,7 +58,8 @@ pub fn mask_secrets(text: &str) -> String {
             .find([' ', '\t', '\n', '"', '\''])
             .unwrap_or(tail.len());
         let word = &tail[..end];
-        match word.find('@') {
+        let authority = &word[..word.find(['/', '?', '#']).unwrap_or(word.len())];
+        match authority.rfind('@').max(word.find('@')) {
             Some(at) if word[..at].contains(':') => {
                 let user_end = word.find(':').expect("checked above");
                 out.push_str(&word[..=user_end]);
@@ -70,23 +74,15 @@ pub fn mask_secrets(text: &str) -> String {
     mask_password_parameters(&out)
 }
 
-/// `password=…` and `sslpassword=…` (any letter case) → `password=********`.
+/// `password=…`, `sslpassword=…` (any key ending in `password`, any letter case) and a `pass=`
+/// key → `password=********`, `pass=********`.
 fn mask_password_parameters(text: &str) -> String {
     let lower = text.to_ascii_lowercase();
     let mut out = String::with_capacity(text.len());
     let mut copied = 0;
     let mut from = 0;
-    while let Some(found) = lower[from..].find("password=") {
-        let start = from + found + "password=".len();
-        // A quoted value (libpq's key='value') runs to its closing quote.
-        let end = match text[start..].chars().next() {
-            Some(quote @ ('\'' | '"')) => text[start + 1..]
-                .find(quote)
-                .map_or(text.len(), |e| start + 1 + e + 1),
-            _ => text[start..]
-                .find(['&', ' ', '\t', '\n', '"', '\'', '#'])
-                .map_or(text.len(), |e| start + e),
-        };
+    while let Some(start) = next_secret_value(&lower, from) {
+        let end = value_end(text, start);
         out.push_str(&text[copied..start]);
         if end > start {
             out.push_str(MASK);
@@ -96,6 +92,45 @@ fn mask_password_parameters(text: &str) -> String {
     }
     out.push_str(&text[copied..]);
     out
+}
+
+/// Where the next secret parameter's value starts in `lower` (the text in lower case), from
+/// `from` on.
+fn next_secret_value(lower: &str, from: usize) -> Option<usize> {
+    let password = lower[from..]
+        .find("password=")
+        .map(|i| from + i + "password=".len());
+    // `pass` only as a whole key: `bypass=` or `compass=` is no secret.
+    let pass = lower[from..]
+        .match_indices("pass=")
+        .map(|(i, _)| from + i)
+        .find(|&i| i == 0 || lower[..i].ends_with(['?', '&', ' ', '\t', '\n', '"', '\'']))
+        .map(|i| i + "pass=".len());
+    password.into_iter().chain(pass).min()
+}
+
+/// Where a parameter's value that starts at `start` ends. A quoted value (libpq's
+/// key='value', where a backslash escapes the next character) runs to its closing quote; any
+/// other up to the next parameter or white space. Not at '#': tokio-postgres keeps it in the
+/// value, and a fragment masked too costs nothing.
+fn value_end(text: &str, start: usize) -> usize {
+    let value = &text.as_bytes()[start..];
+    match value.first() {
+        Some(&quote @ (b'\'' | b'"')) => {
+            let mut i = 1;
+            while i < value.len() {
+                match value[i] {
+                    b'\\' => i += 2,
+                    b if b == quote => return start + i + 1,
+                    _ => i += 1,
+                }
+            }
+            text.len()
+        }
+        _ => text[start..]
+            .find(['&', ' ', '\t', '\n', '"', '\''])
+            .map_or(text.len(), |e| start + e),
+    }
 }
 
 #[cfg(test)]
@@ -147,9 +182,44 @@ mod tests {
                 "host=db password=\"s3 cret\" dbname=t",
                 "host=db password=******** dbname=t",
             ),
+            // tokio-postgres keeps a '#' in a parameter's value.
             (
                 "postgres://app:pa?ss@db/t?password=s#3&x=1",
-                "postgres://app:********@db/t?password=********#3&x=1",
+                "postgres://app:********@db/t?password=********&x=1",
+            ),
+            // The URL parser (Redis) takes the password up to the last '@' before the path.
+            (
+                "redis://:p@ss@cache:6379/0",
+                "redis://:********@cache:6379/0",
+            ),
+            (
+                "redis://us@er:p@ss@cache:6379/0",
+                "redis://us@er:********@cache:6379/0",
+            ),
+            // An '@' in the query is not taken for the end of the password...
+            (
+                "postgres://app:s3cret@db/t?application_name=a@b",
+                "postgres://app:********@db/t?application_name=a@b",
+            ),
+            // ...unless tokio-postgres would read it so: then more is masked, never less.
+            (
+                "postgres://app:s3/cret@db/t?application_name=a@b",
+                "postgres://app:********@db/t?application_name=a@b",
+            ),
+            // The redis client's socket URLs carry the password as `pass`.
+            (
+                "redis+unix:///run/redis.sock?db=1&pass=s3cret",
+                "redis+unix:///run/redis.sock?db=1&pass=********",
+            ),
+            (
+                "unix:///run/redis.sock?pass=s3cret&db=1",
+                "unix:///run/redis.sock?pass=********&db=1",
+            ),
+            ("compass=north bypass=yes", "compass=north bypass=yes"),
+            // libpq's quoted values escape a quote with a backslash.
+            (
+                r"host=db password='it\'s s3cret' dbname=t",
+                "host=db password=******** dbname=t",
             ),
             // Two URLs in one message (a cause chain), each masked.
             (
@@ -218,6 +288,25 @@ mod tests {
             let masked = mask_secrets(&text);
             prop_assert!(!masked.contains(&format!("{secret}@")), "{}", masked);
             prop_assert!(!masked.contains(&format!("={secret}")), "{}", masked);
+        }
+
+        /// Exactly the password goes, whichever parser's reading: tokio-postgres's (up to the
+        /// first '@', '/', '?' and '#' included) and the URL parser's (up to the last '@' before
+        /// the path).
+        #[test]
+        fn exactly_the_userinfo_password_is_masked(
+            user in "[a-z]{0,8}",
+            pg_secret in "[A-Za-z0-9!$%()*+,;~/?#]{1,20}",
+            redis_secret in "[A-Za-z0-9!$%()*+,;~@]{1,20}",
+        ) {
+            prop_assert_eq!(
+                mask_secrets(&format!("postgres://{user}:{pg_secret}@db:5432/t?sslmode=disable")),
+                format!("postgres://{user}:********@db:5432/t?sslmode=disable")
+            );
+            prop_assert_eq!(
+                mask_secrets(&format!("redis://{user}:{redis_secret}@cache:6379/0")),
+                format!("redis://{user}:********@cache:6379/0")
+            );
         }
     }
 }
