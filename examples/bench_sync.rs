@@ -622,13 +622,13 @@ struct Ceiling {
     small_batch: (usize, f64, f64),
 }
 
-/// The burst's batches, planned up front, applied back to back with the daemon's own SQL.
 /// The daemon's channel for a generator message: the generator has a channel type of its own (it
 /// must not import the daemon); the suffix is what the two agree on.
 fn channel_kind(channel: loadgen::Channel) -> ChannelKind {
     ChannelKind::from_suffix(channel.suffix()).expect("the generator's channels are the daemon's")
 }
 
+/// The burst's batches, planned up front, applied back to back with the daemon's own SQL.
 async fn ceiling(
     url: &str,
     messages: &[Message],

@@ -1,6 +1,6 @@
 //! The load generator (tools/loadgen) against the daemon's decoder and fold: two independent
-//! computations of the same thing. The generator must not import the daemon, so this is the one
-//! place where the two meet; a disagreement is a bug in one of them. Pure: no database, no Redis.
+//! computations of the same thing. The generator must not import the daemon, so this is where the
+//! two are compared; a disagreement is a bug in one of them. Pure: no database, no Redis.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
