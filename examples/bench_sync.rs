@@ -28,13 +28,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use loadgen::{Expected, Generator, Message, MessageKind, Report, Spec};
 use tokio_postgres::NoTls;
 use trading_sync::apply::fold;
 use trading_sync::apply::store::{self, Statements};
 use trading_sync::config::DatabaseConfig;
 use trading_sync::core::queue::Inbound;
+use trading_sync::core::ChannelKind;
 use trading_sync::events::DecodeLimits;
-use trading_sync::loadgen::{self, Expected, Generator, Message, MessageKind, Report, Spec};
 
 #[derive(Parser)]
 #[command(about = "Benchmark trading-sync run end to end and against its SQL ceiling")]
@@ -621,6 +622,12 @@ struct Ceiling {
     small_batch: (usize, f64, f64),
 }
 
+/// The daemon's channel for a generator message: the generator has a channel type of its own (it
+/// must not import the daemon); the suffix is what the two agree on.
+fn channel_kind(channel: loadgen::Channel) -> ChannelKind {
+    ChannelKind::from_suffix(channel.suffix()).expect("the generator's channels are the daemon's")
+}
+
 /// The burst's batches, planned up front, applied back to back with the daemon's own SQL.
 async fn ceiling(
     url: &str,
@@ -633,7 +640,7 @@ async fn ceiling(
     let inbound = |chunk: &[Message]| -> Vec<Inbound> {
         chunk
             .iter()
-            .map(|m| Inbound::new(m.channel, m.payload.clone()))
+            .map(|m| Inbound::new(channel_kind(m.channel), m.payload.clone()))
             .collect()
     };
     let batches: Vec<Vec<Inbound>> = messages.chunks(batch.max(1)).map(inbound).collect();

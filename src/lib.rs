@@ -12,7 +12,6 @@ pub mod db;
 pub mod events;
 pub mod indicators;
 pub(crate) mod ingest;
-pub mod loadgen;
 pub mod maintenance;
 pub mod reconcile;
 pub mod telemetry;

@@ -357,7 +357,7 @@ enum Fate {
 async fn publish_through_outage(
     url: String,
     prefix: String,
-    messages: Vec<trading_sync::loadgen::Message>,
+    messages: Vec<loadgen::Message>,
     rate: f64,
     done: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     failed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -376,7 +376,7 @@ async fn publish_through_outage(
         }
         let chunk = &messages[fates.len()..due];
         if conn.is_none() {
-            conn = trading_sync::loadgen::connect_redis(&url).await.ok();
+            conn = loadgen::connect_redis(&url).await.ok();
         }
         let outcome = match conn.as_mut() {
             None => vec![Fate::NotDelivered; chunk.len()],
@@ -462,7 +462,7 @@ async fn redis_restarted_mid_load(journal: bool) {
     };
     eventually("ready", Duration::from_secs(20), readyz).await;
 
-    let mut generator = trading_sync::loadgen::Generator::new(trading_sync::loadgen::Spec {
+    let mut generator = loadgen::Generator::new(loadgen::Spec {
         seed: 31,
         position_every: 0,
         bar_every: 0,
@@ -493,7 +493,7 @@ async fn redis_restarted_mid_load(journal: bool) {
             .batch_execute("BEGIN; LOCK TABLE analytics.applied_trades IN ACCESS EXCLUSIVE MODE")
             .await
             .unwrap();
-        let conn = trading_sync::loadgen::connect_redis(&url).await.unwrap();
+        let conn = loadgen::connect_redis(&url).await.unwrap();
         held_in_journal = eventually(
             "unapplied entries piling up in the journal",
             Duration::from_secs(30),
@@ -587,7 +587,7 @@ async fn redis_restarted_mid_load(journal: bool) {
         "daemon unsubscribed {down_ms} ms, publisher lost {publisher_hole_ms} ms of load"
     );
     if journal {
-        let conn = trading_sync::loadgen::connect_redis(&url).await.unwrap();
+        let conn = loadgen::connect_redis(&url).await.unwrap();
         eventually("the journal trimmed", Duration::from_secs(30), || {
             let (mut conn, key) = (conn.clone(), journal_key.clone());
             async move { (common::xlen(&mut conn, &key).await == 0).then_some(()) }

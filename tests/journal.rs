@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use common::process::Daemon;
 use common::{eventually, publish_counted, spawn_app, subscribers, unique_name, xlen, TestDb};
+use loadgen::{Expected, Generator, Spec};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamInfoGroupsReply, StreamRangeReply};
 use trading_sync::config::Config;
-use trading_sync::loadgen::{self, Expected, Generator, Spec};
 
 fn journal_on(consumer: &str) -> impl FnOnce(&mut Config) + '_ {
     move |c: &mut Config| {

@@ -132,7 +132,7 @@ async fn a_flood_of_oversized_pubsub_messages_is_cut_at_the_edge() {
         (code == 200).then_some(())
     })
     .await;
-    let mut conn = trading_sync::loadgen::connect_redis(&url).await.unwrap();
+    let mut conn = loadgen::connect_redis(&url).await.unwrap();
     let channel = format!("{}:trades", daemon.prefix);
     // One PUBLISH per round trip: as fast as a publisher gets Redis's answers. (One pipeline
     // of all 80 MiB at once is read by redis-rs into its buffer before any is handed over: the
@@ -182,9 +182,7 @@ async fn a_backlog_of_oversized_stream_entries_is_read_one_at_a_time() {
     let db = TestDb::new().await;
     let prefix = common::unique_name("ts_test");
     let key = format!("{prefix}:trades");
-    let mut conn = trading_sync::loadgen::connect_redis(&common::redis_url())
-        .await
-        .unwrap();
+    let mut conn = loadgen::connect_redis(&common::redis_url()).await.unwrap();
     // Present before the daemon starts: a first read of read_count entries would be 80 MiB.
     for i in 0..BIGS {
         let () = redis::cmd("XADD")

@@ -735,7 +735,7 @@ async fn execution_service(
         tokio::time::sleep_until(due.into()).await;
         commit_fill(&client, f).await;
         if conn.is_none() {
-            conn = trading_sync::loadgen::connect_redis(&redis_url).await.ok();
+            conn = loadgen::connect_redis(&redis_url).await.ok();
         }
         let received = match conn.as_mut() {
             Some(c) => match redis::cmd("PUBLISH")

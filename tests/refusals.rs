@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::process::{http_get, Daemon};
 use common::{eventually, TestDb};
-use trading_sync::loadgen::{self, Generator, Spec};
+use loadgen::{Generator, Spec};
 
 /// /readyz's JSON, once it answers.
 async fn readiness(port: u16) -> Option<(u16, serde_json::Value)> {

@@ -170,7 +170,7 @@ pub fn plan(messages: &[Inbound], limits: &DecodeLimits) -> BatchPlan {
 
 /// Sum of the trades of one (account, symbol).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub(crate) struct PortfolioDelta {
+pub struct PortfolioDelta {
     pub trade_count: i64,
     pub net_quantity: Decimal,
     pub total_value: Decimal,
@@ -181,7 +181,7 @@ pub(crate) struct PortfolioDelta {
 
 /// Sum of the trades of one (strategy, exchange-local day).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub(crate) struct MetricsDelta {
+pub struct MetricsDelta {
     pub total_trades: i64,
     pub winning_trades: i64,
     pub realized_pnl: Decimal,
@@ -239,7 +239,7 @@ impl MetricsDelta {
 /// Deltas keyed and sorted: BTreeMap order is the lock order of the upserts, identical in every
 /// instance, so concurrent writers cannot deadlock on these rows.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Folded {
+pub struct Folded {
     pub portfolio: BTreeMap<(String, String), PortfolioDelta>,
     pub metrics: BTreeMap<(String, NaiveDate), MetricsDelta>,
 }
@@ -272,7 +272,7 @@ impl Folded {
     }
 }
 
-pub(crate) fn fold<'a>(trades: impl IntoIterator<Item = &'a TradeExecuted>) -> Folded {
+pub fn fold<'a>(trades: impl IntoIterator<Item = &'a TradeExecuted>) -> Folded {
     let mut folded = Folded::default();
     folded.add(trades);
     folded

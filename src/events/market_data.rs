@@ -63,8 +63,9 @@ pub(crate) fn decode(data: &Map<String, Value>) -> Result<MarketDataUpdated, Dec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::test_support::{edit_data, number, python_float_repr};
+    use crate::events::test_support::{edit_data, number};
     use crate::events::{decode as decode_event, ChannelKind, DecodeLimits, Event};
+    use loadgen::pyjson::python_float_repr;
     use serde_json::json;
     use std::str::FromStr;
 

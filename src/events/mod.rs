@@ -485,135 +485,18 @@ pub(crate) fn timestamp_or(
 
 #[cfg(test)]
 pub(crate) mod test_support {
-    //! Serialization the way the Python publishers do it: `json.dumps` with its default
-    //! `", "` / `": "` separators and `ensure_ascii=True`, dicts in insertion order, and Python's
-    //! float `repr`.
+    //! Fixture editing for the decoder tests. The JSON itself is written by the load generator's
+    //! Python-JSON writer (`loadgen::pyjson`, a dev-dependency): the project has one such
+    //! writer, and it lives outside the daemon so that it cannot share the decoder's mistakes.
 
-    use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
-    use serde::Serialize;
-    use serde_json::ser::Formatter;
-    use serde_json::value::RawValue;
+    use loadgen::PyDict;
     use serde_json::Value;
-    use std::fmt;
-    use std::io::{self, Write};
 
-    struct PythonFormatter;
-
-    impl Formatter for PythonFormatter {
-        fn begin_array_value<W: ?Sized + Write>(
-            &mut self,
-            w: &mut W,
-            first: bool,
-        ) -> io::Result<()> {
-            if first {
-                Ok(())
-            } else {
-                w.write_all(b", ")
-            }
-        }
-
-        fn begin_object_key<W: ?Sized + Write>(
-            &mut self,
-            w: &mut W,
-            first: bool,
-        ) -> io::Result<()> {
-            if first {
-                Ok(())
-            } else {
-                w.write_all(b", ")
-            }
-        }
-
-        fn begin_object_value<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
-            w.write_all(b": ")
-        }
-
-        fn write_string_fragment<W: ?Sized + Write>(
-            &mut self,
-            w: &mut W,
-            fragment: &str,
-        ) -> io::Result<()> {
-            for c in fragment.chars() {
-                if (' '..='~').contains(&c) {
-                    write!(w, "{c}")?;
-                } else {
-                    let mut units = [0u16; 2];
-                    for u in c.encode_utf16(&mut units) {
-                        write!(w, "\\u{u:04x}")?;
-                    }
-                }
-            }
-            Ok(())
-        }
-    }
-
-    /// A JSON object whose keys keep their order (serde_json's `Map` sorts them, Python's dict
-    /// does not) and whose values keep their exact text.
-    #[derive(Debug, Clone, Default)]
-    pub struct PyDict(pub Vec<(String, Box<RawValue>)>);
-
-    impl<'de> Deserialize<'de> for PyDict {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V;
-            impl<'de> Visitor<'de> for V {
-                type Value = PyDict;
-                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                    f.write_str("a JSON object")
-                }
-                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PyDict, A::Error> {
-                    let mut out = Vec::new();
-                    while let Some(entry) = map.next_entry::<String, Box<RawValue>>()? {
-                        out.push(entry);
-                    }
-                    Ok(PyDict(out))
-                }
-            }
-            d.deserialize_map(V)
-        }
-    }
-
-    impl PyDict {
-        pub fn parse(text: &str) -> Self {
-            serde_json::from_str(text).expect("a JSON object")
-        }
-
-        /// Replaces the value in place, or appends it as a new key does in Python.
-        pub fn set(&mut self, key: &str, value: &Value) -> &mut Self {
-            self.set_raw(key, python_dumps(value))
-        }
-
-        pub fn set_raw(&mut self, key: &str, raw: String) -> &mut Self {
-            let raw = RawValue::from_string(raw).expect("valid JSON");
-            match self.0.iter_mut().find(|(k, _)| k == key) {
-                Some(entry) => entry.1 = raw,
-                None => self.0.push((key.to_owned(), raw)),
-            }
-            self
-        }
-
-        pub fn remove(&mut self, key: &str) -> &mut Self {
-            self.0.retain(|(k, _)| k != key);
-            self
-        }
-
-        pub fn get(&self, key: &str) -> Option<&str> {
-            self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.get())
-        }
-
-        pub fn dumps(&self) -> String {
-            let items: Vec<String> = self
-                .0
-                .iter()
-                .map(|(k, v)| format!("{}: {}", python_dumps(&Value::String(k.clone())), v.get()))
-                .collect();
-            format!("{{{}}}", items.join(", "))
-        }
-    }
-
-    /// The envelope `envelope` with its `data` edited: `None` removes a key.
+    /// The envelope `envelope` with its `data` edited as a Python publisher would edit the
+    /// dict (a set key keeps its place, a new one goes last): `None` removes a key.
     pub fn edit_data(envelope: &str, edits: &[(&str, Option<Value>)]) -> String {
-        let mut env = PyDict::parse(envelope);
-        let mut data = PyDict::parse(env.get("data").expect("data"));
+        let mut env = PyDict::parse(envelope).expect("a JSON object");
+        let mut data = PyDict::parse(env.get("data").expect("data")).expect("data is an object");
         for (k, v) in edits {
             match v {
                 Some(v) => data.set(k, v),
@@ -624,88 +507,34 @@ pub(crate) mod test_support {
         env.dumps()
     }
 
-    /// `json.dumps(value)`.
-    pub fn python_dumps(value: &Value) -> String {
-        let mut out = Vec::new();
-        let mut ser = serde_json::Serializer::with_formatter(&mut out, PythonFormatter);
-        value
-            .serialize(&mut ser)
-            .expect("serializing a Value cannot fail");
-        String::from_utf8(out).expect("ASCII")
-    }
-
-    /// Python's `repr(float)`: shortest round-trip digits, positional for exponents in
-    /// -4..16 (always with a `.0` when integral), otherwise `1.5e+16` / `1e-05`.
-    pub fn python_float_repr(f: f64) -> String {
-        let sci = format!("{f:e}");
-        let (mantissa, exp) = sci.split_once('e').expect("{:e} has an exponent");
-        let exp: i32 = exp.parse().expect("integer exponent");
-        if (-4..16).contains(&exp) {
-            let s = format!("{f}");
-            if s.contains('.') {
-                s
-            } else {
-                format!("{s}.0")
-            }
-        } else {
-            let sign = if exp < 0 { '-' } else { '+' };
-            format!("{mantissa}e{sign}{:02}", exp.abs())
-        }
-    }
-
-    /// A JSON number with exactly this text.
+    /// A JSON number with exactly this text (serde_json's `arbitrary_precision` keeps it, and
+    /// the writer writes it back as is).
     pub fn number(text: &str) -> Value {
         Value::Number(text.parse().expect("valid JSON number"))
     }
 
     #[test]
-    fn float_repr_matches_python() {
-        for (f, want) in [
-            (1e-5, "1e-05"),
-            (1.5e16, "1.5e+16"),
-            (100.0, "100.0"),
-            (187.44000244140625, "187.44000244140625"),
-            (0.1 + 0.2, "0.30000000000000004"),
-            (-0.0001, "-0.0001"),
-            (1234567890123456.0, "1234567890123456.0"),
-            (12345678901234567.0, "1.2345678901234568e+16"),
-        ] {
-            assert_eq!(python_float_repr(f), want);
-        }
-    }
-
-    #[test]
-    fn pydict_keeps_order_and_text() {
-        let text = r#"{"type": "t", "data": {"b": 1.50, "a": [1, 2]}, "z": null}"#;
-        assert_eq!(PyDict::parse(text).dumps(), text);
+    fn edit_data_keeps_order_and_text() {
+        let text = r#"{"type": "t", "data": {"b": 1.50, "a": [1, 2], "d": 1e-05}, "z": null}"#;
         assert_eq!(
             edit_data(
                 text,
                 &[
                     ("b", None),
                     ("c", Some(serde_json::json!("x"))),
-                    ("a", Some(Value::Null))
+                    ("a", Some(Value::Null)),
+                    ("e", Some(number("2.50"))),
                 ]
             ),
-            r#"{"type": "t", "data": {"a": null, "c": "x"}, "z": null}"#
-        );
-    }
-
-    #[test]
-    fn dumps_matches_python() {
-        let v = serde_json::json!({"type": "t", "x": [1, "é\u{0}\u{7f}😀"], "n": null});
-        // What CPython 3 prints for the same dict.
-        assert_eq!(
-            python_dumps(&v),
-            r#"{"n": null, "type": "t", "x": [1, "\u00e9\u0000\u007f\ud83d\ude00"]}"#
+            r#"{"type": "t", "data": {"a": null, "d": 1e-05, "c": "x", "e": 2.50}, "z": null}"#
         );
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::test_support::python_dumps;
     use super::*;
+    use loadgen::python_dumps;
     use proptest::prelude::*;
 
     const TRADE: &str = r#"{"type": "trade_executed", "service": "execution", "data": {"trade_id": "T-1", "account_id": "ACC-1", "symbol": "AAPL", "strategy": "momentum", "side": "buy", "quantity": 10, "price": 187.25, "realized_pnl": 0.0, "commission": 1.0, "win_rate": 0}, "timestamp": "2025-11-24T15:04:05.123456", "correlation_id": "T-1"}"#;

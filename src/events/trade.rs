@@ -238,9 +238,10 @@ fn gross_value(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::test_support::{edit_data, number, python_float_repr, PyDict};
+    use crate::events::test_support::{edit_data, number};
     use crate::events::{decode as decode_event, ChannelKind, Event};
     use chrono::{NaiveDateTime, TimeZone};
+    use loadgen::pyjson::{python_float_repr, PyDict};
     use proptest::prelude::*;
     use serde_json::json;
     use std::str::FromStr;

@@ -372,7 +372,7 @@ pub async fn spawn_app_on(
 /// which is what the seed's publishers send. A function rather than a re-export: test binaries
 /// that never call it would flag an unused import.
 pub fn python_dumps(value: &serde_json::Value) -> String {
-    trading_sync::loadgen::python_dumps(value)
+    loadgen::python_dumps(value)
 }
 
 /// Publishes `messages` under `prefix` in pipelines and returns each PUBLISH's receiver count:
@@ -380,7 +380,7 @@ pub fn python_dumps(value: &serde_json::Value) -> String {
 pub async fn publish_counted(
     conn: &mut redis::aio::MultiplexedConnection,
     prefix: &str,
-    messages: &[trading_sync::loadgen::Message],
+    messages: &[loadgen::Message],
     pipeline: usize,
 ) -> redis::RedisResult<Vec<i64>> {
     let mut receivers = Vec::with_capacity(messages.len());

@@ -2,19 +2,22 @@
 //! publishers would, and optionally checks the database a daemon wrote it into.
 //!
 //! ```sh
-//! cargo run --release --example loadgen -- --trades 100000 --rate 0 --duplicate-fraction 0.01 \
+//! cargo run --release -p trading-sync-loadgen -- --trades 100000 --rate 0 --duplicate-fraction 0.01 \
 //!     --expected-out /tmp/expected.json --database-url postgres://postgres@127.0.0.1/trading_system --verify
 //! ```
 //!
 //! The same seed and trade count always give the same bytes, so running it twice against one
 //! database is a replay test: the second run must change nothing.
+//!
+//! A binary of the load generator's crate, not an example of the daemon's: like the rest of the
+//! crate it needs nothing from `trading-sync`, and must not import it.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use trading_sync::loadgen::{self, Generator, Spec};
+use loadgen::{Generator, Spec};
 
 #[derive(Parser)]
 #[command(about = "Publish a seeded data_sync workload and check the aggregates it produced")]
