@@ -84,6 +84,46 @@ fn every_import_points_down_the_data_path() {
     );
 }
 
+/// Inside the indicator path (src/indicators/mod.rs): `schedule → job → replica → store → step`.
+const INDICATOR_RANKS: &[(&str, u8)] = &[
+    ("step", 0),
+    ("store", 1),
+    ("replica", 2),
+    ("job", 3),
+    ("schedule", 4),
+];
+
+#[test]
+fn the_indicator_stages_import_one_way() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/indicators");
+    let rank_of = |name: &str| {
+        INDICATOR_RANKS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, r)| *r)
+    };
+    let mut upward = Vec::new();
+    for (module, rank) in INDICATOR_RANKS {
+        let text = std::fs::read_to_string(dir.join(format!("{module}.rs"))).unwrap();
+        for prefix in ["super::", "crate::indicators::"] {
+            for (at, _) in text.match_indices(prefix) {
+                let named: String = text[at + prefix.len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if rank_of(&named).is_some_and(|r| r >= *rank && named != *module) {
+                    upward.push(format!("indicators/{module}.rs names {named}"));
+                }
+            }
+        }
+    }
+    assert!(
+        upward.is_empty(),
+        "indicator imports pointing up:\n{}",
+        upward.join("\n")
+    );
+}
+
 #[test]
 fn the_check_sees_an_upward_import() {
     let names =
