@@ -22,9 +22,8 @@ use super::num::{self, Fit};
 use super::trade::SYMBOL_MAX_CHARS;
 use super::{opt_str, req_str, required, DecodeError};
 
-pub const EVENT_TYPE: &str = crate::core::ChannelKind::MarketData.event_type();
-pub const DATA_SOURCE_MAX_CHARS: usize = 50;
-pub const DEFAULT_DATA_SOURCE: &str = "yahoo";
+pub(crate) const DATA_SOURCE_MAX_CHARS: usize = 50;
+pub(crate) const DEFAULT_DATA_SOURCE: &str = "yahoo";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MarketDataUpdated {

@@ -33,23 +33,23 @@
 //!   trimmed or case-folded: identifiers are stored as sent.
 //! - Decimals are read exactly from their text and must fit NUMERIC(15,4); see [`num`].
 
-pub mod market_data;
-pub mod num;
-pub mod position;
-pub mod trade;
+pub(crate) mod market_data;
+pub(crate) mod num;
+pub(crate) mod position;
+pub(crate) mod trade;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 pub use crate::core::ChannelKind;
 
-pub use market_data::MarketDataUpdated;
-pub use position::PositionUpdated;
+pub(crate) use market_data::MarketDataUpdated;
+pub(crate) use position::PositionUpdated;
 pub use trade::{Side, TradeExecuted};
 
 /// Default for [`DecodeLimits::max_message_bytes`]: 64 KiB, far above the ~350 bytes of a real
 /// event, small enough that a runaway publisher cannot make one message cost much.
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+pub(crate) const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// Longest `type` / `trade_id` text the error accessors hand back for the dead-letter row.
 const MAX_CONTEXT_CHARS: usize = 100;
@@ -82,22 +82,6 @@ pub enum Event {
     Trade(TradeExecuted),
     Position(PositionUpdated),
     MarketData(MarketDataUpdated),
-}
-
-impl Event {
-    /// The channel this event belongs on.
-    pub fn channel(&self) -> ChannelKind {
-        match self {
-            Event::Trade(_) => ChannelKind::Trades,
-            Event::Position(_) => ChannelKind::Positions,
-            Event::MarketData(_) => ChannelKind::MarketData,
-        }
-    }
-
-    /// The envelope `type` it came with.
-    pub fn event_type(&self) -> &'static str {
-        self.channel().event_type()
-    }
 }
 
 /// What could be read from a message before it failed, for the dead-letter row.
@@ -198,7 +182,7 @@ pub enum DecodeError {
 
 impl DecodeError {
     /// Short stable label for metrics.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             DecodeError::Oversized { .. } => "oversized",
             DecodeError::NotUtf8 { .. } => "not_utf8",
@@ -213,8 +197,9 @@ impl DecodeError {
         }
     }
 
-    /// Every label [`kind`](Self::kind) can return, e.g. to pre-register metric series.
-    pub const KINDS: [&'static str; 10] = [
+    /// Every label [`kind`](Self::kind) can return (a test checks the list is complete).
+    #[cfg(test)]
+    pub(crate) const KINDS: [&'static str; 10] = [
         "oversized",
         "not_utf8",
         "not_json",
@@ -228,7 +213,8 @@ impl DecodeError {
     ];
 
     /// The field the error is about, for errors about one field.
-    pub fn field(&self) -> Option<&'static str> {
+    #[cfg(test)]
+    pub(crate) fn field(&self) -> Option<&'static str> {
         match self {
             DecodeError::MissingField { field, .. }
             | DecodeError::BadType { field, .. }
@@ -239,7 +225,7 @@ impl DecodeError {
     }
 
     /// What was read before the failure; `None` when it failed before the envelope was an object.
-    pub fn context(&self) -> Option<&ErrorContext> {
+    pub(crate) fn context(&self) -> Option<&ErrorContext> {
         match self {
             DecodeError::Oversized { .. }
             | DecodeError::NotUtf8 { .. }
@@ -255,12 +241,12 @@ impl DecodeError {
     }
 
     /// The envelope's `type`, if it was a storable string (see [`ErrorContext`]).
-    pub fn event_type(&self) -> Option<&str> {
+    pub(crate) fn event_type(&self) -> Option<&str> {
         self.context()?.event_type.as_deref()
     }
 
     /// `data.trade_id`, if it was a storable string (see [`ErrorContext`]).
-    pub fn trade_id(&self) -> Option<&str> {
+    pub(crate) fn trade_id(&self) -> Option<&str> {
         self.context()?.trade_id.as_deref()
     }
 
@@ -494,7 +480,7 @@ pub(crate) mod test_support {
 
     /// The envelope `envelope` with its `data` edited as a Python publisher would edit the
     /// dict (a set key keeps its place, a new one goes last): `None` removes a key.
-    pub fn edit_data(envelope: &str, edits: &[(&str, Option<Value>)]) -> String {
+    pub(crate) fn edit_data(envelope: &str, edits: &[(&str, Option<Value>)]) -> String {
         let mut env = PyDict::parse(envelope).expect("a JSON object");
         let mut data = PyDict::parse(env.get("data").expect("data")).expect("data is an object");
         for (k, v) in edits {
@@ -509,7 +495,7 @@ pub(crate) mod test_support {
 
     /// A JSON number with exactly this text (serde_json's `arbitrary_precision` keeps it, and
     /// the writer writes it back as is).
-    pub fn number(text: &str) -> Value {
+    pub(crate) fn number(text: &str) -> Value {
         Value::Number(text.parse().expect("valid JSON number"))
     }
 
@@ -528,6 +514,23 @@ pub(crate) mod test_support {
             ),
             r#"{"type": "t", "data": {"a": null, "d": 1e-05, "c": "x", "e": 2.50}, "z": null}"#
         );
+    }
+}
+
+impl Event {
+    /// The channel this event belongs on.
+    pub fn channel(&self) -> ChannelKind {
+        match self {
+            Event::Trade(_) => ChannelKind::Trades,
+            Event::Position(_) => ChannelKind::Positions,
+            Event::MarketData(_) => ChannelKind::MarketData,
+        }
+    }
+
+    /// The envelope `type` it came with.
+    #[cfg(test)]
+    pub(crate) fn event_type(&self) -> &'static str {
+        self.channel().event_type()
     }
 }
 

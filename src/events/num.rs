@@ -15,16 +15,16 @@ use serde_json::Value;
 use super::{excerpt, DecodeError};
 
 /// Decimal places of every NUMERIC(15,4) column the daemon writes.
-pub const NUMERIC_SCALE: u32 = 4;
+pub(crate) const NUMERIC_SCALE: u32 = 4;
 
 /// Digits before the point that NUMERIC(15,4) holds: every stored value has |v| < 10^11.
-pub const NUMERIC_INT_DIGITS: i64 = 11;
+pub(crate) const NUMERIC_INT_DIGITS: i64 = 11;
 
 /// Timestamps outside these years are taken for garbage (a zeroed or epoch-confused clock),
 /// not for real trading times.
-pub const MIN_YEAR: i32 = 1900;
+pub(crate) const MIN_YEAR: i32 = 1900;
 /// See [`MIN_YEAR`].
-pub const MAX_YEAR: i32 = 2999;
+pub(crate) const MAX_YEAR: i32 = 2999;
 
 /// How a decimal field is made to fit NUMERIC(15,4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

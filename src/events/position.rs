@@ -18,8 +18,6 @@ use super::num::{self, Fit};
 use super::trade::{ACCOUNT_ID_MAX_CHARS, SYMBOL_MAX_CHARS};
 use super::{get, req_str, timestamp_or, DecodeError};
 
-pub const EVENT_TYPE: &str = crate::core::ChannelKind::Positions.event_type();
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PositionUpdated {
     pub account_id: String,

@@ -24,11 +24,10 @@ use serde_json::{Map, Value};
 use super::num::{self, Fit};
 use super::{get, opt_str, req_str, timestamp_or, DecodeError, DecodeLimits};
 
-pub const EVENT_TYPE: &str = crate::core::ChannelKind::Trades.event_type();
-pub const TRADE_ID_MAX_CHARS: usize = 100;
-pub const ACCOUNT_ID_MAX_CHARS: usize = 50;
-pub const SYMBOL_MAX_CHARS: usize = 20;
-pub const STRATEGY_MAX_CHARS: usize = 100;
+pub(crate) const TRADE_ID_MAX_CHARS: usize = 100;
+pub(crate) const ACCOUNT_ID_MAX_CHARS: usize = 50;
+pub(crate) const SYMBOL_MAX_CHARS: usize = 20;
+pub(crate) const STRATEGY_MAX_CHARS: usize = 100;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Side {
@@ -63,7 +62,7 @@ pub struct TradeExecuted {
 impl TradeExecuted {
     /// +quantity for a buy, −quantity for a sell, 0 when the quantity is absent. A quantity with
     /// no side counts as a buy, since publishers that omit the side only report acquisitions.
-    pub fn signed_quantity(&self) -> Decimal {
+    pub(crate) fn signed_quantity(&self) -> Decimal {
         match (self.side, self.quantity) {
             (_, None) => Decimal::ZERO,
             (Some(Side::Sell), Some(q)) => -q,
@@ -75,7 +74,7 @@ impl TradeExecuted {
 /// A committed fill as `execution.trades` stores it, with the side and strategy of its order
 /// where the row has none: what `reconcile` turns into the trade its event would have been.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fill {
+pub(crate) struct Fill {
     pub trade_id: String,
     pub account_id: String,
     pub symbol: String,
@@ -91,7 +90,7 @@ pub struct Fill {
 
 /// Why a fill cannot become a trade. Never guessed around: reported with its trade_id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FillError {
+pub(crate) enum FillError {
     #[error("no side: neither the trade row nor its order says buy or sell")]
     NoSide,
     #[error("{0}")]
@@ -100,7 +99,7 @@ pub enum FillError {
 
 impl FillError {
     /// Short stable label for metrics and output.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             FillError::NoSide => "no_side",
             FillError::OutOfRange(_) => "out_of_range",
@@ -112,7 +111,7 @@ impl TradeExecuted {
     /// The trade a fill's event would have been, by EVENTS.md's rules: total_value = quantity ×
     /// price (negative for a sell), the win from realized_pnl > 0, the trading date in
     /// `exchange_tz`. A fill without a side is refused, not taken for a buy as an event would be.
-    pub fn from_fill(fill: Fill, exchange_tz: &chrono_tz::Tz) -> Result<Self, FillError> {
+    pub(crate) fn from_fill(fill: Fill, exchange_tz: &chrono_tz::Tz) -> Result<Self, FillError> {
         let side = fill.side.ok_or(FillError::NoSide)?;
         let total_value = gross_value(Some(side), Some(fill.quantity), Some(fill.price))
             .map_err(|e| FillError::OutOfRange(e.to_string()))?;

@@ -22,7 +22,7 @@
 
 pub mod job;
 pub mod replica;
-pub mod schedule;
+pub(crate) mod schedule;
 pub mod step;
 pub mod store;
 

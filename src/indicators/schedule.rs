@@ -23,7 +23,7 @@ use crate::config::Config;
 
 /// Session advisory lock of the scheduled run ("tsindrun"), so that it happens once across
 /// instances. Bigint-keyed, unlike the per-symbol locks, so the two never collide.
-pub const SCHEDULED_RUN_LOCK_KEY: i64 = 0x7473_696e_6472_756e;
+pub(crate) const SCHEDULED_RUN_LOCK_KEY: i64 = 0x7473_696e_6472_756e;
 
 const TRY_RUN_LOCK_SQL: &str = "SELECT pg_try_advisory_lock($1)";
 const RUN_UNLOCK_SQL: &str = "SELECT pg_advisory_unlock($1)";
@@ -42,7 +42,7 @@ const LOCKED_RETRIES: u32 = 5;
 
 /// Everything the scheduler needs, resolved from the configuration.
 #[derive(Debug, Clone)]
-pub struct SchedulerSettings {
+pub(crate) struct SchedulerSettings {
     pub pg: tokio_postgres::Config,
     pub job: JobSettings,
     /// For logs and errors.
@@ -57,7 +57,7 @@ pub struct SchedulerSettings {
 impl SchedulerSettings {
     /// From `[indicators]`, `[database]`, and `sync.exchange_timezone` for bar dates (the
     /// exchange's calendar, America/New_York by default).
-    pub fn from_config(config: &Config) -> Result<Self, IndicatorError> {
+    pub(crate) fn from_config(config: &Config) -> Result<Self, IndicatorError> {
         Ok(SchedulerSettings {
             pg: config.pg_config()?,
             job: JobSettings {
@@ -77,7 +77,7 @@ impl SchedulerSettings {
 
 /// The first occurrence of `cron` strictly after `after`, evaluated on the wall clock of `tz`.
 /// Called afresh for every run, so each occurrence uses the UTC offset of its own date.
-pub fn next_run(cron: &croner::Cron, tz: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+pub(crate) fn next_run(cron: &croner::Cron, tz: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
     cron.find_next_occurrence(&after.with_timezone(&tz), false)
         .ok()
         .map(|t| t.with_timezone(&Utc))
@@ -86,7 +86,7 @@ pub fn next_run(cron: &croner::Cron, tz: Tz, after: DateTime<Utc>) -> Option<Dat
 /// Runs until `shutdown`. `symbols` carries the symbols of incoming yahoo bar events; when
 /// `on_market_data` is off they are drained and ignored. Errors of individual runs are logged
 /// and the task goes on; it returns Err only if the schedule has no next occurrence.
-pub async fn run_scheduler(
+pub(crate) async fn run_scheduler(
     settings: SchedulerSettings,
     mut symbols: UnboundedReceiver<String>,
     shutdown: CancellationToken,

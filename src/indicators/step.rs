@@ -14,15 +14,15 @@ use chrono::NaiveDate;
 
 /// Version of INDICATORS.md this module implements. A persisted state with another version
 /// must not be stepped: recompute the symbol from its first bar.
-pub const SPEC_VERSION: i32 = 1;
+pub(crate) const SPEC_VERSION: i32 = 1;
 
 /// Closes kept: the longest window (sma_200). Also covers every seed (≤ 50 closes), ROC(30)
 /// and the 21 closes behind volatility_20's returns.
-pub const CLOSE_WINDOW: usize = 200;
+pub(crate) const CLOSE_WINDOW: usize = 200;
 /// Volumes kept: avg_volume_20.
-pub const VOLUME_WINDOW: usize = 20;
+pub(crate) const VOLUME_WINDOW: usize = 20;
 /// Log returns kept: volatility_20.
-pub const RETURN_WINDOW: usize = 20;
+pub(crate) const RETURN_WINDOW: usize = 20;
 
 const K12: f64 = 2.0 / 13.0;
 const K26: f64 = 2.0 / 27.0;
@@ -99,7 +99,7 @@ impl Default for IndicatorState {
 
 impl IndicatorState {
     /// The state before a symbol's first bar.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             spec_version: SPEC_VERSION,
             first_date: None,
@@ -125,7 +125,7 @@ impl IndicatorState {
     /// `bars_consumed`, dates strictly increasing, closes valid, each `Option` present
     /// exactly from its seed bar on. A state that fails this should be discarded and the
     /// symbol recomputed from its first bar; stepping it would give wrong numbers silently.
-    pub fn is_consistent(&self) -> bool {
+    pub(crate) fn is_consistent(&self) -> bool {
         let n = self.bars_consumed;
         if self.spec_version != SPEC_VERSION || n < 0 {
             return false;
@@ -156,7 +156,7 @@ impl IndicatorState {
 
     /// Close of the last consumed bar. Derived from `closes`, so a stored copy (the
     /// `prev_close` column) is redundant and is never read back by [`step`].
-    pub fn prev_close(&self) -> Option<f64> {
+    pub(crate) fn prev_close(&self) -> Option<f64> {
         self.closes.back().copied()
     }
 
@@ -246,7 +246,7 @@ impl IndicatorRow {
 
 /// Why [`try_step`] refused a bar. Either way the state is untouched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SkipReason {
+pub(crate) enum SkipReason {
     /// NaN, ±inf, 0 or negative close: not a bar. The spec says skip it, count it, log it.
     InvalidClose,
     /// Date on or before `last_date`. Never a normal event: the caller re-sent old bars or
@@ -257,7 +257,7 @@ pub enum SkipReason {
 }
 
 /// The spec's test for "is a bar": finite and strictly positive.
-pub fn is_valid_close(close: f64) -> bool {
+pub(crate) fn is_valid_close(close: f64) -> bool {
     close.is_finite() && close > 0.0
 }
 
@@ -282,7 +282,7 @@ pub fn full(bars: &[Bar]) -> (IndicatorState, Vec<IndicatorRow>) {
 }
 
 /// [`step`] that says why a bar was refused. The state changes only on `Ok`.
-pub fn try_step(state: &mut IndicatorState, bar: &Bar) -> Result<IndicatorRow, SkipReason> {
+pub(crate) fn try_step(state: &mut IndicatorState, bar: &Bar) -> Result<IndicatorRow, SkipReason> {
     let c = bar.close;
     if !is_valid_close(c) {
         return Err(SkipReason::InvalidClose);

@@ -31,7 +31,7 @@ use super::IndicatorError;
 /// symbol with a yahoo bar, recorded or not, so a repair reaches bars written behind the
 /// triggers' back: one probe of market_data per registered symbol, which the planner drops
 /// when `$1` is false.
-pub const LIST_ALL_SYMBOLS_SQL: &str = r#"
+pub(crate) const LIST_ALL_SYMBOLS_SQL: &str = r#"
 SELECT y.symbol::text, true, st.symbol IS NOT NULL
   FROM data_ingestion.symbols y
   LEFT JOIN analytics.indicator_state st ON st.symbol = y.symbol
@@ -46,7 +46,7 @@ SELECT DISTINCT c.symbol::text, false, false
 "#;
 
 /// The same three facts for a given list of symbols (`indicators --symbol`, market data events).
-pub const LIST_GIVEN_SYMBOLS_SQL: &str = r#"
+pub(crate) const LIST_GIVEN_SYMBOLS_SQL: &str = r#"
 SELECT s.symbol,
        EXISTS (SELECT 1 FROM data_ingestion.symbols y WHERE y.symbol = s.symbol),
        EXISTS (SELECT 1 FROM analytics.indicator_state st WHERE st.symbol = s.symbol)
@@ -59,7 +59,7 @@ SELECT s.symbol,
 /// not queued behind it. The two-int4 form keeps these keys apart from every bigint-keyed
 /// advisory lock (the migration lock, the scheduled-run lock): PostgreSQL tags the two forms
 /// differently.
-pub const TRY_LOCK_SYMBOLS_SQL: &str = r#"
+pub(crate) const TRY_LOCK_SYMBOLS_SQL: &str = r#"
 SELECT k.ord::int4
   FROM unnest($2::int4[]) WITH ORDINALITY AS k(key, ord)
  WHERE pg_try_advisory_xact_lock($1::int4, k.key)
@@ -78,7 +78,7 @@ static LOAD_STATES_SQL: LazyLock<String> = LazyLock::new(|| {
 
 /// The recorded bar changes of a chunk's symbols: the earliest, and the rows read. `-infinity`
 /// (everything) reads as NULL, which chrono has no value for.
-pub const LOAD_CHANGES_SQL: &str = r#"
+pub(crate) const LOAD_CHANGES_SQL: &str = r#"
 SELECT symbol::text,
        CASE WHEN min(earliest) > '-infinity' THEN min(earliest) END,
        array_agg(id)
@@ -90,12 +90,12 @@ SELECT symbol::text,
 /// Removes the change rows a chunk read, and only those: a change committed since then has
 /// another id and stays for the next run. Ingestion only inserts into this table, so nothing
 /// here waits for it.
-pub const CONSUME_CHANGES_SQL: &str =
+pub(crate) const CONSUME_CHANGES_SQL: &str =
     "DELETE FROM analytics.indicator_bar_changes WHERE id = ANY($1::int8[])";
 
 /// Yahoo bars at or after each symbol's `from_ts` (NULL: all of them), as three arrays in the
 /// same (unspecified) order, sorted by the caller.
-pub const LOAD_BARS_SQL: &str = r#"
+pub(crate) const LOAD_BARS_SQL: &str = r#"
 SELECT s.ord::int4, b.ts, b.closes, b.volumes
   FROM unnest($1::text[], $2::timestamptz[]) WITH ORDINALITY AS s(symbol, from_ts, ord)
  CROSS JOIN LATERAL (
@@ -115,7 +115,7 @@ SELECT s.ord::int4, b.ts, b.closes, b.volumes
 /// subquery from being flattened into a join) and deleted by id: as a join, the planner cannot
 /// tell how few rows the dates select and hashes the whole table (200 ms for 600k rows,
 /// against 7 ms this way; seconds at 12 million, for a delete that usually finds nothing).
-pub const DELETE_ROWS_FROM_SQL: &str = r#"
+pub(crate) const DELETE_ROWS_FROM_SQL: &str = r#"
 DELETE FROM analytics.technical_indicators t
  WHERE t.id = ANY (ARRAY(
        SELECT x.id
@@ -192,7 +192,7 @@ fn copy_rows_sql(table: &str) -> String {
     format!("COPY {table} (symbol, date, {columns}) FROM STDIN (FORMAT binary)")
 }
 
-pub static COPY_ROWS_SQL: LazyLock<String> =
+pub(crate) static COPY_ROWS_SQL: LazyLock<String> =
     LazyLock::new(|| copy_rows_sql("analytics.technical_indicators"));
 
 /// analytics.indicator_state's columns (V13) after `symbol`, in table order, with the type
@@ -224,7 +224,7 @@ fn state_columns(template: &str) -> String {
 /// Per-connection staging tables for the two writes that are upserts. ON COMMIT DELETE ROWS
 /// empties them at each commit (PostgreSQL skips that for transactions that did not touch
 /// them). They live on the job's own connections, never on a pooled one.
-pub static CREATE_STAGING_SQL: LazyLock<String> = LazyLock::new(|| {
+pub(crate) static CREATE_STAGING_SQL: LazyLock<String> = LazyLock::new(|| {
     let rows = value_columns("{c} {type}");
     let states = state_columns("{c} {type}");
     format!(
@@ -237,13 +237,13 @@ pub static CREATE_STAGING_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-pub static COPY_STAGED_ROWS_SQL: LazyLock<String> =
+pub(crate) static COPY_STAGED_ROWS_SQL: LazyLock<String> =
     LazyLock::new(|| copy_rows_sql("pg_temp.indicator_rows_stage"));
 
 /// A recomputed symbol's rows, from its first changed date on (NULL: all), whose date is no
 /// longer a bar date (a bar was deleted, or its close became invalid). Found by key and
 /// deleted by id, as [`DELETE_ROWS_FROM_SQL`].
-pub const DELETE_UNSTAGED_ROWS_SQL: &str = r#"
+pub(crate) const DELETE_UNSTAGED_ROWS_SQL: &str = r#"
 DELETE FROM analytics.technical_indicators t
  WHERE t.id = ANY (ARRAY(
        SELECT x.id
@@ -293,7 +293,7 @@ static REFRESH_LATEST_SQL: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// Latest rows of symbols that no longer have any row (every bar revised away).
-pub const DELETE_ORPHAN_LATEST_SQL: &str = r#"
+pub(crate) const DELETE_ORPHAN_LATEST_SQL: &str = r#"
 DELETE FROM analytics.technical_indicators_latest l
  WHERE l.symbol = ANY($1::text[])
    AND NOT EXISTS (SELECT 1 FROM analytics.technical_indicators t WHERE t.symbol = l.symbol)
@@ -314,26 +314,26 @@ static UPSERT_STATES_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-pub const DELETE_STATES_SQL: &str =
+pub(crate) const DELETE_STATES_SQL: &str =
     "DELETE FROM analytics.indicator_state WHERE symbol = ANY($1::text[])";
 
 /// Session settings of the job's own connections. JIT compilation is for long analytical
 /// queries: for these index lookups over ~30 partitions the planner's cost crosses the JIT
 /// thresholds and LLVM then spends seconds (3.5 s measured for one 200-symbol chunk) compiling
 /// expressions that run for milliseconds.
-pub const SESSION_SETTINGS_SQL: &str = "SET jit = off";
+pub(crate) const SESSION_SETTINGS_SQL: &str = "SET jit = off";
 
 /// Rows lost in a crash are recomputed from the state committed with them, so this job's
 /// commits need not wait for the WAL flush; a transaction's state and rows still commit or
 /// vanish together.
-pub const TX_SETTINGS_SQL: &str = "SET LOCAL synchronous_commit = off";
+pub(crate) const TX_SETTINGS_SQL: &str = "SET LOCAL synchronous_commit = off";
 
 /// Namespace of the per-symbol advisory locks ("TSIN").
-pub const SYMBOL_LOCK_CLASS: i32 = 0x5453_494e;
+pub(crate) const SYMBOL_LOCK_CLASS: i32 = 0x5453_494e;
 
 /// 32-bit key of a symbol's advisory lock: FNV-1a of its bytes, identical in every instance
 /// and release. Two symbols sharing a key only serialise against each other.
-pub fn symbol_lock_key(symbol: &str) -> i32 {
+pub(crate) fn symbol_lock_key(symbol: &str) -> i32 {
     let mut h: u32 = 0x811c_9dc5;
     for b in symbol.as_bytes() {
         h ^= u32::from(*b);
@@ -344,14 +344,14 @@ pub fn symbol_lock_key(symbol: &str) -> i32 {
 
 /// A symbol from the work list.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListedSymbol {
+pub(crate) struct ListedSymbol {
     pub symbol: String,
     /// Present in data_ingestion.symbols; the indicator tables' FK needs it.
     pub known: bool,
     pub has_state: bool,
 }
 
-pub async fn list_symbols(
+pub(crate) async fn list_symbols(
     client: &tokio_postgres::Client,
     given: Option<&[String]>,
     full: bool,
@@ -372,7 +372,7 @@ pub async fn list_symbols(
 }
 
 /// Tries to lock every symbol; returns, in order, whether this transaction holds it.
-pub async fn try_lock_symbols(
+pub(crate) async fn try_lock_symbols(
     tx: &Transaction<'_>,
     symbols: &[String],
 ) -> Result<Vec<bool>, IndicatorError> {
@@ -391,7 +391,7 @@ pub async fn try_lock_symbols(
     Ok(got)
 }
 
-pub async fn load_states(
+pub(crate) async fn load_states(
     tx: &Transaction<'_>,
     symbols: &[String],
 ) -> Result<HashMap<String, IndicatorState>, IndicatorError> {
@@ -473,7 +473,7 @@ pub async fn consume_changes(tx: &Transaction<'_>, ids: &[i64]) -> Result<(), In
 
 /// One yahoo row of market_data as read: the close may be NULL (or NaN).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RawBar {
+pub(crate) struct RawBar {
     pub ts: DateTime<Utc>,
     pub close: Option<f64>,
     pub volume: Option<i64>,
@@ -481,7 +481,7 @@ pub struct RawBar {
 
 /// Bars of each `(symbol, from)`, sorted by time; `from` None reads the whole history.
 /// Aligned with `requests`. On the chunk's transaction, or on a read replica (`replica.rs`).
-pub async fn load_bars(
+pub(crate) async fn load_bars(
     client: &impl GenericClient,
     requests: &[(String, Option<DateTime<Utc>>)],
 ) -> Result<Vec<Vec<RawBar>>, IndicatorError> {
@@ -523,7 +523,7 @@ fn unzip<T: Copy>(pairs: &[(String, T)]) -> (Vec<&str>, Vec<T>) {
 }
 
 /// The bar's date: its instant's calendar date in `tz`.
-pub fn bar_date(tz: Tz, ts: DateTime<Utc>) -> NaiveDate {
+pub(crate) fn bar_date(tz: Tz, ts: DateTime<Utc>) -> NaiveDate {
     ts.with_timezone(&tz).date_naive()
 }
 
@@ -544,7 +544,7 @@ pub fn start_of_day(tz: Tz, date: NaiveDate) -> DateTime<Utc> {
 
 /// Precision and scale of a NUMERIC column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NumericType {
+pub(crate) struct NumericType {
     pub precision: u32,
     pub scale: u32,
 }
@@ -600,7 +600,7 @@ fn put_fitted(buf: &mut Vec<u8>, value: Fitted) {
 /// `|v|·10^scale` rounded half away from zero (as PostgreSQL rounds a NUMERIC to its scale),
 /// computed exactly from the binary value, with the sign. None for NaN/±inf and for
 /// magnitudes beyond 2^113, which fit no column anyway.
-pub fn scaled_round(v: f64, scale: u32) -> Option<(bool, u128)> {
+pub(crate) fn scaled_round(v: f64, scale: u32) -> Option<(bool, u128)> {
     if !v.is_finite() || scale > 4 {
         return None;
     }
@@ -638,13 +638,13 @@ pub fn scaled_round(v: f64, scale: u32) -> Option<(bool, u128)> {
 }
 
 /// A value rounded to `ty`, or None when it does not fit (or is not finite).
-pub fn fit_numeric(v: f64, ty: NumericType) -> Option<(bool, u128)> {
+pub(crate) fn fit_numeric(v: f64, ty: NumericType) -> Option<(bool, u128)> {
     let (neg, n) = scaled_round(v, ty.scale)?;
     (n < 10u128.pow(ty.precision)).then_some((neg, n))
 }
 
 /// `round(v)` for a BIGINT column (avg_volume_20), half away from zero like NUMERIC → BIGINT.
-pub fn fit_bigint(v: f64) -> Option<i64> {
+pub(crate) fn fit_bigint(v: f64) -> Option<i64> {
     // ±2^63 are exact in f64; every f64 in between converts to i64 without loss.
     const TWO_63: f64 = 9_223_372_036_854_775_808.0;
     let r = v.round();
@@ -707,7 +707,7 @@ fn put_date(buf: &mut Vec<u8>, d: NaiveDate) {
 
 /// A value written NULL because it does not fit its column.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Overflow {
+pub(crate) struct Overflow {
     pub column: &'static str,
     pub date: NaiveDate,
     pub value: f64,
@@ -717,7 +717,7 @@ pub struct Overflow {
 /// [`COPY_ROWS_SQL`] and [`COPY_STAGED_ROWS_SQL`]). Values are rounded to their column here and
 /// only here; one that does not fit is written NULL and reported.
 #[derive(Debug)]
-pub struct RowEncoder {
+pub(crate) struct RowEncoder {
     /// Filled pieces of about [`PIECE_BYTES`], sent as separate COPY messages so no single
     /// buffer (or frame) grows with the chunk.
     pieces: Vec<Vec<u8>>,
@@ -737,7 +737,7 @@ impl Default for RowEncoder {
 }
 
 impl RowEncoder {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut buf = Vec::with_capacity(PIECE_BYTES + 1024);
         buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
         buf.extend_from_slice(&0i32.to_be_bytes()); // flags
@@ -749,12 +749,12 @@ impl RowEncoder {
         }
     }
 
-    pub fn rows(&self) -> u64 {
+    pub(crate) fn rows(&self) -> u64 {
         self.rows
     }
 
     /// Appends one row; pushes every value written NULL for not fitting onto `overflows`.
-    pub fn push(&mut self, symbol: &str, row: &IndicatorRow, overflows: &mut Vec<Overflow>) {
+    pub(crate) fn push(&mut self, symbol: &str, row: &IndicatorRow, overflows: &mut Vec<Overflow>) {
         if self.buf.len() >= PIECE_BYTES {
             let full = std::mem::replace(&mut self.buf, Vec::with_capacity(PIECE_BYTES + 1024));
             self.pieces.push(full);
@@ -790,25 +790,23 @@ impl RowEncoder {
     }
 
     /// The finished payload (with the trailer).
-    pub fn finish(mut self) -> CopyPayload {
+    pub(crate) fn finish(mut self) -> CopyPayload {
         self.buf.extend_from_slice(&(-1i16).to_be_bytes());
         self.pieces.push(self.buf);
         CopyPayload {
             pieces: self.pieces,
-            rows: self.rows,
         }
     }
 }
 
 /// A binary COPY stream in pieces.
 #[derive(Debug, Default)]
-pub struct CopyPayload {
+pub(crate) struct CopyPayload {
     pieces: Vec<Vec<u8>>,
-    pub rows: u64,
 }
 
 /// Sends a payload built by [`RowEncoder`] with `copy_sql`; returns the rows copied.
-pub async fn copy_rows(
+pub(crate) async fn copy_rows(
     tx: &Transaction<'_>,
     copy_sql: &str,
     payload: CopyPayload,
@@ -830,7 +828,7 @@ pub async fn copy_rows(
 }
 
 /// Deletes each symbol's rows dated on or after its date (None: all of them).
-pub async fn delete_rows_from(
+pub(crate) async fn delete_rows_from(
     tx: &Transaction<'_>,
     targets: &[(String, Option<NaiveDate>)],
 ) -> Result<u64, IndicatorError> {
@@ -846,7 +844,7 @@ pub async fn delete_rows_from(
 /// Writes recomputed symbols' rows through the staging table: the payload holds each symbol's
 /// rows from its date on (None: all); rows of those dates that are gone are deleted, changed
 /// rows updated, new ones inserted. Returns rows inserted or changed.
-pub async fn upsert_rows(
+pub(crate) async fn upsert_rows(
     tx: &Transaction<'_>,
     targets: &[(String, Option<NaiveDate>)],
     payload: CopyPayload,
@@ -861,7 +859,7 @@ pub async fn upsert_rows(
         .map_err(IndicatorError::query("upserting recomputed rows"))
 }
 
-pub async fn refresh_latest(
+pub(crate) async fn refresh_latest(
     tx: &Transaction<'_>,
     symbols: &[String],
 ) -> Result<(), IndicatorError> {
@@ -880,12 +878,12 @@ pub async fn refresh_latest(
 
 /// A state to persist.
 #[derive(Debug, Clone)]
-pub struct StateToSave {
+pub(crate) struct StateToSave {
     pub symbol: String,
     pub state: IndicatorState,
 }
 
-pub async fn save_states(
+pub(crate) async fn save_states(
     tx: &Transaction<'_>,
     states: &[StateToSave],
 ) -> Result<(), IndicatorError> {
@@ -936,7 +934,10 @@ pub async fn save_states(
     Ok(())
 }
 
-pub async fn delete_states(tx: &Transaction<'_>, symbols: &[String]) -> Result<(), IndicatorError> {
+pub(crate) async fn delete_states(
+    tx: &Transaction<'_>,
+    symbols: &[String],
+) -> Result<(), IndicatorError> {
     if symbols.is_empty() {
         return Ok(());
     }
