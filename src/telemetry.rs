@@ -3,6 +3,7 @@
 //! Owns the global subscriber and nothing else; the rest of the crate only emits `tracing` events
 //! with fields (channel, event_type, trade_id, symbol…) so that `journalctl -o json | jq` can filter.
 
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::io::IsTerminal;
 use std::sync::OnceLock;
 
@@ -88,4 +89,27 @@ where
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .boxed()
+}
+
+/// The process-wide metrics recorder, rendered by `/metrics`: metrics are global, and tests may start several daemons in one
+/// process, so it is installed once and shared.
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let seconds = [
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0, 60.0,
+        ];
+        let sizes = [
+            1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+        ];
+        PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full("trading_sync_batch_events".into()), &sizes)
+            })
+            .expect("static bucket lists are non-empty")
+            .install_recorder()
+            .expect("the metrics recorder is installed once")
+    })
 }

@@ -3,7 +3,7 @@
 //! Redis is reconnecting).
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -11,33 +11,9 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
 use super::DaemonState;
-
-/// The process-wide recorder: metrics are global, and tests may start several daemons in one
-/// process, so it is installed once and shared.
-pub fn prometheus() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        let seconds = [
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            30.0, 60.0,
-        ];
-        let sizes = [
-            1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
-        ];
-        PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
-            .and_then(|b| {
-                b.set_buckets_for_metric(Matcher::Full("trading_sync_batch_events".into()), &sizes)
-            })
-            .expect("static bucket lists are non-empty")
-            .install_recorder()
-            .expect("the metrics recorder is installed once")
-    })
-}
 
 #[derive(Clone)]
 struct AppState {
@@ -75,7 +51,7 @@ pub async fn serve(
 async fn metrics_text() -> impl IntoResponse {
     (
         [("content-type", "text/plain; version=0.0.4")],
-        prometheus().render(),
+        crate::telemetry::prometheus().render(),
     )
 }
 

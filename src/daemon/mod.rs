@@ -501,7 +501,7 @@ pub(crate) async fn run(
 async fn bind_http(config: &Config) -> anyhow::Result<tokio::net::TcpListener> {
     let listen = config.http_listen()?;
     // The recorder is installed before any task records a metric.
-    http::prometheus();
+    crate::telemetry::prometheus();
     if !listen.ip().is_loopback() {
         tracing::warn!(
             listen = %listen,
@@ -523,19 +523,23 @@ fn check_stall_limits(config: &Config, watchdog: Option<Duration>) -> anyhow::Re
         return Ok(());
     };
     let database = &config.database;
-    for (key, wait_ms) in [
+    for (key, wait_ms, why) in [
         (
             "database.statement_timeout_ms",
             database.statement_timeout_ms * 2,
+            " (twice the setting: a batch attempt is given up after two statement timeouts)",
         ),
-        ("database.lock_timeout_ms", database.lock_timeout_ms),
-        ("database.connect_timeout_ms", database.connect_timeout_ms),
+        ("database.lock_timeout_ms", database.lock_timeout_ms, ""),
+        (
+            "database.connect_timeout_ms",
+            database.connect_timeout_ms,
+            "",
+        ),
     ] {
         anyhow::ensure!(
             Duration::from_millis(wait_ms) < watchdog,
-            "{key}: a wait of {wait_ms} ms (twice the setting for statement_timeout_ms) is not \
-             below the unit's WatchdogSec ({} ms): it would stop the watchdog's pings and \
-             systemd would kill the daemon with its queue",
+            "{key}: a wait of {wait_ms} ms{why} is not below the unit's WatchdogSec ({} ms): it \
+             would stop the watchdog's pings and systemd would kill the daemon with its queue",
             watchdog.as_millis()
         );
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{http, notify, DaemonState};
+use super::{notify, DaemonState};
 
 /// Once a second: gauges, the watchdog ping (only while the writer and the subscriber loops
 /// turn), and every `summary` an info line with rates.
@@ -44,7 +44,7 @@ pub(super) async fn monitor(
         metrics::gauge!("trading_sync_pool_in_use")
             .set((pool_status.size - pool_status.available) as f64);
         metrics::gauge!("trading_sync_pool_waiting").set(pool_status.waiting as f64);
-        http::prometheus().run_upkeep();
+        crate::telemetry::prometheus().run_upkeep();
 
         if let Some(interval) = watchdog {
             let writer_age = state.writer.heartbeat.age();

@@ -2,7 +2,7 @@
 //! journal; dead letters keep them whole up to `sync.dead_letter_max_bytes`, else a prefix, the
 //! size and the SHA-256; the daemon's peak memory stays within its budget.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

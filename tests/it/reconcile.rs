@@ -6,7 +6,7 @@
 //! event, so every trade exists in the database whether or not pub/sub delivered it. Expected sums
 //! are computed here from the fills themselves.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! Expected aggregates are computed here, independently of the daemon's fold, from the very
 //! events the test publishes.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

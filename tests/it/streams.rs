@@ -1,7 +1,7 @@
 //! The stream transport: consumer groups, acknowledgement after commit, own-pending re-reads,
 //! takeover of a dead consumer's entries, poison after too many deliveries, and SIGKILL.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

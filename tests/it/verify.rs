@@ -2,7 +2,7 @@
 //! books tampered with, trade rows left out of the ledger and trades applied with other numbers
 //! than their rows — each must be found, named, and nothing else reported.
 
-mod common;
+use crate::common;
 
 use std::str::FromStr;
 

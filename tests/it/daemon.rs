@@ -1,7 +1,7 @@
 //! The real binary as systemd runs it: notify protocol, graceful drain on SIGTERM, metrics and
 //! health endpoints, and fast, clear startup failures.
 
-mod common;
+use crate::common;
 
 use std::os::unix::net::UnixDatagram;
 use std::process::Command;

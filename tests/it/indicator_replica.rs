@@ -2,17 +2,17 @@
 //! the primary, and the results of a primary-only run — with the "replica" being the primary
 //! itself, unreachable, and a real streaming standby (paused, then replaying).
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{Datelike, NaiveDate};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use rust_decimal::prelude::*;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
@@ -215,15 +215,10 @@ fn replica(url: &str, primary: &tokio_postgres::Config, max_wait: Duration) -> R
     }
 }
 
-/// The process's metrics, rendered as Prometheus text.
+/// The process's metrics, rendered as Prometheus text: the library's one recorder, shared with
+/// the daemons other tests of this binary start.
 fn prometheus() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        metrics::set_global_recorder(recorder).expect("metrics recorder");
-        handle
-    })
+    trading_sync::telemetry::prometheus()
 }
 
 fn counter(line_prefix: &str) -> u64 {

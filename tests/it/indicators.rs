@@ -2,7 +2,7 @@
 //! NUMERIC rounds), incremental runs write only new rows, revisions are detected and rewritten,
 //! concurrent runs split the work, bad data is skipped and counted.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

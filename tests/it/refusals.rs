@@ -2,7 +2,7 @@
 //! error only an operator can fix, and SIGHUP, all during a paced pub/sub load. The daemon must
 //! keep every received message until it commits, and still be running.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -392,7 +392,12 @@ async fn sighup_reloads_the_log_filter_and_keeps_the_old_settings_on_a_bad_file(
     let dir = std::env::temp_dir().join(common::unique_name("ts_reload"));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("config.toml");
-    std::fs::write(&file, "[log]\nfilter = \"warn\"\n").unwrap();
+    // Quiet but for the line that names the HTTP port the daemon bound (port 0).
+    std::fs::write(
+        &file,
+        "[log]\nfilter = \"warn,trading_sync::daemon::http=info\"\n",
+    )
+    .unwrap();
     let daemon = Daemon::start(
         &db,
         &common::redis_url(),

@@ -4,7 +4,7 @@
 //! may insert, delete and create partitions freely. The connection is expected to be a superuser
 //! (the privilege test uses `SET ROLE trading_sync`).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 

@@ -1,7 +1,7 @@
 //! `migrate` against the real PostgreSQL: creation, idempotence, the advisory lock, and refusal
 //! of an edited migration.
 
-mod common;
+use crate::common;
 
 use common::{connect, database_config, database_url, unique_name, DropDatabase};
 use trading_sync::db::migrate::{migrate, MigrateError};

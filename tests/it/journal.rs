@@ -3,7 +3,7 @@
 //! nothing; applied entries are trimmed. Known workloads from the load generator, checked
 //! against its own sums: 0 lost, 0 duplicated.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Fault injection: known workloads under crashes, takeovers, killed connections and fuzzed
 //! input; the database must end with exactly the expected aggregates — 0 lost, 0 duplicated.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

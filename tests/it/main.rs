@@ -1,0 +1,23 @@
+//! The integration tests, one binary: each module is one area, `common` holds the harness
+//! (a fresh database per test cloned from a migrated template, `spawn_app`, child-process
+//! daemons and private Redis servers). One binary instead of one per area: the library and the
+//! harness are linked once, and `cargo test --test it <area>::` still runs one area.
+
+mod common;
+
+mod architecture;
+mod check_config;
+mod daemon;
+mod faults;
+mod indicator_replica;
+mod indicators;
+mod journal;
+mod loadgen_oracle;
+mod migrate;
+mod oversized;
+mod reconcile;
+mod refusals;
+mod schema;
+mod streams;
+mod sync;
+mod verify;
