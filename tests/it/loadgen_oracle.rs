@@ -6,23 +6,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use loadgen::{
-    Expected, Generator, MarkRow, Message, MessageKind, MetricsRow, PortfolioRow, PositionRow, Spec,
+    workload, Expected, MarkRow, Message, MessageKind, MetricsRow, PortfolioRow, PositionRow,
 };
 use rust_decimal::Decimal;
 use trading_sync::apply::fold::fold;
 use trading_sync::events::{decode, ChannelKind, DecodeLimits, Event};
-
-fn workload(seed: u64, trades: u64, dup: f64) -> (Vec<Message>, Expected) {
-    let mut g = Generator::new(Spec {
-        seed,
-        duplicate_fraction: dup,
-        position_every: 50,
-        bar_every: 40,
-        ..Spec::default()
-    });
-    let m = g.generate(trades);
-    (m, g.expected())
-}
 
 /// The daemon's channel for a generator message, by suffix: the one thing the two share.
 fn channel(m: &Message) -> ChannelKind {

@@ -721,9 +721,9 @@ impl Generator {
     }
 }
 
-/// A small workload with every kind of message, for the tests.
-#[cfg(test)]
-pub(crate) fn workload(seed: u64, trades: u64, dup: f64) -> (Vec<Message>, Expected) {
+/// A small workload with every kind of message (duplicates, positions, bars), for the tests
+/// here and the library's cross-checks.
+pub fn workload(seed: u64, trades: u64, dup: f64) -> (Vec<Message>, Expected) {
     let mut g = Generator::new(Spec {
         seed,
         duplicate_fraction: dup,

@@ -27,6 +27,6 @@ pub use expected::{
     compare, published, Expected, MarkRow, MetricsRow, PortfolioRow, PositionRow, Published,
     Report, Stored, StoredPortfolio,
 };
-pub use generate::{Channel, Generator, Message, MessageKind, Rng, Spec};
+pub use generate::{workload, Channel, Generator, Message, MessageKind, Rng, Spec};
 pub use publish::{connect_redis, publish_burst, publish_paced};
 pub use pyjson::{python_dumps, Py, PyDict};
