@@ -5,9 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use loadgen::{
-    workload, Expected, MarkRow, Message, MessageKind, MetricsRow, PortfolioRow, PositionRow,
-};
+use loadgen::{workload, MarkRow, Message, MessageKind, MetricsRow, PortfolioRow, PositionRow};
 use rust_decimal::Decimal;
 use trading_sync::apply::fold::fold;
 use trading_sync::events::{decode, ChannelKind, DecodeLimits, Event};
