@@ -376,11 +376,6 @@ fn failed(symbol: &str, error: &IndicatorError) -> RunSummary {
 /// A connection of the job's own: session settings and staging tables in place.
 async fn connect(pg: &tokio_postgres::Config) -> Result<Client, IndicatorError> {
     let client = crate::db::connect(pg).await?;
-    prepare_connection(&client).await?;
-    Ok(client)
-}
-
-async fn prepare_connection(client: &Client) -> Result<(), IndicatorError> {
     client
         .batch_execute(store::SESSION_SETTINGS_SQL)
         .await
@@ -388,7 +383,8 @@ async fn prepare_connection(client: &Client) -> Result<(), IndicatorError> {
     client
         .batch_execute(&store::CREATE_STAGING_SQL)
         .await
-        .map_err(IndicatorError::query("creating staging tables"))
+        .map_err(IndicatorError::query("creating staging tables"))?;
+    Ok(client)
 }
 
 /// One symbol in its own transaction, reconnecting first if the connection died.
@@ -400,8 +396,9 @@ async fn process_alone(
 ) -> RunSummary {
     let result = async {
         if client.is_closed() {
-            *client = crate::db::connect(&ctx.pg).await?;
-            prepare_connection(client).await?;
+            // Replaced only once the new session is set up: a client kept without its staging
+            // tables would fail every symbol after this one.
+            *client = connect(&ctx.pg).await?;
         }
         process_chunk(client, bars, &[symbol.to_owned()], ctx).await
     };
