@@ -338,6 +338,16 @@ impl Daemon {
             stops,
         } = self;
 
+        // Read before anything is spawned: an error return must leave no task behind.
+        let http = match http {
+            Some(listener) => {
+                let bound = listener
+                    .local_addr()
+                    .context("while reading the bound HTTP address")?;
+                Some((listener, bound))
+            }
+            None => None,
+        };
         // The acker outlives the writer's last commit: it stops when the writer drops its sender.
         let mut acker = None;
         let writer = match &streams {
@@ -354,14 +364,11 @@ impl Daemon {
         let mut writer = tokio::spawn(writer.run(queue_rx));
 
         let mut background = tokio::task::JoinSet::new();
-        if let Some(listener) = http {
+        if let Some((listener, listen)) = http {
             let (state, pool, stop) = (state.clone(), pool.clone(), stops.tasks.clone());
             let stall = Duration::from_secs(config.http.readyz_stall_secs);
             // The first run serves the socket bound in `build`; a restart binds the same address
             // and port, even when the port was picked by the kernel.
-            let listen = listener
-                .local_addr()
-                .context("while reading the bound HTTP address")?;
             let mut bound = Some(listener);
             background.spawn(supervise("http", stop.clone(), move || {
                 let listener = bound.take();

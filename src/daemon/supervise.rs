@@ -27,6 +27,7 @@ where
 {
     let mut backoff = Backoff::new(FIRST_RETRY, MAX_RETRY);
     loop {
+        let started = tokio::time::Instant::now();
         let failure = match AssertUnwindSafe(task()).catch_unwind().await {
             Ok(Ok(())) => return,
             Ok(Err(e)) => format!("{e:#}"),
@@ -35,6 +36,10 @@ where
         if shutdown.is_cancelled() {
             tracing::debug!(task = name, error = failure, "task ended during shutdown");
             return;
+        }
+        // A task that ran a while before failing worked: its failure starts a new series.
+        if started.elapsed() >= MAX_RETRY {
+            backoff.reset();
         }
         let wait = backoff.fail();
         metrics::counter!("trading_sync_task_restarts_total", "task" => name).increment(1);
@@ -82,6 +87,33 @@ mod tests {
         })
         .await;
         assert_eq!(runs.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waits_double_and_start_over_after_a_run_that_lasted() {
+        let starts = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = starts.clone();
+        supervise("test", CancellationToken::new(), move || {
+            let mut starts = seen.lock().unwrap();
+            starts.push(tokio::time::Instant::now());
+            let run = starts.len();
+            async move {
+                match run {
+                    // Fails at once twice, then after a long run, then succeeds.
+                    1 | 2 => anyhow::bail!("fails at once"),
+                    3 => {
+                        tokio::time::sleep(Duration::from_secs(120)).await;
+                        anyhow::bail!("fails after a long run")
+                    }
+                    _ => Ok(()),
+                }
+            }
+        })
+        .await;
+        let starts = starts.lock().unwrap();
+        let gaps: Vec<_> = starts.windows(2).map(|w| (w[1] - w[0]).as_secs()).collect();
+        // 1 s, then 2 s, then the long run (120 s) plus a wait started over at 1 s.
+        assert_eq!(gaps, [1, 2, 121]);
     }
 
     #[tokio::test(start_paused = true)]

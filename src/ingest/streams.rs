@@ -30,8 +30,11 @@ use crate::config::StreamsConfig;
 use crate::core::health::StreamHealth;
 use crate::core::Backoff;
 
-/// The first retry's wait after a failed read or acknowledgement.
+/// The first retry's wait after a failed read.
 const FIRST_RETRY: Duration = Duration::from_millis(50);
+/// The waits between XACK retries.
+const ACK_FIRST_RETRY: Duration = Duration::from_millis(100);
+const ACK_MAX_RETRY: Duration = Duration::from_millis(3200);
 use crate::core::queue::{EdgeLimits, Inbound, QueueSender, StreamAck};
 use crate::core::ChannelKind;
 
@@ -154,6 +157,10 @@ impl StreamSource {
             match self.session(&queue, &shutdown).await {
                 SessionEnd::Shutdown => break,
                 SessionEnd::Disconnected(e) => {
+                    // A session that was reading worked: this failure starts a new series.
+                    if self.health.live.load(Ordering::Acquire) {
+                        backoff.reset();
+                    }
                     let wait = backoff.fail();
                     self.health.live.store(false, Ordering::Release);
                     metrics::counter!("trading_sync_reconnects_total", "server" => "redis-streams")
@@ -589,7 +596,9 @@ impl StreamSource {
                     .arg(ids)
                     .ignore();
             }
-            let mut backoff = Backoff::new(FIRST_RETRY, self.max_backoff);
+            // Capped low whatever redis.reconnect_max_backoff_ms says: a committed entry left
+            // unacknowledged may be claimed and delivered again by another instance.
+            let mut backoff = Backoff::new(ACK_FIRST_RETRY, self.max_backoff.min(ACK_MAX_RETRY));
             let mut attempt = 0u32;
             loop {
                 attempt += 1;
@@ -613,7 +622,12 @@ impl StreamSource {
                         if shutdown.is_cancelled() && attempt >= 3 {
                             break;
                         }
-                        tokio::time::sleep(backoff.fail()).await;
+                        // Shutdown cuts the wait short: the last tries come at once, then the
+                        // entries are left pending (re-read as duplicates at the next start).
+                        tokio::select! {
+                            () = shutdown.cancelled() => {}
+                            () = tokio::time::sleep(backoff.fail()) => {}
+                        }
                     }
                 }
             }
