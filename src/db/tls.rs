@@ -185,7 +185,8 @@ pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = source {
         if let Some(rustls) = e.downcast_ref::<rustls::Error>() {
-            return format!("{} ({text})", reason(rustls));
+            // rustls's own words follow in the error's source chain.
+            return reason(rustls);
         }
         source = match e
             .downcast_ref::<std::io::Error>()
@@ -226,5 +227,40 @@ fn reason(error: &rustls::Error) -> String {
              (sslcert / database.tls_cert_file)"
         ),
         other => format!("TLS handshake failed: {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_errors_read_as_their_reason() {
+        let cases = [
+            (CertificateError::UnknownIssuer, "unknown CA"),
+            (CertificateError::NotValidForName, "name mismatch"),
+            (CertificateError::Expired, "expired"),
+        ];
+        for (error, want) in cases {
+            let text = reason(&rustls::Error::InvalidCertificate(error));
+            assert!(text.contains(want), "{text}");
+        }
+    }
+
+    /// Every sslmode builds a client with the one compiled-in provider, nothing installed
+    /// process-wide.
+    #[test]
+    fn connectors_build_without_a_default_provider() {
+        for mode in [
+            crate::config::SslMode::Disable,
+            crate::config::SslMode::Require,
+        ] {
+            let settings = TlsSettings {
+                mode,
+                roots: Roots::None,
+                client: None,
+            };
+            connector(&settings).unwrap();
+        }
     }
 }
