@@ -395,7 +395,8 @@ impl Writer {
                 true
             }
         };
-        let error = crate::db::error_text(error);
+        // A reconnect that fails on TLS says why (unknown CA, name mismatch, …).
+        let error = crate::db::tls::describe(error);
         if !changed {
             tracing::debug!(error = %error, events, "database still unavailable; retrying");
         } else if blocked {
