@@ -235,12 +235,24 @@ pub(super) fn settings(
                  database.tls_cert_file",
             ))
         }
-        (Some(cert), Some(key)) => {
-            let key = Arc::new(private_key(&key)?);
-            Some(ClientIdentity {
-                chain: certificates(&cert)?,
-                key,
-            })
+        (Some(cert), Some(key_file)) => {
+            let key = Arc::new(private_key(&key_file)?);
+            let chain = certificates(&cert)?;
+            // What rustls checks when the client is built: an X.509 v3 certificate whose public
+            // key is the key's (run would refuse anything else).
+            let provider = rustls::crypto::ring::default_provider();
+            rustls::sign::CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider)
+                .map_err(|e| {
+                    ConfigError::invalid(
+                        &cert.key,
+                        format!(
+                            "{} cannot be used with {}: {e}",
+                            resolve(&cert.path).display(),
+                            resolve(&key_file.path).display()
+                        ),
+                    )
+                })?;
+            Some(ClientIdentity { chain, key })
         }
     };
     Ok(TlsSettings {

@@ -76,14 +76,17 @@ impl TlsServer {
             .arg(&data));
         let conf = format!(
             "ssl = on\nssl_cert_file = '{0}/server.crt'\nssl_key_file = '{0}/server.key'\n\
-             listen_addresses = '127.0.0.1'\nfsync = off\nmax_connections = 30\n",
+             ssl_ca_file = '{0}/ca.crt'\nlisten_addresses = '127.0.0.1'\nfsync = off\nmax_connections = 30\n",
             server.dir.display()
         );
         append(&data.join("postgresql.conf"), &conf);
-        // TLS or nothing: without a `host` line, a plain connection finds no entry.
+        // TLS or nothing: without a `host` line, a plain connection finds no entry. The role
+        // certuser must also show a client certificate issued to it by the CA.
         std::fs::write(
             data.join("pg_hba.conf"),
-            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n",
+            "local all all trust\n\
+             hostssl all certuser 127.0.0.1/32 trust clientcert=verify-full\n\
+             hostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n",
         )
         .unwrap();
         let options = format!("-p {} -k {}", server.port, server.dir.display());
@@ -158,6 +161,42 @@ impl TlsServer {
             "server.ext",
             "-out",
             "server.crt",
+        ]);
+        // A client certificate for the role certuser, signed by the same CA. X.509 v3 (an
+        // extension file): rustls refuses v1 certificates.
+        std::fs::write(
+            self.dir.join("client.ext"),
+            "basicConstraints = CA:FALSE\nextendedKeyUsage = clientAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "client.key",
+            "-out",
+            "client.csr",
+            "-subj",
+            "/CN=certuser",
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "client.ext",
+            "-out",
+            "client.crt",
         ]);
         sh(Command::new("chmod")
             .arg("600")
@@ -370,4 +409,68 @@ async fn tls_failures_say_why() {
     let require = server.url("127.0.0.1", "sslmode=require");
     let (code, stdout, stderr) = command(&require, &["migrate"], &[]);
     assert_eq!(code, 0, "require does not verify: {stdout}{stderr}");
+}
+
+/// A server that asks certuser for a client certificate: refused without one, accepted with
+/// `sslcert`/`sslkey` in the URL or with `database.tls_cert_file`/`tls_key_file`.
+#[tokio::test]
+async fn client_certificates_from_the_url_or_the_keys() {
+    let Some(server) = TlsServer::start() else {
+        return;
+    };
+    let (code, stdout, stderr) = command(&server.verify_full(), &["migrate"], &[]);
+    assert_eq!(code, 0, "migrate over TLS: {stdout}{stderr}");
+    let admin = Connector::primary(&DatabaseConfig {
+        url: server.verify_full(),
+        ..DatabaseConfig::default()
+    })
+    .unwrap()
+    .connect()
+    .await
+    .unwrap();
+    admin
+        .batch_execute("CREATE ROLE certuser LOGIN SUPERUSER")
+        .await
+        .unwrap();
+    let as_certuser = server.verify_full().replace("postgres@", "certuser@");
+
+    let without = DatabaseConfig {
+        url: as_certuser.clone(),
+        ..DatabaseConfig::default()
+    };
+    let refused = Connector::primary(&without)
+        .unwrap()
+        .connect()
+        .await
+        .err()
+        .expect("certuser without a certificate");
+    assert!(refused.to_string().contains("certificate"), "{refused}");
+
+    let in_url = DatabaseConfig {
+        url: format!(
+            "{as_certuser}&sslcert={}&sslkey={}",
+            server.file("client.crt"),
+            server.file("client.key")
+        ),
+        ..DatabaseConfig::default()
+    };
+    let in_keys = DatabaseConfig {
+        url: as_certuser,
+        tls_cert_file: Some(server.file("client.crt").into()),
+        tls_key_file: Some(server.file("client.key").into()),
+        ..DatabaseConfig::default()
+    };
+    for config in [in_url, in_keys] {
+        let client = Connector::primary(&config)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("certuser with its certificate: {e}"));
+        let user: String = client
+            .query_one("SELECT current_user::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(user, "certuser");
+    }
 }
