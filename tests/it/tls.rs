@@ -438,12 +438,9 @@ async fn client_certificates_from_the_url_or_the_keys() {
         url: as_certuser.clone(),
         ..DatabaseConfig::default()
     };
-    let refused = Connector::primary(&without)
-        .unwrap()
-        .connect()
-        .await
-        .err()
-        .expect("certuser without a certificate");
+    let Err(refused) = Connector::primary(&without).unwrap().connect().await else {
+        panic!("certuser connected without a certificate");
+    };
     assert!(refused.to_string().contains("certificate"), "{refused}");
 
     let in_url = DatabaseConfig {
