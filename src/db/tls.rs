@@ -14,6 +14,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
+use tokio_postgres::error::SqlState;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::{Roots, TlsSettings, Verify};
@@ -188,6 +189,10 @@ pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
             // rustls's own words follow in the error's source chain.
             return reason(rustls);
         }
+        // tokio-postgres's cause when the server answers the SSLRequest with "no".
+        if e.to_string() == "server does not support TLS" {
+            return "the server does not offer TLS, and sslmode requires it".into();
+        }
         source = match e
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
@@ -196,8 +201,13 @@ pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
             None => e.source(),
         };
     }
-    if text.contains("server does not support TLS") {
-        return format!("the server does not offer TLS, and sslmode requires it ({text})");
+    // A server whose pg_hba.conf has only `hostssl` lines for us says "no encryption".
+    if error.code() == Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
+        && text.contains("no encryption")
+    {
+        return format!(
+            "{text}; the server accepts TLS connections only: set sslmode=require or stricter"
+        );
     }
     text
 }

@@ -386,7 +386,12 @@ async fn tls_failures_say_why() {
             "migrate",
             "does not match the host name",
         ),
-        ("sslmode=disable", plain, "run", "no encryption"),
+        (
+            "sslmode=disable",
+            plain,
+            "run",
+            "accepts TLS connections only",
+        ),
     ] {
         let (code, stdout, stderr) = command(&url, &[command_name], &[]);
         assert_ne!(
@@ -470,4 +475,32 @@ async fn client_certificates_from_the_url_or_the_keys() {
             .get(0);
         assert_eq!(user, "certuser");
     }
+}
+
+/// `sslmode=require` against a server that answers "no TLS" to the SSLRequest (a stand-in
+/// that speaks just that much of the protocol): refused, and said so; `prefer` would go on in
+/// plain text, so it is not tried here.
+#[tokio::test]
+async fn require_against_a_server_without_tls_says_so() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = [0u8; 8];
+        socket.read_exact(&mut request).await.unwrap();
+        socket.write_all(b"N").await.unwrap();
+    });
+    let config = DatabaseConfig {
+        url: format!("postgres://postgres@127.0.0.1:{port}/trading?sslmode=require"),
+        ..DatabaseConfig::default()
+    };
+    let Err(refused) = Connector::primary(&config).unwrap().connect().await else {
+        panic!("connected without TLS under sslmode=require");
+    };
+    let text = refused.to_string();
+    assert!(
+        text.contains("does not offer TLS") && text.contains(&format!("127.0.0.1:{port}")),
+        "{text}"
+    );
 }
