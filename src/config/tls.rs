@@ -146,10 +146,9 @@ pub(super) fn split_url(url: &str) -> (String, UrlTls) {
 
 /// Percent-decoding as tokio-postgres does it (a `+` stays a `+`: file names may hold one).
 fn decode(value: &str) -> String {
-    url::form_urlencoded::parse(value.replace('+', "%2B").as_bytes())
-        .next()
-        .map(|(k, _)| k.into_owned())
-        .unwrap_or_default()
+    percent_encoding::percent_decode_str(value)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// The `database.tls_*_file` keys, applied where the URL does not say otherwise.
@@ -345,7 +344,7 @@ mod tests {
     fn tls_parameters_are_taken_out_and_the_rest_kept() {
         let (url, tls) = split_url(
             "postgres://u:p?w@h1:5432,h2:5433/db?application_name=x&sslmode=verify-full\
-             &sslrootcert=%2Fetc%2Fca.pem&sslcert=/c+1.pem&sslkey=k.pem&connect_timeout=3",
+             &sslrootcert=%2Fetc%2Fca.pem&sslcert=/c+1.pem&sslkey=k=2.pem&connect_timeout=3",
         );
         assert_eq!(
             url,
@@ -357,7 +356,7 @@ mod tests {
                 sslmode: Some("verify-full".into()),
                 sslrootcert: Some("/etc/ca.pem".into()),
                 sslcert: Some("/c+1.pem".into()),
-                sslkey: Some("k.pem".into()),
+                sslkey: Some("k=2.pem".into()),
             }
         );
         let (url, tls) = split_url("postgres://h/db?sslmode=require");
