@@ -248,7 +248,10 @@ async fn load(
 }
 
 async fn ours(url: &str, connections: usize) -> anyhow::Result<RunSummary> {
-    let pg: tokio_postgres::Config = url.parse()?;
+    let pg = trading_sync::db::Connector::primary(&trading_sync::config::DatabaseConfig {
+        url: url.into(),
+        ..Default::default()
+    })?;
     let settings = JobSettings {
         connections,
         // The bench measures the job, not the log.

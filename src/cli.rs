@@ -166,7 +166,8 @@ pub async fn indicators(config: &Config, symbols: Vec<String>, full: bool) -> an
         Selection::Symbols(symbols)
     };
     let mode = if full { Mode::Full } else { Mode::Incremental };
-    let summary = run_once(&config.pg_config()?, &settings, &selection, mode, &shutdown)
+    let pg = crate::db::Connector::primary(&config.database)?;
+    let summary = run_once(&pg, &settings, &selection, mode, &shutdown)
         .await
         .context("while computing indicators")?;
     println!("{summary:#?}");
@@ -208,7 +209,8 @@ pub async fn reconcile(
 ) -> anyhow::Result<()> {
     use crate::reconcile::{run_once, Outcome, Request, Trigger};
     let settings = crate::reconcile::Settings::from_config(config)?;
-    let mut client = crate::db::connect(&config.pg_config()?)
+    let mut client = crate::db::Connector::primary(&config.database)?
+        .connect()
         .await
         .context("while connecting to PostgreSQL (database.url)")?;
     let request = Request {
@@ -293,7 +295,8 @@ pub async fn verify(
         ledger_retention_days: config.maintenance.ledger_retention_days,
         exchange_tz: config.exchange_tz()?,
     };
-    let mut client = crate::db::connect(&config.pg_config()?)
+    let mut client = crate::db::Connector::primary(&config.database)?
+        .connect()
         .await
         .context("while connecting to PostgreSQL (database.url)")?;
     let report = verify(&mut client, &settings, &Filter { account, strategy })

@@ -26,6 +26,7 @@ use crate::core::health::WriterStats;
 use crate::core::queue::{Inbound, QueueReceiver, StreamAck};
 use crate::core::Backoff;
 use crate::core::ChannelKind;
+use crate::db::Connector;
 use crate::events::DecodeLimits;
 use fold::{plan, DeadLetter};
 
@@ -44,7 +45,7 @@ pub(crate) struct WriterSettings {
     pub drain_deadline: Duration,
     pub limits: DecodeLimits,
     /// Where to connect; the writer holds one connection of its own and reconnects as needed.
-    pub pg: tokio_postgres::Config,
+    pub pg: Connector,
     pub max_backoff: Duration,
     /// A batch commit slower than this is logged and counted as a slow query.
     pub slow_query: Duration,
@@ -394,7 +395,8 @@ impl Writer {
                 true
             }
         };
-        let error = crate::db::error_text(error);
+        // A reconnect that fails on TLS says why (unknown CA, name mismatch, …).
+        let error = crate::db::tls::describe(error);
         if !changed {
             tracing::debug!(error = %error, events, "database still unavailable; retrying");
         } else if blocked {
@@ -511,7 +513,7 @@ impl Writer {
                     .increment(1);
                 tracing::warn!(server = "postgres", "reconnecting to PostgreSQL");
             }
-            let (client, connection) = self.settings.pg.connect(tokio_postgres::NoTls).await?;
+            let (client, connection) = self.settings.pg.connect_raw().await?;
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
                     tracing::debug!(error = %e, "writer connection ended");

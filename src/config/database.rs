@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::check::range;
 use super::secrets::read_secret;
+use super::tls::{self, TlsFiles, TlsSettings};
 use super::ConfigError;
 
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
@@ -38,6 +39,22 @@ pub struct DatabaseConfig {
     /// The batch writer's lock_timeout: a batch waiting this long on a row lock (a long
     /// transaction of someone else's) is rolled back and retried.
     pub lock_timeout_ms: u64,
+    /// PEM file of the CA(s) the server's certificate must chain to, or `system` for the OS
+    /// roots; the URL's `sslrootcert` overrides it (README, "PostgreSQL over TLS").
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM file of the client certificate, for servers that ask for one; the URL's `sslcert`
+    /// overrides it.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM file of that certificate's private key, unencrypted; the URL's `sslkey` overrides it.
+    pub tls_key_file: Option<PathBuf>,
+}
+
+/// Where one connection goes and how: tokio-postgres's settings, and the TLS settings its
+/// parser cannot hold.
+#[derive(Debug, Clone)]
+pub struct PgTarget {
+    pub pg: tokio_postgres::Config,
+    pub tls: TlsSettings,
 }
 
 impl Default for DatabaseConfig {
@@ -53,16 +70,22 @@ impl Default for DatabaseConfig {
             slow_query_ms: 1_000,
             statement_timeout_ms: 10_000,
             lock_timeout_ms: 5_000,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
 
 impl DatabaseConfig {
-    /// URLs, secret files (read, as the connections will), pool size and time limits.
+    /// URLs, secret and TLS files (read and parsed, as the connections will), pool size and
+    /// time limits.
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_pg_url("database.url", &self.url)?;
+        self.tls_settings("database.url", &self.url)?;
         if let Some(url) = &self.replica_url {
             validate_pg_url("database.replica_url", url)?;
+            self.tls_settings("database.replica_url", url)?;
         }
         if let Some(p) = &self.password_file {
             read_secret(p, "database.password_file")?;
@@ -92,8 +115,8 @@ impl DatabaseConfig {
         )
     }
 
-    /// The primary's connection settings with the password file applied.
-    pub fn pg_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
+    /// The primary's connection settings with the password file and TLS files applied.
+    pub fn pg_target(&self) -> Result<PgTarget, ConfigError> {
         self.connection_config(
             "database.url",
             &self.url,
@@ -103,8 +126,9 @@ impl DatabaseConfig {
         )
     }
 
-    /// The replica's connection settings, if `replica_url` is set.
-    pub fn replica_pg_config(&self) -> Result<Option<tokio_postgres::Config>, ConfigError> {
+    /// The replica's connection settings, if `replica_url` is set; its own TLS parameters
+    /// override the `tls_*_file` keys.
+    pub fn replica_pg_target(&self) -> Result<Option<PgTarget>, ConfigError> {
         let Some(url) = &self.replica_url else {
             return Ok(None);
         };
@@ -122,8 +146,9 @@ impl DatabaseConfig {
         key: &str,
         url: &str,
         password_file: Option<(&Path, &str)>,
-    ) -> Result<tokio_postgres::Config, ConfigError> {
-        let mut pg = tokio_postgres::Config::from_str(url)
+    ) -> Result<PgTarget, ConfigError> {
+        let (plain, _) = tls::split_url(url);
+        let mut pg = tokio_postgres::Config::from_str(&plain)
             .map_err(|e| ConfigError::invalid(key, e.to_string()))?;
         if let Some((path, key)) = password_file {
             pg.password(read_secret(path, key)?);
@@ -132,14 +157,28 @@ impl DatabaseConfig {
         if pg.get_application_name().is_none() {
             pg.application_name("trading-sync");
         }
-        Ok(pg)
+        let tls = self.tls_settings(key, url)?;
+        pg.ssl_mode(tls.transport_mode());
+        Ok(PgTarget { pg, tls })
+    }
+
+    /// `url`'s TLS parameters over the `tls_*_file` keys, files read and parsed.
+    fn tls_settings(&self, key: &str, url: &str) -> Result<TlsSettings, ConfigError> {
+        let (_, params) = tls::split_url(url);
+        let files = TlsFiles {
+            ca: self.tls_ca_file.as_deref(),
+            cert: self.tls_cert_file.as_deref(),
+            key: self.tls_key_file.as_deref(),
+        };
+        tls::settings(key, &params, &files)
     }
 }
 
-/// A libpq-style URL with a database name, which a connection without TLS can use; an error
-/// names `key`.
+/// A libpq-style URL with a database name; its TLS parameters are checked apart
+/// ([`DatabaseConfig::tls_settings`]). An error names `key`.
 fn validate_pg_url(key: &str, url: &str) -> Result<(), ConfigError> {
-    let pg = tokio_postgres::Config::from_str(url)
+    let (plain, _) = tls::split_url(url);
+    let pg = tokio_postgres::Config::from_str(&plain)
         .map_err(|e| ConfigError::invalid(key, format!("not a PostgreSQL URL: {e}")))?;
     if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
         return Err(ConfigError::invalid(
@@ -153,14 +192,6 @@ fn validate_pg_url(key: &str, url: &str) -> Result<(), ConfigError> {
             "names no database (add /trading_system)",
         ));
     }
-    // Every connection is made without TLS (README, "Decisions"): one that requires it fails
-    // each attempt, and the daemon would restart forever.
-    if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-        return Err(ConfigError::invalid(
-            key,
-            "sslmode=require, but this build connects without TLS: every connection would fail",
-        ));
-    }
     Ok(())
 }
 
@@ -170,13 +201,12 @@ mod tests {
 
     #[test]
     fn url_must_be_a_postgres_url_naming_a_database() {
-        for url in ["mysql://x/y", "postgres://h/db?sslmode=sometimes"] {
-            let message = assert_refused("database.url", |c| c.database.url = url.into());
-            assert!(
-                message.starts_with("not a PostgreSQL URL"),
-                "{url}: {message}"
-            );
-        }
+        let message = assert_refused("database.url", |c| c.database.url = "mysql://x/y".into());
+        assert!(message.starts_with("not a PostgreSQL URL"), "{message}");
+        let message = assert_refused("database.url", |c| {
+            c.database.url = "postgres://h/db?sslmode=sometimes".into()
+        });
+        assert!(message.contains("sslmode=sometimes"), "{message}");
         // libpq's key=value form (the empty string is one) is a connection string, not a URL.
         for url in ["host=127.0.0.1 dbname=trading_system", ""] {
             let message = assert_refused("database.url", |c| c.database.url = url.into());
@@ -192,16 +222,73 @@ mod tests {
         assert_accepted(|c| c.database.url = "postgresql://u@h1:5432,h2:5433/t".into());
     }
 
-    /// Connections are made without TLS: requiring it would fail every one of them.
+    /// Every libpq sslmode is accepted; verify-* need a root certificate, as in libpq.
     #[test]
-    fn url_does_not_require_tls() {
-        let message = assert_refused("database.url", |c| {
-            c.database.url = "postgres://app@db/trading_system?sslmode=require".into()
-        });
-        assert!(message.contains("without TLS"), "{message}");
-        for mode in ["disable", "prefer"] {
+    fn url_sslmodes_are_libpqs() {
+        for mode in ["disable", "prefer", "require"] {
             assert_accepted(|c| c.database.url = format!("postgres://app@db/t?sslmode={mode}"));
         }
+        for mode in ["verify-ca", "verify-full"] {
+            assert_accepted(|c| {
+                c.database.url = format!("postgres://app@db/t?sslmode={mode}&sslrootcert=system")
+            });
+            let message = assert_refused("database.url", |c| {
+                c.database.url = format!("postgres://a@h1,h2:5433/t?sslmode={mode}")
+            });
+            assert!(message.contains("need a root certificate"), "{message}");
+        }
+    }
+
+    /// The files exist and parse, a key comes with its certificate, encrypted keys are
+    /// refused; each error names the key; URL parameters override the keys.
+    #[test]
+    fn tls_files_are_checked_and_named() {
+        jail(|jail| {
+            let message = assert_refused("database.tls_ca_file", |c| {
+                c.database.url = "postgres://a@h/t?sslmode=verify-full".into();
+                c.database.tls_ca_file = Some("/nonexistent/ca.pem".into());
+            });
+            assert!(message.contains("/nonexistent/ca.pem"), "{message}");
+            let message = assert_refused("database.url (sslrootcert)", |c| {
+                c.database.url = "postgres://a@h/t?sslrootcert=/nonexistent/ca.pem".into();
+            });
+            assert!(message.contains("cannot read"), "{message}");
+            jail.create_file("garbage.pem", "not pem\n")?;
+            let message = assert_refused("database.tls_ca_file", |c| {
+                c.database.tls_ca_file = Some("garbage.pem".into());
+            });
+            assert!(message.contains("no PEM certificate"), "{message}");
+            jail.create_file(
+                "enc.key",
+                "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
+            )?;
+            let message = assert_refused("database.tls_key_file", |c| {
+                c.database.tls_cert_file = Some("garbage.pem".into());
+                c.database.tls_key_file = Some("enc.key".into());
+            });
+            assert!(message.contains("enc.key is encrypted"), "{message}");
+            let message = assert_refused("database.tls_key_file", |c| {
+                c.database.tls_key_file = Some("enc.key".into());
+            });
+            assert!(message.contains("no certificate"), "{message}");
+            let message = assert_refused("database.tls_cert_file", |c| {
+                c.database.tls_cert_file = Some("garbage.pem".into());
+            });
+            assert!(message.contains("no key"), "{message}");
+            // The replica's own parameters override the keys for the replica only.
+            let message = assert_refused("database.replica_url (sslrootcert)", |c| {
+                c.database.replica_url =
+                    Some("postgres://ro@standby/t?sslrootcert=/nonexistent/r.pem".into());
+            });
+            assert!(message.contains("/nonexistent/r.pem"), "{message}");
+            assert_accepted(|c| {
+                c.database.tls_ca_file = Some("garbage.pem".into());
+                c.database.url = "postgres://a@h/t?sslrootcert=system&sslmode=verify-full".into();
+                c.database.replica_url =
+                    Some("postgres://ro@standby/t?sslrootcert=system&sslmode=verify-ca".into());
+            });
+            Ok(())
+        });
     }
 
     #[test]
@@ -210,7 +297,7 @@ mod tests {
             "mysql://x/y",
             "postgres://127.0.0.1",
             "",
-            "postgres://ro@standby/t?sslmode=require",
+            "postgres://ro@standby/t?sslmode=verify-full",
         ] {
             assert_refused("database.replica_url", |c| {
                 c.database.replica_url = Some(url.into())
@@ -257,7 +344,7 @@ mod tests {
                 connect_timeout_ms: 1_234,
                 ..Default::default()
             };
-            let pg = db.pg_config().unwrap();
+            let pg = db.pg_target().unwrap().pg;
             assert_eq!(pg.get_password(), Some(&b"pw-primary"[..]));
             assert_eq!(pg.get_user(), Some("app"));
             assert_eq!(pg.get_application_name(), Some("trading-sync"));
@@ -265,14 +352,14 @@ mod tests {
                 pg.get_connect_timeout(),
                 Some(&std::time::Duration::from_millis(1_234))
             );
-            let replica = db.replica_pg_config().unwrap().unwrap();
+            let replica = db.replica_pg_target().unwrap().unwrap().pg;
             assert_eq!(replica.get_password(), Some(&b"pw-primary"[..]));
             db.replica_password_file = Some("replica".into());
-            let replica = db.replica_pg_config().unwrap().unwrap();
+            let replica = db.replica_pg_target().unwrap().unwrap().pg;
             assert_eq!(replica.get_password(), Some(&b"pw-replica"[..]));
             assert_eq!(replica.get_user(), Some("ro"));
             db.replica_url = None;
-            assert!(db.replica_pg_config().unwrap().is_none());
+            assert!(db.replica_pg_target().unwrap().is_none());
             Ok(())
         });
     }
@@ -283,7 +370,10 @@ mod tests {
             url: "postgres://app@db/t?application_name=mine".into(),
             ..Default::default()
         };
-        assert_eq!(db.pg_config().unwrap().get_application_name(), Some("mine"));
+        assert_eq!(
+            db.pg_target().unwrap().pg.get_application_name(),
+            Some("mine")
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ mod secrets;
 mod sync;
 #[cfg(test)]
 mod testing;
+mod tls;
 mod transport;
 
 use std::fmt;
@@ -32,12 +33,13 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-pub use self::database::DatabaseConfig;
+pub use self::database::{DatabaseConfig, PgTarget};
 pub use self::jobs::{IndicatorsConfig, MaintenanceConfig, ReconcileConfig};
 pub use self::observability::{HttpConfig, LogConfig, LogFormat};
 pub use self::redis::RedisConfig;
 pub use self::secrets::{mask_secrets, mask_url};
 pub use self::sync::SyncConfig;
+pub use self::tls::{ClientIdentity, Roots, SslMode, TlsSettings, Verify};
 pub use self::transport::{JournalConfig, StreamsConfig, Transport, TransportConfig};
 
 use self::secrets::read_secret;
@@ -196,9 +198,9 @@ impl Config {
         self.http.listen_addr()
     }
 
-    /// The PostgreSQL connection settings with the password file applied.
-    pub fn pg_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
-        self.database.pg_config()
+    /// The PostgreSQL connection settings with the password file and TLS files applied.
+    pub fn pg_target(&self) -> Result<PgTarget, ConfigError> {
+        self.database.pg_target()
     }
 
     /// The effective settings as TOML with every secret replaced by `********`.
@@ -430,7 +432,7 @@ mod tests {
             let config = load_default().unwrap();
             assert_eq!(config.database.url, "postgres://u@127.0.0.1/from_cwd");
             assert_eq!(
-                config.pg_config().unwrap().get_password(),
+                config.pg_target().unwrap().pg.get_password(),
                 Some(&b"pw-in-cwd"[..])
             );
 
@@ -439,7 +441,7 @@ mod tests {
             let config = load_default().unwrap();
             assert_eq!(config.database.url, "postgres://u@127.0.0.1/from_creds");
             assert_eq!(
-                config.pg_config().unwrap().get_password(),
+                config.pg_target().unwrap().pg.get_password(),
                 Some(&b"pw-in-creds"[..])
             );
             assert!(

@@ -4,7 +4,7 @@
 //! same thing everywhere (systemd's `$CREDENTIALS_DIRECTORY`); every rendering of a URL or of an
 //! error that may quote one goes through [`mask_secrets`].
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::ConfigError;
 
@@ -12,10 +12,7 @@ use super::ConfigError;
 /// Trailing line breaks are dropped (an editor's or `echo`'s); an empty secret is refused, as it
 /// would only fail later as a wrong password. An error names `key`.
 pub(super) fn read_secret(path: &Path, key: &str) -> Result<String, ConfigError> {
-    let resolved = match std::env::var_os("CREDENTIALS_DIRECTORY") {
-        Some(dir) if path.is_relative() => Path::new(&dir).join(path),
-        _ => path.to_path_buf(),
-    };
+    let resolved = resolve(path);
     let text = std::fs::read_to_string(&resolved).map_err(|e| {
         ConfigError::invalid(key, format!("cannot read {}: {e}", resolved.display()))
     })?;
@@ -27,6 +24,15 @@ pub(super) fn read_secret(path: &Path, key: &str) -> Result<String, ConfigError>
         ));
     }
     Ok(secret)
+}
+
+/// A configured file's path: a relative one is looked up in systemd's credentials directory
+/// when there is one (the password files and the TLS certificates and keys alike).
+pub(super) fn resolve(path: &Path) -> PathBuf {
+    match std::env::var_os("CREDENTIALS_DIRECTORY") {
+        Some(dir) if path.is_relative() => Path::new(&dir).join(path),
+        _ => path.to_path_buf(),
+    }
 }
 
 /// Replaces the password of a URL, if it has one, by `********`: its userinfo password and any

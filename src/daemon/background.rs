@@ -12,12 +12,13 @@ use tokio_util::sync::CancellationToken;
 use super::DaemonState;
 use crate::config::Config;
 use crate::core::Backoff;
+use crate::db::Connector;
 use crate::reconcile::{Outcome, Prepared, Request, Settings, Trigger};
 
 /// Maintenance once at start (partitions ahead matter at once), then on its cron schedule.
 pub(super) async fn maintenance_loop(
     config: Config,
-    pg: tokio_postgres::Config,
+    pg: Connector,
     slow_query: Duration,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -26,7 +27,7 @@ pub(super) async fn maintenance_loop(
     loop {
         let client = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
-            c = crate::db::connect(&pg) => c.context("while connecting for maintenance")?,
+            c = pg.connect() => c.context("while connecting for maintenance")?,
         };
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
@@ -63,7 +64,7 @@ pub(super) async fn maintenance_loop(
 /// Event-driven runs wait for another instance's run to finish; scheduled ones skip it.
 pub(super) async fn reconcile_loop(
     settings: Settings,
-    pg: tokio_postgres::Config,
+    pg: Connector,
     interval: Duration,
     state: Arc<DaemonState>,
     shutdown: CancellationToken,
@@ -124,7 +125,8 @@ pub(super) async fn reconcile_loop(
             next_scheduled = now + interval;
             let run = async {
                 if connection.as_ref().is_none_or(|(c, _)| c.is_closed()) {
-                    let client = crate::db::connect(&pg)
+                    let client = pg
+                        .connect()
                         .await
                         .context("while connecting for reconcile")?;
                     let prepared = Prepared::prepare(&client)

@@ -36,6 +36,7 @@ use crate::apply::{Writer, WriterEnd, WriterSettings};
 use crate::config::Config;
 use crate::core::health::{JournalHealth, StreamHealth, SubscriptionHealth, WriterStats};
 use crate::core::queue::{self, EdgeLimits, QueueReceiver, QueueSender, QueueStats};
+use crate::db::Connector;
 use crate::events::DecodeLimits;
 use crate::indicators::schedule::SchedulerSettings;
 use crate::ingest::journal::{JournalAppender, JournalTrim};
@@ -95,7 +96,7 @@ pub struct Daemon {
     /// What every stage reports, shared with the HTTP endpoints and the watchdog.
     state: Arc<DaemonState>,
     /// Where the writer, maintenance and reconcile connect (each holds its own connection).
-    pg: tokio_postgres::Config,
+    pg: Connector,
     /// For /readyz's database probe: a pooled connection answers at once.
     pool: deadpool_postgres::Pool,
     /// The HTTP port, bound in `build` so a port in use fails startup, and served from the same
@@ -135,11 +136,11 @@ impl Daemon {
     /// would stop the daemon from doing its job; nothing has been read from Redis yet.
     pub async fn build(config: &Config) -> anyhow::Result<Daemon> {
         let config = config.clone();
-        let pg = config
-            .pg_config()
-            .context("while reading the database settings")?;
+        let pg =
+            Connector::primary(&config.database).context("while reading the database settings")?;
         check_stall_limits(&config, notify::watchdog_interval())?;
-        let mut client = crate::db::connect(&pg)
+        let mut client = pg
+            .connect()
             .await
             .context("while connecting to PostgreSQL (database.url)")?;
         let pending = crate::db::migrate::pending(&mut client)
@@ -151,7 +152,7 @@ impl Daemon {
             pending.join(", ")
         );
         drop(client);
-        let pool = crate::db::pool(&config.database).context("while creating the pool")?;
+        let pool = crate::db::pool(&config.database, &pg).context("while creating the pool")?;
 
         let topology = Topology::from_config(&config);
         let state = Arc::new(DaemonState::default());

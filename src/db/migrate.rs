@@ -7,7 +7,7 @@
 
 use tokio_postgres::error::SqlState;
 
-use super::{connect, DbError};
+use super::{Connector, DbError};
 use crate::config::DatabaseConfig;
 
 mod embedded {
@@ -71,13 +71,15 @@ pub async fn migrate_to(
     config: &DatabaseConfig,
     target: Option<i32>,
 ) -> Result<MigrationOutcome, MigrateError> {
-    let pg = config.pg_config().map_err(DbError::from)?;
+    let server = Connector::primary(config)?;
     let mut outcome = MigrationOutcome::default();
-    let mut client = match connect(&pg).await {
+    let mut client = match server.connect().await {
         Ok(client) => client,
-        Err(DbError::Connect(e)) if e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => {
-            outcome.database_created = create_database(config, &pg).await?;
-            connect(&pg).await?
+        Err(DbError::Connect { source, .. })
+            if source.code() == Some(&SqlState::INVALID_CATALOG_NAME) =>
+        {
+            outcome.database_created = create_database(config, &server).await?;
+            server.connect().await?
         }
         Err(e) => return Err(e.into()),
     };
@@ -162,12 +164,12 @@ fn explain(e: refinery::Error) -> MigrateError {
 /// Returns whether this call created it (false when another instance won the race).
 async fn create_database(
     config: &DatabaseConfig,
-    pg: &tokio_postgres::Config,
+    target: &Connector,
 ) -> Result<bool, MigrateError> {
-    let database = pg.get_dbname().unwrap_or_default().to_owned();
-    let mut admin = pg.clone();
-    admin.dbname(&config.maintenance_db);
-    let client = connect(&admin).await?;
+    let database = target.config().get_dbname().unwrap_or_default().to_owned();
+    let mut admin = target.clone();
+    admin.config_mut().dbname(&config.maintenance_db);
+    let client = admin.connect().await?;
     // Identifiers cannot be bound as parameters; quote_ident-style escaping of the configured name.
     let statement = format!("CREATE DATABASE \"{}\"", database.replace('"', "\"\""));
     match client.batch_execute(&statement).await {

@@ -1,11 +1,15 @@
-//! PostgreSQL edges shared by every stage: the connection pool and the schema migrations.
+//! PostgreSQL edges shared by every stage: how to connect (TLS included), the connection pool
+//! and the schema migrations.
 
 pub mod migrate;
+pub mod tls;
+
+use std::future::Future;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::config::DatabaseConfig;
+use crate::config::{DatabaseConfig, PgTarget};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -13,8 +17,110 @@ pub enum DbError {
     Config(#[from] crate::config::ConfigError),
     #[error("cannot build the connection pool: {0}")]
     Pool(#[from] deadpool_postgres::BuildError),
-    #[error("cannot connect to PostgreSQL: {0}")]
-    Connect(#[source] tokio_postgres::Error),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot connect to PostgreSQL at {server}: {}", tls::describe(.source))]
+    Connect {
+        server: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+/// One PostgreSQL server and the way to it, TLS included, built once from the configuration:
+/// every connection the daemon makes goes through one, so no caller chooses TLS itself.
+#[derive(Clone)]
+pub struct Connector {
+    pg: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the config: it holds the password.
+        f.debug_struct("Connector")
+            .field("server", &self.server())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connector {
+    pub fn new(target: PgTarget) -> Result<Connector, DbError> {
+        Ok(Connector {
+            tls: tls::connector(&target.tls)?,
+            pg: target.pg,
+        })
+    }
+
+    /// The primary, `database.url`.
+    pub fn primary(config: &DatabaseConfig) -> Result<Connector, DbError> {
+        Connector::new(config.pg_target()?)
+    }
+
+    /// The replica, `database.replica_url`, if one is set.
+    pub fn replica(config: &DatabaseConfig) -> Result<Option<Connector>, DbError> {
+        config.replica_pg_target()?.map(Connector::new).transpose()
+    }
+
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.pg
+    }
+
+    /// For another database or role on the same server (`migrate`'s maintenance database).
+    pub fn config_mut(&mut self) -> &mut tokio_postgres::Config {
+        &mut self.pg
+    }
+
+    /// `host:port[,host:port…]`, for messages.
+    pub fn server(&self) -> String {
+        let ports = self.pg.get_ports();
+        self.pg
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .map(|(i, host)| {
+                let host = match host {
+                    tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                    tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+                };
+                let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+                format!("{host}:{port}")
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// One connection outside the pool, with its driver task tied to the returned client's
+    /// lifetime.
+    pub async fn connect(&self) -> Result<tokio_postgres::Client, DbError> {
+        let (client, connection) = self
+            .connect_raw()
+            .await
+            .map_err(|source| DbError::Connect {
+                server: self.server(),
+                source,
+            })?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "PostgreSQL connection ended");
+            }
+        });
+        Ok(client)
+    }
+
+    /// A client and the connection future that drives it, for a caller that runs the driver
+    /// itself (the writer).
+    pub async fn connect_raw(
+        &self,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            impl Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+        ),
+        tokio_postgres::Error,
+    > {
+        self.pg.connect(self.tls.clone()).await
+    }
 }
 
 /// A database error as an operator needs it: the server's own message and SQLSTATE, not
@@ -26,13 +132,11 @@ pub(crate) fn error_text(error: &tokio_postgres::Error) -> String {
     }
 }
 
-/// A pool of `database.pool_size` connections. TLS is not offered: the daemon runs next to its
-/// database (README, "Decisions").
-pub(crate) fn pool(config: &DatabaseConfig) -> Result<Pool, DbError> {
-    let pg = config.pg_config()?;
+/// A pool of `database.pool_size` connections to `connector`'s server.
+pub(crate) fn pool(config: &DatabaseConfig, connector: &Connector) -> Result<Pool, DbError> {
     let manager = Manager::from_config(
-        pg,
-        NoTls,
+        connector.pg.clone(),
+        connector.tls.clone(),
         ManagerConfig {
             // A connection killed by pg_terminate_backend must not be handed out again.
             recycling_method: RecyclingMethod::Verified,
@@ -42,17 +146,4 @@ pub(crate) fn pool(config: &DatabaseConfig) -> Result<Pool, DbError> {
         .max_size(config.pool_size)
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .build()?)
-}
-
-/// One connection outside the pool, with its driver task tied to the returned client's lifetime.
-pub(crate) async fn connect(
-    pg: &tokio_postgres::Config,
-) -> Result<tokio_postgres::Client, DbError> {
-    let (client, connection) = pg.connect(NoTls).await.map_err(DbError::Connect)?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "PostgreSQL connection ended");
-        }
-    });
-    Ok(client)
 }

@@ -29,6 +29,7 @@ use super::store::{
     self, bar_date, BarChange, ListedSymbol, Overflow, RawBar, RowEncoder, StateToSave,
 };
 use super::IndicatorError;
+use crate::db::Connector;
 
 /// Tuning of a run. `Default` is what the daemon and the CLI use.
 #[derive(Debug, Clone)]
@@ -139,7 +140,7 @@ impl RunSummary {
 /// symbol list unreadable); a failing symbol or chunk is logged, counted and skipped.
 /// `cancel` stops the run between chunks (a chunk in flight commits or rolls back whole).
 pub async fn run_once(
-    pg: &tokio_postgres::Config,
+    pg: &Connector,
     settings: &JobSettings,
     selection: &Selection,
     mode: Mode,
@@ -198,7 +199,7 @@ struct Progress {
 }
 
 async fn run_inner(
-    pg: &tokio_postgres::Config,
+    pg: &Connector,
     settings: &JobSettings,
     selection: &Selection,
     mode: Mode,
@@ -311,7 +312,7 @@ fn make_chunks(known: Vec<ListedSymbol>, mode: Mode, settings: &JobSettings) -> 
 }
 
 struct Ctx {
-    pg: tokio_postgres::Config,
+    pg: Connector,
     tz: Tz,
     mode: Mode,
     replica: Option<ReplicaSettings>,
@@ -374,8 +375,8 @@ fn failed(symbol: &str, error: &IndicatorError) -> RunSummary {
 }
 
 /// A connection of the job's own: session settings and staging tables in place.
-async fn connect(pg: &tokio_postgres::Config) -> Result<Client, IndicatorError> {
-    let client = crate::db::connect(pg).await?;
+async fn connect(pg: &Connector) -> Result<Client, IndicatorError> {
+    let client = pg.connect().await?;
     client
         .batch_execute(store::SESSION_SETTINGS_SQL)
         .await

@@ -35,27 +35,28 @@ use tokio_postgres::{Client, Transaction};
 
 use super::store::{self, RawBar};
 use super::IndicatorError;
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
 use crate::core::Backoff;
+use crate::db::{Connector, DbError};
 
 /// Where and how long to wait: from `database.replica_url` and `indicators.replica_max_wait_ms`.
 #[derive(Debug, Clone)]
 pub struct ReplicaSettings {
-    pub pg: tokio_postgres::Config,
+    pub pg: Connector,
     /// The primary, for the connection that commits a WAL flush.
-    pub primary: tokio_postgres::Config,
+    pub primary: Connector,
     pub max_wait: Duration,
 }
 
 impl ReplicaSettings {
     /// None when no replica is configured.
-    pub fn from_config(config: &Config) -> Result<Option<ReplicaSettings>, ConfigError> {
-        let Some(pg) = config.database.replica_pg_config()? else {
+    pub fn from_config(config: &Config) -> Result<Option<ReplicaSettings>, DbError> {
+        let Some(pg) = Connector::replica(&config.database)? else {
             return Ok(None);
         };
         Ok(Some(ReplicaSettings {
             pg,
-            primary: config.pg_config()?,
+            primary: Connector::primary(&config.database)?,
             max_wait: Duration::from_millis(config.indicators.replica_max_wait_ms),
         }))
     }
@@ -303,7 +304,7 @@ impl Reader {
     /// gets there as soon as anyone commits, or the wait runs out.
     async fn flush(&mut self) {
         if self.flusher.as_ref().is_none_or(Client::is_closed) {
-            self.flusher = match crate::db::connect(&self.settings.primary).await {
+            self.flusher = match self.settings.primary.connect().await {
                 Ok(c) => match c.batch_execute(FLUSH_SESSION_SQL).await {
                     Ok(()) => Some(c),
                     Err(e) => {
@@ -376,8 +377,8 @@ impl Reader {
 }
 
 /// A replica connection, configured like the job's own, and what kind of server it reached.
-async fn open(pg: &tokio_postgres::Config) -> Result<Replica, Fallback> {
-    let client = crate::db::connect(pg).await.map_err(Fallback::Connect)?;
+async fn open(pg: &Connector) -> Result<Replica, Fallback> {
+    let client = pg.connect().await.map_err(Fallback::Connect)?;
     client
         .batch_execute(store::SESSION_SETTINGS_SQL)
         .await

@@ -20,6 +20,7 @@ use super::job::{self, JobSettings, Mode, RunSummary, Selection};
 use super::replica::ReplicaSettings;
 use super::IndicatorError;
 use crate::config::Config;
+use crate::db::Connector;
 
 /// Session advisory lock of the scheduled run ("tsindrun"), so that it happens once across
 /// instances. Bigint-keyed, unlike the per-symbol locks, so the two never collide.
@@ -43,7 +44,7 @@ const LOCKED_RETRIES: u32 = 5;
 /// Everything the scheduler needs, resolved from the configuration.
 #[derive(Debug, Clone)]
 pub(crate) struct SchedulerSettings {
-    pub pg: tokio_postgres::Config,
+    pub pg: Connector,
     pub job: JobSettings,
     /// For logs and errors.
     pub schedule: String,
@@ -59,7 +60,7 @@ impl SchedulerSettings {
     /// exchange's calendar, America/New_York by default).
     pub(crate) fn from_config(config: &Config) -> Result<Self, IndicatorError> {
         Ok(SchedulerSettings {
-            pg: config.pg_config()?,
+            pg: Connector::primary(&config.database)?,
             job: JobSettings {
                 bar_timezone: config.exchange_tz()?,
                 replica: ReplicaSettings::from_config(config)?,
@@ -177,7 +178,7 @@ fn next_occurrence(
 /// flight rolls back with its connection).
 async fn scheduled_run(settings: &SchedulerSettings, shutdown: &CancellationToken, trigger: &str) {
     let run = async {
-        let client = crate::db::connect(&settings.pg).await?;
+        let client = settings.pg.connect().await?;
         let got: bool = client
             .query_one(TRY_RUN_LOCK_SQL, &[&SCHEDULED_RUN_LOCK_KEY])
             .await

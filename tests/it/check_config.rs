@@ -388,3 +388,40 @@ fn the_fatal_line_is_json_under_log_format_json() {
         "{line}"
     );
 }
+
+/// What a TLS connection would refuse, check-config refuses first, naming the key: an unknown
+/// sslmode, verify-full without a CA, an unreadable CA (a relative path looked up in
+/// `$CREDENTIALS_DIRECTORY`), a client key without its certificate.
+#[test]
+fn postgres_tls_settings_are_checked() {
+    let o = check_config(
+        None,
+        &[("DATABASE_URL", "postgres://a@db/t?sslmode=sometimes")],
+    );
+    assert_rejected(&o, "database.url");
+    let o = check_config(
+        None,
+        &[("DATABASE_URL", "postgres://a@db/t?sslmode=verify-full")],
+    );
+    assert_rejected(&o, "database.url");
+    let o = check_config(
+        Some("[database]\ntls_ca_file = \"pg-ca.pem\"\n"),
+        &[("CREDENTIALS_DIRECTORY", "/nonexistent-creds")],
+    );
+    assert_rejected(&o, "database.tls_ca_file");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("/nonexistent-creds/pg-ca.pem"), "{stderr}");
+    let o = check_config(
+        Some("[database]\ntls_key_file = \"/etc/pg-client.key\"\n"),
+        &[],
+    );
+    assert_rejected(&o, "database.tls_key_file");
+    let o = check_config(
+        None,
+        &[(
+            "DATABASE_URL",
+            "postgres://a@db/t?sslmode=verify-full&sslrootcert=system",
+        )],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -17,6 +17,7 @@ use rust_decimal::prelude::*;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use trading_sync::config::{Config, DatabaseConfig};
+use trading_sync::db::Connector;
 use trading_sync::indicators::job::{self, JobSettings, Mode, RunSummary, Selection};
 use trading_sync::indicators::replica::ReplicaSettings;
 
@@ -181,7 +182,7 @@ async fn assert_computed(client: &Client, dump: &[String], changed: bool) {
     );
 }
 
-async fn run(pg: &tokio_postgres::Config, replica: Option<ReplicaSettings>) -> RunSummary {
+async fn run(pg: &Connector, replica: Option<ReplicaSettings>) -> RunSummary {
     let s = job::run_once(
         pg,
         &settings(replica),
@@ -205,14 +206,21 @@ fn outcome(s: &RunSummary) -> RunSummary {
     }
 }
 
-fn replica(url: &str, primary: &tokio_postgres::Config, max_wait: Duration) -> ReplicaSettings {
-    let mut pg = tokio_postgres::Config::from_str(url).unwrap();
-    pg.application_name("trading-sync");
+fn replica(url: &str, primary: &Connector, max_wait: Duration) -> ReplicaSettings {
     ReplicaSettings {
-        pg,
+        pg: connector(url),
         primary: primary.clone(),
         max_wait,
     }
+}
+
+/// The daemon's way to `url`, as built from `database.url`.
+fn connector(url: &str) -> Connector {
+    Connector::primary(&DatabaseConfig {
+        url: url.into(),
+        ..DatabaseConfig::default()
+    })
+    .unwrap()
 }
 
 /// The process's metrics, rendered as Prometheus text: the library's one recorder, shared with
@@ -276,12 +284,12 @@ async fn replica_url_naming_the_primary_itself_gives_identical_results() {
     let replica = ReplicaSettings::from_config(&config)
         .unwrap()
         .expect("replica settings");
-    let pg = config.pg_config().unwrap();
+    let pg = Connector::primary(&config.database).unwrap();
     for db in [&plain, &read_here] {
         write_history(&db.client).await;
     }
 
-    let base = run(&plain.config().pg_config().unwrap(), None).await;
+    let base = run(&Connector::primary(&plain.config()).unwrap(), None).await;
     let got = run(&pg, Some(replica.clone())).await;
     assert_eq!(outcome(&got), outcome(&base));
     // Five symbols from scratch, two per chunk: three chunks, each read on the "replica".
@@ -294,7 +302,7 @@ async fn replica_url_naming_the_primary_itself_gives_identical_results() {
     for db in [&plain, &read_here] {
         write_changes(&db.client).await;
     }
-    let base = run(&plain.config().pg_config().unwrap(), None).await;
+    let base = run(&Connector::primary(&plain.config()).unwrap(), None).await;
     let got = run(&pg, Some(replica.clone())).await;
     assert_eq!(outcome(&got), outcome(&base));
     assert_eq!(
@@ -322,7 +330,7 @@ async fn unreachable_replica_falls_back_to_the_primary_and_says_so() {
     for db in [&plain, &db] {
         write_history(&db.client).await;
     }
-    let pg = db.config().pg_config().unwrap();
+    let pg = Connector::primary(&db.config()).unwrap();
     // Port 1: connection refused at once.
     let unreachable = replica(
         &format!("postgres://postgres@127.0.0.1:1/{}", db.name),
@@ -336,7 +344,7 @@ async fn unreachable_replica_falls_back_to_the_primary_and_says_so() {
         let _guard = tracing::subscriber::set_default(warnings(&logs));
         run(&pg, Some(unreachable)).await
     };
-    let base = run(&plain.config().pg_config().unwrap(), None).await;
+    let base = run(&Connector::primary(&plain.config()).unwrap(), None).await;
     assert_eq!(outcome(&got), outcome(&base));
     assert_eq!(
         (got.replica_reads, got.replica_fallbacks),
@@ -521,9 +529,9 @@ async fn streaming_replica_is_read_only_after_replaying_the_chunks_changes() {
     pair.start_standby();
     let standby_url = pair.url(pair.standby_port, "trading");
     let (primary, standby) = (connect(&primary_url).await, connect(&standby_url).await);
-    let pg = tokio_postgres::Config::from_str(&primary_url).unwrap();
+    let pg = connector(&primary_url);
     let plain = TestDb::new().await;
-    let plain_pg = plain.config().pg_config().unwrap();
+    let plain_pg = Connector::primary(&plain.config()).unwrap();
 
     // A standby that has not replayed the bars: every chunk waits, then reads the primary.
     standby

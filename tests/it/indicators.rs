@@ -197,7 +197,7 @@ fn settings() -> JobSettings {
 }
 
 async fn run(db: &TestDb, selection: Selection, mode: Mode) -> RunSummary {
-    let pg = db.config().pg_config().unwrap();
+    let pg = trading_sync::db::Connector::primary(&db.config()).unwrap();
     let summary = job::run_once(
         &pg,
         &settings(),
@@ -705,8 +705,8 @@ async fn the_job_runs_within_the_trading_sync_role() {
     insert_bars(&db, "PRIV", "yahoo", &bars[..70]).await;
     let login = common::LoginRole::create("trading_sync").await;
     let run_as = |login: String| {
-        let mut pg = db.config().pg_config().unwrap();
-        pg.user(&login);
+        let mut pg = trading_sync::db::Connector::primary(&db.config()).unwrap();
+        pg.config_mut().user(&login);
         async move {
             job::run_once(
                 &pg,

@@ -20,4 +20,5 @@ mod refusals;
 mod schema;
 mod streams;
 mod sync;
+mod tls;
 mod verify;

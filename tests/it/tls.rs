@@ -1,0 +1,506 @@
+//! PostgreSQL over TLS against a private server the test starts: `initdb` in a temp dir,
+//! `ssl = on` with a CA and server certificate made here with `openssl`, and a `hostssl`-only
+//! pg_hba. `migrate` and the daemon work with `sslmode=verify-full`; the wrong CA, a host name
+//! the certificate does not name, and `sslmode=disable` each stop with a message saying so.
+//!
+//! The server certificate names `localhost` only (no IP address), so connecting to
+//! `127.0.0.1` is the name mismatch.
+
+use crate::common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use loadgen::generate::MessageKind;
+use tokio_util::sync::CancellationToken;
+use trading_sync::config::{Config, DatabaseConfig};
+use trading_sync::db::Connector;
+
+use common::process::{command, free_port};
+use common::{eventually, publish_counted, redis_url, unique_name};
+
+/// A private PostgreSQL that accepts TLS connections only; stopped and removed on drop.
+struct TlsServer {
+    dir: PathBuf,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl TlsServer {
+    /// None, with the reason printed, when initdb, openssl or the postgres user is missing.
+    fn start() -> Option<TlsServer> {
+        let bin = ["/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin"]
+            .iter()
+            .map(PathBuf::from)
+            .chain(std::env::var_os("PG_BINDIR").map(PathBuf::from))
+            .find(|dir| dir.join("initdb").exists() && dir.join("pg_ctl").exists());
+        let Some(bin) = bin else {
+            eprintln!("skipped: no initdb/pg_ctl (set PG_BINDIR)");
+            return None;
+        };
+        if Command::new("openssl").arg("version").output().is_err() {
+            eprintln!("skipped: no openssl to make the certificates with");
+            return None;
+        }
+        if is_root()
+            && !Command::new("id")
+                .arg("postgres")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        {
+            eprintln!("skipped: running as root, and no `postgres` user to run the server as");
+            return None;
+        }
+        let dir = std::env::temp_dir().join(unique_name("ts_tls"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let server = TlsServer {
+            dir,
+            bin,
+            port: free_port(),
+        };
+        server.make_certificates();
+        if is_root() {
+            // The server refuses to run as root; it runs as postgres, which must own its files
+            // (and its key must be private to it).
+            sh(Command::new("chown")
+                .arg("-R")
+                .arg("postgres")
+                .arg(&server.dir));
+        }
+        let data = server.dir.join("data");
+        sh(server
+            .as_server("initdb")
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(&data));
+        let conf = format!(
+            "ssl = on\nssl_cert_file = '{0}/server.crt'\nssl_key_file = '{0}/server.key'\n\
+             ssl_ca_file = '{0}/ca.crt'\nlisten_addresses = '127.0.0.1'\nfsync = off\nmax_connections = 30\n",
+            server.dir.display()
+        );
+        append(&data.join("postgresql.conf"), &conf);
+        // TLS or nothing: without a `host` line, a plain connection finds no entry. The role
+        // certuser must also show a client certificate issued to it by the CA.
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\n\
+             hostssl all certuser 127.0.0.1/32 trust clientcert=verify-full\n\
+             hostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n",
+        )
+        .unwrap();
+        let options = format!("-p {} -k {}", server.port, server.dir.display());
+        sh(server
+            .as_server("pg_ctl")
+            .args(["-w", "-o", &options, "-l"])
+            .arg(server.dir.join("server.log"))
+            .arg("-D")
+            .arg(&data)
+            .arg("start"));
+        Some(server)
+    }
+
+    /// A CA, a server certificate it signed for `localhost`, and a second CA that signed
+    /// nothing (the wrong one).
+    fn make_certificates(&self) {
+        let openssl = |args: &[&str]| {
+            sh(Command::new("openssl").args(args).current_dir(&self.dir));
+        };
+        for ca in ["ca", "other-ca"] {
+            openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.crt"),
+                "-subj",
+                &format!("/CN=trading-sync test {ca}"),
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ]);
+        }
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        std::fs::write(
+            self.dir.join("server.ext"),
+            "subjectAltName = DNS:localhost\nbasicConstraints = CA:FALSE\n\
+             keyUsage = digitalSignature, keyEncipherment\nextendedKeyUsage = serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.crt",
+        ]);
+        // A client certificate for the role certuser, signed by the same CA. X.509 v3 (an
+        // extension file): rustls refuses v1 certificates.
+        std::fs::write(
+            self.dir.join("client.ext"),
+            "basicConstraints = CA:FALSE\nextendedKeyUsage = clientAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "client.key",
+            "-out",
+            "client.csr",
+            "-subj",
+            "/CN=certuser",
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "client.ext",
+            "-out",
+            "client.crt",
+        ]);
+        sh(Command::new("chmod")
+            .arg("600")
+            .arg(self.dir.join("server.key")));
+        // The other files are read by the test's own processes and by the server.
+        sh(Command::new("chmod").arg("755").arg(&self.dir));
+    }
+
+    fn as_server(&self, tool: &str) -> Command {
+        let path = self.bin.join(tool);
+        if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            Command::new(path)
+        }
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    /// `postgres://postgres@HOST:PORT/trading?QUERY`.
+    fn url(&self, host: &str, query: &str) -> String {
+        format!("postgres://postgres@{host}:{}/trading?{query}", self.port)
+    }
+
+    fn verify_full(&self) -> String {
+        self.url(
+            "localhost",
+            &format!("sslmode=verify-full&sslrootcert={}", self.file("ca.crt")),
+        )
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let data = self.dir.join("data");
+        if data.join("postmaster.pid").exists() {
+            let _ = self
+                .as_server("pg_ctl")
+                .args(["-m", "immediate", "-D"])
+                .arg(&data)
+                .arg("stop")
+                .output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+fn sh(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn append(path: &Path, text: &str) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+}
+
+/// `migrate` creates and migrates the database over verify-full; the daemon applies a workload
+/// over it (the writer's connection, the pool and the startup check all through TLS); the
+/// server confirms the sessions were encrypted.
+#[tokio::test]
+async fn migrate_and_the_daemon_work_over_verify_full() {
+    let Some(server) = TlsServer::start() else {
+        return;
+    };
+    let url = server.verify_full();
+    let (code, stdout, stderr) = command(&url, &["migrate"], &[]);
+    assert_eq!(code, 0, "migrate over TLS: {stdout}{stderr}");
+
+    let mut config = Config {
+        database: DatabaseConfig {
+            url: url.clone(),
+            ..DatabaseConfig::default()
+        },
+        ..Config::default()
+    };
+    config.redis.url = redis_url();
+    config.redis.channel_prefix = unique_name("ts_tls");
+    config.indicators.enabled = false;
+    config.http.enabled = false;
+    config.maintenance.enabled = false;
+    config.log.summary_interval_secs = 0;
+    let daemon = trading_sync::daemon::Daemon::build(&config)
+        .await
+        .unwrap_or_else(|e| panic!("the daemon did not start over TLS: {e:#}"));
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(daemon.run_until_stopped(shutdown.clone()));
+
+    let (messages, _) = loadgen::generate::workload(12, 200, 0.0);
+    let trades = messages
+        .iter()
+        .filter(|m| matches!(m.kind, MessageKind::Trade { .. }))
+        .count() as i64;
+    let mut redis = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let receivers = publish_counted(&mut redis, &config.redis.channel_prefix, &messages, 100)
+        .await
+        .expect("publish");
+    assert!(
+        receivers.iter().all(|&n| n == 1),
+        "a message had no subscriber"
+    );
+
+    let client = Connector::primary(&config.database)
+        .unwrap()
+        .connect()
+        .await
+        .expect("a connection over verify-full");
+    eventually(
+        "every trade in the ledger",
+        Duration::from_secs(30),
+        || async {
+            let n: i64 = client
+                .query_one("SELECT count(*) FROM analytics.applied_trades", &[])
+                .await
+                .unwrap()
+                .get(0);
+            (n == trades).then_some(())
+        },
+    )
+    .await;
+    let encrypted: bool = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(encrypted);
+    shutdown.cancel();
+    handle.await.unwrap().expect("the daemon stopped cleanly");
+}
+
+/// Each refusal stops the command with the reason in words.
+#[tokio::test]
+async fn tls_failures_say_why() {
+    let Some(server) = TlsServer::start() else {
+        return;
+    };
+    let wrong_ca = server.url(
+        "localhost",
+        &format!(
+            "sslmode=verify-full&sslrootcert={}",
+            server.file("other-ca.crt")
+        ),
+    );
+    let mismatch = server.url(
+        "127.0.0.1",
+        &format!("sslmode=verify-full&sslrootcert={}", server.file("ca.crt")),
+    );
+    let plain = server.url("localhost", "sslmode=disable");
+    for (what, url, command_name, want) in [
+        ("wrong CA", wrong_ca, "run", "unknown CA"),
+        (
+            "wrong CA",
+            server.url(
+                "localhost",
+                &format!(
+                    "sslmode=verify-ca&sslrootcert={}",
+                    server.file("other-ca.crt")
+                ),
+            ),
+            "migrate",
+            "unknown CA",
+        ),
+        (
+            "name mismatch",
+            mismatch.clone(),
+            "migrate",
+            "does not match the host name",
+        ),
+        (
+            "sslmode=disable",
+            plain,
+            "run",
+            "accepts TLS connections only",
+        ),
+    ] {
+        let (code, stdout, stderr) = command(&url, &[command_name], &[]);
+        assert_ne!(
+            code, 0,
+            "{what}: {command_name} succeeded: {stdout}{stderr}"
+        );
+        // The server is named, as host:port.
+        let named = stderr.contains(&format!(":{} ", server.port))
+            || stderr.contains(&format!(":{}:", server.port));
+        assert!(
+            stderr.contains(want) && named,
+            "{what}: {command_name} said: {stderr}"
+        );
+    }
+    // verify-ca does not check the name: the same mismatch connects.
+    let verify_ca = mismatch.replace("verify-full", "verify-ca");
+    let (code, stdout, stderr) = command(&verify_ca, &["migrate"], &[]);
+    assert_eq!(code, 0, "verify-ca ignores the host name: {stdout}{stderr}");
+    // require without a root certificate: encrypted, not verified (libpq's meaning).
+    let require = server.url("127.0.0.1", "sslmode=require");
+    let (code, stdout, stderr) = command(&require, &["migrate"], &[]);
+    assert_eq!(code, 0, "require does not verify: {stdout}{stderr}");
+}
+
+/// A server that asks certuser for a client certificate: refused without one, accepted with
+/// `sslcert`/`sslkey` in the URL or with `database.tls_cert_file`/`tls_key_file`.
+#[tokio::test]
+async fn client_certificates_from_the_url_or_the_keys() {
+    let Some(server) = TlsServer::start() else {
+        return;
+    };
+    let (code, stdout, stderr) = command(&server.verify_full(), &["migrate"], &[]);
+    assert_eq!(code, 0, "migrate over TLS: {stdout}{stderr}");
+    let admin = Connector::primary(&DatabaseConfig {
+        url: server.verify_full(),
+        ..DatabaseConfig::default()
+    })
+    .unwrap()
+    .connect()
+    .await
+    .unwrap();
+    admin
+        .batch_execute("CREATE ROLE certuser LOGIN SUPERUSER")
+        .await
+        .unwrap();
+    let as_certuser = server.verify_full().replace("postgres@", "certuser@");
+
+    let without = DatabaseConfig {
+        url: as_certuser.clone(),
+        ..DatabaseConfig::default()
+    };
+    let Err(refused) = Connector::primary(&without).unwrap().connect().await else {
+        panic!("certuser connected without a certificate");
+    };
+    assert!(refused.to_string().contains("certificate"), "{refused}");
+
+    let in_url = DatabaseConfig {
+        url: format!(
+            "{as_certuser}&sslcert={}&sslkey={}",
+            server.file("client.crt"),
+            server.file("client.key")
+        ),
+        ..DatabaseConfig::default()
+    };
+    let in_keys = DatabaseConfig {
+        url: as_certuser,
+        tls_cert_file: Some(server.file("client.crt").into()),
+        tls_key_file: Some(server.file("client.key").into()),
+        ..DatabaseConfig::default()
+    };
+    for config in [in_url, in_keys] {
+        let client = Connector::primary(&config)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("certuser with its certificate: {e}"));
+        let user: String = client
+            .query_one("SELECT current_user::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(user, "certuser");
+    }
+}
+
+/// `sslmode=require` against a server that answers "no TLS" to the SSLRequest (a stand-in
+/// that speaks just that much of the protocol): refused, and said so; `prefer` would go on in
+/// plain text, so it is not tried here.
+#[tokio::test]
+async fn require_against_a_server_without_tls_says_so() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = [0u8; 8];
+        socket.read_exact(&mut request).await.unwrap();
+        socket.write_all(b"N").await.unwrap();
+    });
+    let config = DatabaseConfig {
+        url: format!("postgres://postgres@127.0.0.1:{port}/trading?sslmode=require"),
+        ..DatabaseConfig::default()
+    };
+    let Err(refused) = Connector::primary(&config).unwrap().connect().await else {
+        panic!("connected without TLS under sslmode=require");
+    };
+    let text = refused.to_string();
+    assert!(
+        text.contains("does not offer TLS") && text.contains(&format!("127.0.0.1:{port}")),
+        "{text}"
+    );
+}
