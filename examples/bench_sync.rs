@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use loadgen::{Expected, Generator, Message, MessageKind, Report, Spec};
-use tokio_postgres::NoTls;
 use trading_sync::apply::fold;
 use trading_sync::apply::store::{self, Statements};
 use trading_sync::config::DatabaseConfig;
@@ -401,12 +400,19 @@ fn loss(report: &Report) -> String {
     )
 }
 
+/// Through the daemon's own connector, so the bench's connections honour the URL's `sslmode`
+/// (and the ceiling pays for TLS when the daemon does).
 async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
+    let config = trading_sync::config::DatabaseConfig {
+        url: url.to_owned(),
+        ..Default::default()
+    };
+    let connector = trading_sync::db::Connector::primary(&config)
+        .with_context(|| format!("--database-url {url}"))?;
+    connector
+        .connect()
         .await
-        .with_context(|| format!("cannot connect to {url}"))?;
-    tokio::spawn(connection);
-    Ok(client)
+        .with_context(|| format!("cannot connect to {url}"))
 }
 
 fn database_url(admin: &str, database: &str) -> anyhow::Result<String> {
