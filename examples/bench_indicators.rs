@@ -96,12 +96,18 @@ fn url_of(database: &str) -> anyhow::Result<String> {
     Ok(url.to_string())
 }
 
+/// Through the daemon's own connector, so the URL's `sslmode` is honoured.
 async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    let config = trading_sync::config::DatabaseConfig {
+        url: url.to_owned(),
+        ..Default::default()
+    };
+    let connector = trading_sync::db::Connector::primary(&config)
+        .with_context(|| format!("the database URL {url}"))?;
+    connector
+        .connect()
         .await
-        .with_context(|| format!("connecting to {url}"))?;
-    tokio::spawn(conn);
-    Ok(client)
+        .with_context(|| format!("connecting to {url}"))
 }
 
 /// Drops the bench database however the bench ends.

@@ -15,8 +15,14 @@ async fn main() -> anyhow::Result<()> {
         .map(|n| n.parse())
         .transpose()?
         .unwrap_or(20);
-    let (mut client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-    tokio::spawn(connection);
+    // Through the daemon's own connector, so the URL's `sslmode` is honoured.
+    let config = trading_sync::config::DatabaseConfig {
+        url,
+        ..Default::default()
+    };
+    let mut client = trading_sync::db::Connector::primary(&config)?
+        .connect()
+        .await?;
     let prepared = Prepared::prepare(&client).await?;
     let settings = Settings {
         grace: Duration::ZERO,
