@@ -4,7 +4,6 @@
 
 use crate::common;
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::str::FromStr;
@@ -21,7 +20,7 @@ use trading_sync::db::Connector;
 use trading_sync::indicators::job::{self, JobSettings, Mode, RunSummary, Selection};
 use trading_sync::indicators::replica::ReplicaSettings;
 
-use common::process::free_port;
+use common::process::{free_port, is_root, sh};
 use common::{connect, eventually, unique_name, TestDb};
 
 /// Symbols and their bar counts: a long series, shorter ones, one too short for most columns.
@@ -498,20 +497,6 @@ fn pg_bindir() -> Option<PathBuf> {
             .iter()
             .all(|t| dir.join(t).exists())
     })
-}
-
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
-
-fn sh(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[tokio::test]

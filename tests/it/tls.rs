@@ -8,7 +8,6 @@
 
 use crate::common;
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -18,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use trading_sync::config::{Config, DatabaseConfig};
 use trading_sync::db::Connector;
 
-use common::process::{command, free_port};
+use common::process::{command, free_port, is_root, sh};
 use common::{eventually, publish_counted, redis_url, unique_name};
 
 /// A private PostgreSQL that accepts TLS connections only; stopped and removed on drop.
@@ -246,20 +245,6 @@ impl Drop for TlsServer {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
-
-fn sh(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn append(path: &Path, text: &str) {

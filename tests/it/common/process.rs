@@ -253,3 +253,20 @@ pub fn command(database_url: &str, args: &[&str], env: &[(&str, &str)]) -> (i32,
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Whether the tests run as root: a private PostgreSQL must then run as the postgres user.
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// Runs a setup command (initdb, openssl, pg_ctl …), panicking with its output if it fails.
+pub fn sh(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
