@@ -126,77 +126,46 @@ impl TlsServer {
                 "keyUsage=critical,keyCertSign,cRLSign",
             ]);
         }
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
+        // A key and a certificate the CA signs, X.509 v3 (an extension file): rustls refuses v1
+        // certificates.
+        let issue = |name: &str, subject: &str, extensions: &str| {
+            std::fs::write(self.dir.join(format!("{name}.ext")), extensions).unwrap();
+            let (key, csr) = (format!("{name}.key"), format!("{name}.csr"));
+            let (ext, crt) = (format!("{name}.ext"), format!("{name}.crt"));
+            openssl(&[
+                "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj",
+                subject,
+            ]);
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+                "-out",
+                &crt,
+            ]);
+        };
+        issue(
+            "server",
             "/CN=localhost",
-        ]);
-        std::fs::write(
-            self.dir.join("server.ext"),
             "subjectAltName = DNS:localhost\nbasicConstraints = CA:FALSE\n\
              keyUsage = digitalSignature, keyEncipherment\nextendedKeyUsage = serverAuth\n",
-        )
-        .unwrap();
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-            "-out",
-            "server.crt",
-        ]);
-        // A client certificate for the role certuser, signed by the same CA. X.509 v3 (an
-        // extension file): rustls refuses v1 certificates.
-        std::fs::write(
-            self.dir.join("client.ext"),
-            "basicConstraints = CA:FALSE\nextendedKeyUsage = clientAuth\n",
-        )
-        .unwrap();
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "client.key",
-            "-out",
-            "client.csr",
-            "-subj",
+        );
+        // A client certificate for the role certuser, signed by the same CA.
+        issue(
+            "client",
             "/CN=certuser",
-        ]);
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "client.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "client.ext",
-            "-out",
-            "client.crt",
-        ]);
+            "basicConstraints = CA:FALSE\nextendedKeyUsage = clientAuth\n",
+        );
         sh(Command::new("chmod")
             .arg("600")
             .arg(self.dir.join("server.key")));
