@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 pub use self::database::{DatabaseConfig, PgTarget};
 pub use self::jobs::{IndicatorsConfig, MaintenanceConfig, ReconcileConfig};
 pub use self::observability::{HttpConfig, LogConfig, LogFormat};
-pub use self::redis::RedisConfig;
+pub use self::redis::{RedisConfig, RedisEndpoint};
 pub use self::secrets::{mask_secrets, mask_url};
 pub use self::sync::SyncConfig;
 pub use self::tls::{ClientIdentity, Roots, SslMode, TlsSettings, Verify};

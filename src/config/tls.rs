@@ -151,7 +151,7 @@ fn decode(value: &str) -> String {
         .into_owned()
 }
 
-/// The `database.tls_*_file` keys, applied where the URL does not say otherwise.
+/// The `*.tls_*_file` keys; for PostgreSQL, applied where the URL does not say otherwise.
 pub(super) struct TlsFiles<'a> {
     pub ca: Option<&'a Path>,
     pub cert: Option<&'a Path>,
@@ -234,30 +234,83 @@ pub(super) fn settings(
                  database.tls_cert_file",
             ))
         }
-        (Some(cert), Some(key_file)) => {
-            let key = Arc::new(private_key(&key_file)?);
-            let chain = certificates(&cert)?;
-            // What rustls checks when the client is built: an X.509 v3 certificate whose public
-            // key is the key's (run would refuse anything else).
-            let provider = rustls::crypto::ring::default_provider();
-            rustls::sign::CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider)
-                .map_err(|e| {
-                    ConfigError::invalid(
-                        &cert.key,
-                        format!(
-                            "{} cannot be used with {}: {e}",
-                            resolve(&cert.path).display(),
-                            resolve(&key_file.path).display()
-                        ),
-                    )
-                })?;
-            Some(ClientIdentity { chain, key })
-        }
+        (Some(cert), Some(key_file)) => Some(client_identity(&cert, &key_file)?),
     };
     Ok(TlsSettings {
         mode,
         roots,
         client,
+    })
+}
+
+/// A certificate chain and its key, checked as rustls checks them when the client is built: an
+/// X.509 v3 certificate whose public key is the key's (run would refuse anything else).
+fn client_identity(cert: &Source, key_file: &Source) -> Result<ClientIdentity, ConfigError> {
+    let key = Arc::new(private_key(key_file)?);
+    let chain = certificates(cert)?;
+    let provider = rustls::crypto::ring::default_provider();
+    rustls::sign::CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider).map_err(
+        |e| {
+            ConfigError::invalid(
+                &cert.key,
+                format!(
+                    "{} cannot be used with {}: {e}",
+                    resolve(&cert.path).display(),
+                    resolve(&key_file.path).display()
+                ),
+            )
+        },
+    )?;
+    Ok(ClientIdentity { chain, key })
+}
+
+/// The `redis.tls_*_file` keys for a `rediss://` URL, checked as the PostgreSQL files are (PEM,
+/// a usable CA, an unencrypted key that matches its certificate), and handed on as the PEM
+/// bytes redis-rs takes. Without a CA file the operating system's roots are used.
+pub(super) fn redis_certificates(
+    files: &TlsFiles<'_>,
+) -> Result<::redis::TlsCertificates, ConfigError> {
+    let source = |key: &str, path: &Path| Source {
+        key: key.to_owned(),
+        path: path.to_owned(),
+    };
+    let root_cert = match files.ca {
+        None => None,
+        Some(path) => {
+            let ca = source("redis.tls_ca_file", path);
+            root_store(&ca)?;
+            Some(read(&ca)?.1)
+        }
+    };
+    let client_tls = match (files.cert, files.key) {
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(ConfigError::invalid(
+                "redis.tls_cert_file",
+                "a client certificate is set but no key: set redis.tls_key_file",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::invalid(
+                "redis.tls_key_file",
+                "a client key is set but no certificate: set redis.tls_cert_file",
+            ))
+        }
+        (Some(cert), Some(key)) => {
+            let (cert, key) = (
+                source("redis.tls_cert_file", cert),
+                source("redis.tls_key_file", key),
+            );
+            client_identity(&cert, &key)?;
+            Some(::redis::ClientTlsConfig {
+                client_cert: read(&cert)?.1,
+                client_key: read(&key)?.1,
+            })
+        }
+    };
+    Ok(::redis::TlsCertificates {
+        client_tls,
+        root_cert,
     })
 }
 

@@ -5,13 +5,15 @@
 //! - [`queue`]: the message as received and the byte-bounded queue between ingest and apply;
 //! - [`heartbeat`]: progress marks the watchdog and /readyz read;
 //! - [`health`]: each stage's liveness and lag counters;
-//! - [`Backoff`]: capped exponential backoff.
+//! - [`Backoff`]: capped exponential backoff;
+//! - [`tls`]: TLS failures said plainly, for PostgreSQL and Redis alike.
 
 mod backoff;
 mod channel;
 pub mod health;
 pub mod heartbeat;
 pub mod queue;
+pub mod tls;
 
 pub(crate) use backoff::Backoff;
 pub use channel::{ChannelKind, PerChannel};

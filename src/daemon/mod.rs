@@ -172,10 +172,10 @@ impl Daemon {
         };
 
         let queue = queue::queue(topology.queue_max_bytes, state.queue.clone());
-        let redis_url = config
+        let redis = config
             .redis
-            .effective_url()
-            .context("while reading redis.password_file")?;
+            .endpoint()
+            .context("while reading redis.password_file and the redis.tls_* files")?;
         let max_backoff = Duration::from_millis(config.redis.reconnect_max_backoff_ms);
         let edge = EdgeLimits {
             max_message_bytes: config.sync.max_message_bytes,
@@ -188,7 +188,7 @@ impl Daemon {
             let budget = topology.journal_buffer_max_bytes.unwrap_or_default();
             let (tx, rx) = queue::queue(budget, state.journal.buffer.clone());
             let appender = JournalAppender {
-                url: redis_url.clone(),
+                endpoint: redis.clone(),
                 key: key.clone(),
                 field: config.streams.field.clone(),
                 batch: config.journal.append_batch,
@@ -203,7 +203,7 @@ impl Daemon {
                 None => queue.0.clone(),
             };
             let source = PubSubSource {
-                url: redis_url.clone(),
+                endpoint: redis.clone(),
                 channels: topology.pubsub.clone(),
                 max_backoff,
                 connect_timeout: Duration::from_millis(config.database.connect_timeout_ms),
@@ -222,7 +222,7 @@ impl Daemon {
         let journal = journal.map(|(appender, _, buffer)| (appender, buffer));
         let streams = if topology.uses_streams() {
             let source = Arc::new(StreamSource {
-                url: redis_url,
+                endpoint: redis,
                 keys: topology.stream_keys.clone(),
                 settings: config.streams.clone(),
                 consumer: config.streams.consumer_name(),

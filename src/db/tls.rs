@@ -18,6 +18,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::config::{Roots, TlsSettings, Verify};
+use crate::core::tls::{reason, sources, TlsKeys};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -179,27 +180,30 @@ impl ServerCertVerifier for ChainOnly {
     }
 }
 
-/// Why a connection failed, with a TLS failure said plainly: rustls's error is found in the
-/// error's sources (tokio-rustls wraps it in an I/O error).
+/// The settings a PostgreSQL TLS failure's reason names.
+const POSTGRES_KEYS: TlsKeys = TlsKeys {
+    ca: "sslrootcert / database.tls_ca_file",
+    client_cert: "sslcert / database.tls_cert_file",
+};
+
+/// Why a connection failed, with a TLS failure said plainly.
 pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
     let text = super::error_text(error);
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = source {
+    for e in sources(error) {
         if let Some(rustls) = e.downcast_ref::<rustls::Error>() {
-            // rustls's own words follow in the error's source chain.
-            return reason(rustls);
+            let reason = reason(rustls, &POSTGRES_KEYS);
+            return match rustls {
+                rustls::Error::InvalidCertificate(
+                    CertificateError::NotValidForName
+                    | CertificateError::NotValidForNameContext { .. },
+                ) => format!("{reason}; sslmode=verify-full checks it"),
+                _ => reason,
+            };
         }
         // tokio-postgres's cause when the server answers the SSLRequest with "no".
         if e.to_string() == "server does not support TLS" {
             return "the server does not offer TLS, and sslmode requires it".into();
         }
-        source = match e
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-        {
-            Some(inner) => Some(inner),
-            None => e.source(),
-        };
     }
     // A server whose pg_hba.conf has only `hostssl` lines for us says "no encryption".
     if error.code() == Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
@@ -212,50 +216,9 @@ pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
     text
 }
 
-fn reason(error: &rustls::Error) -> String {
-    use CertificateError as C;
-    match error {
-        rustls::Error::InvalidCertificate(cert) => match cert {
-            C::UnknownIssuer => "the server's certificate is not trusted (unknown CA): it is not \
-                signed by a CA of sslrootcert / database.tls_ca_file"
-                .into(),
-            C::NotValidForName | C::NotValidForNameContext { .. } => {
-                "the server's certificate does not match the host name (name mismatch; \
-                 sslmode=verify-full checks it)"
-                    .into()
-            }
-            C::Expired | C::ExpiredContext { .. } => "the server's certificate has expired".into(),
-            C::NotValidYet | C::NotValidYetContext { .. } => {
-                "the server's certificate is not valid yet (check the clock)".into()
-            }
-            C::Revoked => "the server's certificate is revoked".into(),
-            C::BadSignature | C::BadEncoding => "the server's certificate is malformed".into(),
-            other => format!("the server's certificate is refused: {other:?}"),
-        },
-        rustls::Error::AlertReceived(alert) => format!(
-            "the server ended the TLS handshake ({alert:?}); it may require a client certificate \
-             (sslcert / database.tls_cert_file)"
-        ),
-        other => format!("TLS handshake failed: {other}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn certificate_errors_read_as_their_reason() {
-        let cases = [
-            (CertificateError::UnknownIssuer, "unknown CA"),
-            (CertificateError::NotValidForName, "name mismatch"),
-            (CertificateError::Expired, "expired"),
-        ];
-        for (error, want) in cases {
-            let text = reason(&rustls::Error::InvalidCertificate(error));
-            assert!(text.contains(want), "{text}");
-        }
-    }
 
     /// Every sslmode builds a client with the one compiled-in provider, nothing installed
     /// process-wide.

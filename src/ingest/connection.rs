@@ -1,7 +1,88 @@
-//! A Redis connection made on first use and dropped after any failure, so that the next use
-//! reconnects: the journal appender, the stream acker and the journal trim each hold one.
+//! Connecting to Redis: the errors said plainly, and a connection made on first use and dropped
+//! after any failure, so that the next use reconnects (the journal appender, the stream acker
+//! and the journal trim each hold one).
+
+use std::io::ErrorKind;
 
 use redis::aio::MultiplexedConnection;
+use redis::RedisError;
+
+use crate::config::RedisEndpoint;
+use crate::core::tls::{reason, rustls_error, TlsKeys};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("redis.url: {0}")]
+    Url(String),
+    #[error("cannot connect to Redis at {server}: {reason}")]
+    Connect {
+        /// The URL without its password.
+        server: String,
+        /// The cause in an operator's words (see [`describe`]); it includes the client's own
+        /// text where that says more, so `error` is not a chained source (it would print
+        /// twice).
+        reason: String,
+        error: RedisError,
+    },
+    #[error("cannot subscribe to {channel}: {source}")]
+    Subscribe {
+        channel: String,
+        #[source]
+        source: RedisError,
+    },
+}
+
+impl IngestError {
+    pub(crate) fn connect(endpoint: &RedisEndpoint, error: RedisError) -> IngestError {
+        IngestError::Connect {
+            server: endpoint.masked(),
+            reason: describe(endpoint, &error),
+            error,
+        }
+    }
+}
+
+/// The settings a Redis TLS failure's reason names.
+const REDIS_KEYS: TlsKeys = TlsKeys {
+    ca: "redis.tls_ca_file (or the system's roots when it is unset)",
+    client_cert: "redis.tls_cert_file",
+};
+
+/// Why connecting failed. A TLS server that requires a client certificate and gets none cuts
+/// the connection during or just after the handshake: the client sees only an EOF or a reset,
+/// so that is said for what it likely is.
+pub(crate) fn describe(endpoint: &RedisEndpoint, error: &RedisError) -> String {
+    if let Some(tls) = rustls_error(error) {
+        return reason(tls, &REDIS_KEYS);
+    }
+    let hung_up = error.is_connection_dropped()
+        || error.is_unrecoverable_error()
+            && matches!(error.kind(), redis::ErrorKind::Io)
+            && matches!(
+                io_kind(error),
+                Some(ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe)
+            );
+    // A plain Redis reads the ClientHello as the start of an inline command and waits for
+    // its end: the handshake never finishes.
+    if endpoint.uses_tls() && error.is_timeout() {
+        return format!(
+            "{error}: the TLS handshake got no answer; the server did not answer in TLS (is \
+             this its TLS port?)"
+        );
+    }
+    if endpoint.uses_tls() && !endpoint.has_client_certificate() && hung_up {
+        return format!(
+            "{error}; the server hung up during the TLS handshake: the server may require a \
+             client certificate (redis.tls_cert_file)"
+        );
+    }
+    error.to_string()
+}
+
+fn io_kind(error: &RedisError) -> Option<ErrorKind> {
+    crate::core::tls::sources(error)
+        .find_map(|e| e.downcast_ref::<std::io::Error>().map(|io| io.kind()))
+}
 
 /// See the module doc. A failed command may have left the connection in any state (a timed-out
 /// pipeline's replies may still arrive), so nothing is reused after an error.

@@ -31,6 +31,7 @@ use redis::{AsyncConnectionConfig, RedisResult, RetryMethod};
 use tokio_util::sync::CancellationToken;
 
 use super::connection::Reconnecting;
+use crate::config::RedisEndpoint;
 use crate::core::health::JournalHealth;
 use crate::core::Backoff;
 
@@ -72,7 +73,7 @@ pub struct JournalTrim {
 
 /// XADDs pub/sub messages to the journal stream.
 pub struct JournalAppender {
-    pub url: String,
+    pub endpoint: RedisEndpoint,
     pub key: Arc<str>,
     /// Entry field holding the payload (`streams.field`, so the reader finds it).
     pub field: String,
@@ -334,7 +335,8 @@ impl JournalAppender {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(10)));
-        redis::Client::open(self.url.as_str())?
+        self.endpoint
+            .client()?
             .get_multiplexed_async_connection_with_config(&config)
             .await
     }

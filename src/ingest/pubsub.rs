@@ -16,45 +16,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{PushInfo, PushKind, Value};
+use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 use tokio_util::sync::CancellationToken;
+
+use crate::config::RedisEndpoint;
 
 use crate::core::health::SubscriptionHealth;
 use crate::core::queue::{EdgeLimits, Inbound, QueueSender, Refused};
 use crate::core::ChannelKind;
 
-#[derive(Debug, thiserror::Error)]
-pub enum IngestError {
-    #[error("redis.url: {0}")]
-    Url(String),
-    #[error("cannot connect to Redis: {0}")]
-    Connect(#[source] redis::RedisError),
-    #[error("cannot subscribe to {channel}: {source}")]
-    Subscribe {
-        channel: String,
-        #[source]
-        source: redis::RedisError,
-    },
-}
-
-/// Forces RESP3: pushes (and so automatic resubscription) exist only there.
-pub fn resp3_url(url: &str) -> Result<String, IngestError> {
-    let mut parsed = url::Url::parse(url).map_err(|e| IngestError::Url(e.to_string()))?;
-    let others: Vec<(String, String)> = parsed
-        .query_pairs()
-        .filter(|(k, _)| k != "protocol")
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    parsed
-        .query_pairs_mut()
-        .clear()
-        .extend_pairs(others)
-        .append_pair("protocol", "resp3");
-    Ok(parsed.to_string())
-}
+use super::connection::IngestError;
 
 pub struct PubSubSource {
-    pub url: String,
+    pub endpoint: RedisEndpoint,
     /// The channels subscribed to (those configured for pub/sub).
     pub channels: Vec<(String, ChannelKind)>,
     pub max_backoff: Duration,
@@ -71,7 +45,14 @@ impl PubSubSource {
     /// URL or password stops the daemon at startup with the cause.
     pub async fn connect(&self, queue: QueueSender) -> Result<ConnectionManager, IngestError> {
         let channels = self.channels.clone();
-        let client = redis::Client::open(resp3_url(&self.url)?).map_err(IngestError::Connect)?;
+        // Pushes, and so automatic resubscription, exist only in RESP3.
+        let endpoint = self
+            .endpoint
+            .resp3()
+            .map_err(|e| IngestError::Url(e.to_string()))?;
+        let client = endpoint
+            .client()
+            .map_err(|e| IngestError::connect(&self.endpoint, e))?;
         let sender = push_handler(
             queue,
             channels.clone(),
@@ -85,9 +66,17 @@ impl PubSubSource {
             .set_connection_timeout(Some(self.connect_timeout))
             .set_max_delay(self.max_backoff)
             .set_min_delay(Duration::from_millis(50));
+        // One attempt first: the manager retries its first connection several times with
+        // backoff (40 s against a server that never answers the TLS handshake), and a wrong
+        // URL, password or certificate must stop startup at once, with its cause.
+        let probe = AsyncConnectionConfig::new().set_connection_timeout(Some(self.connect_timeout));
+        client
+            .get_multiplexed_async_connection_with_config(&probe)
+            .await
+            .map_err(|e| IngestError::connect(&self.endpoint, e))?;
         let mut manager = ConnectionManager::new_with_config(client, config)
             .await
-            .map_err(IngestError::Connect)?;
+            .map_err(|e| IngestError::connect(&self.endpoint, e))?;
         for (name, _) in &channels {
             manager
                 .subscribe(name)

@@ -23,10 +23,9 @@ use redis::{AsyncConnectionConfig, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::connection::Reconnecting;
+use super::connection::{IngestError, Reconnecting};
 use super::journal::{self, JournalTrim};
-use super::pubsub::IngestError;
-use crate::config::StreamsConfig;
+use crate::config::{RedisEndpoint, StreamsConfig};
 use crate::core::health::StreamHealth;
 use crate::core::Backoff;
 
@@ -48,7 +47,7 @@ pub enum KeyRole {
 }
 
 pub struct StreamSource {
-    pub url: String,
+    pub endpoint: RedisEndpoint,
     /// Stream keys read, with what each carries.
     pub keys: Vec<(Arc<str>, KeyRole)>,
     pub settings: StreamsConfig,
@@ -105,13 +104,16 @@ impl StreamSource {
         let mut conn = self.connection(false).await?;
         self.create_groups(&mut conn)
             .await
-            .map_err(IngestError::Connect)
+            .map_err(|e| IngestError::connect(&self.endpoint, e))
     }
 
     /// A connection of its own; a blocking one has no response timeout shorter than BLOCK
     /// (redis-rs's 500 ms default would fail every XREADGROUP BLOCK 2000).
     async fn connection(&self, blocking: bool) -> Result<MultiplexedConnection, IngestError> {
-        let client = redis::Client::open(self.url.as_str()).map_err(IngestError::Connect)?;
+        let client = self
+            .endpoint
+            .client()
+            .map_err(|e| IngestError::connect(&self.endpoint, e))?;
         let mut config =
             AsyncConnectionConfig::new().set_connection_timeout(Some(Duration::from_secs(5)));
         if blocking {
@@ -120,7 +122,7 @@ impl StreamSource {
         client
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .map_err(IngestError::Connect)
+            .map_err(|e| IngestError::connect(&self.endpoint, e))
     }
 
     async fn create_groups(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
@@ -184,7 +186,7 @@ impl StreamSource {
     async fn session(&self, queue: &QueueSender, shutdown: &CancellationToken) -> SessionEnd {
         let mut conn = match self.connection(true).await {
             Ok(c) => c,
-            Err(IngestError::Connect(e)) => return SessionEnd::Disconnected(e),
+            Err(IngestError::Connect { error, .. }) => return SessionEnd::Disconnected(error),
             Err(e) => {
                 return SessionEnd::Disconnected(redis::RedisError::from((
                     redis::ErrorKind::InvalidClientConfig,

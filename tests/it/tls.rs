@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use loadgen::generate::MessageKind;
 use tokio_util::sync::CancellationToken;
-use trading_sync::config::{Config, DatabaseConfig};
+use trading_sync::config::{Config, DatabaseConfig, RedisConfig};
 use trading_sync::db::Connector;
 
-use common::process::{command, free_port, is_root, sh};
+use common::process::{command, free_port, is_root, sh, PrivateRedis, RedisTlsFiles};
 use common::{eventually, publish_counted, redis_url, unique_name};
 
 /// A private PostgreSQL that accepts TLS connections only; stopped and removed on drop.
@@ -222,14 +222,48 @@ fn append(path: &Path, text: &str) {
     file.write_all(text.as_bytes()).unwrap();
 }
 
-/// `migrate` creates and migrates the database over verify-full; the daemon applies a workload
-/// over it (the writer's connection, the pool and the startup check all through TLS); the
-/// server confirms the sessions were encrypted.
+/// A Redis of the test's own on a TLS port only, requiring a client certificate, with the
+/// PostgreSQL server's CA and its `localhost` certificate.
+fn tls_redis(server: &TlsServer) -> PrivateRedis {
+    let (cert, key, ca) = (
+        server.dir.join("server.crt"),
+        server.dir.join("server.key"),
+        server.dir.join("ca.crt"),
+    );
+    PrivateRedis::start_tls(
+        free_port(),
+        &RedisTlsFiles {
+            cert: &cert,
+            key: &key,
+            ca: &ca,
+        },
+    )
+}
+
+/// The daemon's `[redis]` for `redis`, verifying it against the CA and showing the client
+/// certificate.
+fn tls_redis_config(server: &TlsServer, redis: &PrivateRedis) -> RedisConfig {
+    RedisConfig {
+        url: format!("rediss://localhost:{}/0", redis.port),
+        tls_ca_file: Some(server.dir.join("ca.crt")),
+        tls_cert_file: Some(server.dir.join("client.crt")),
+        tls_key_file: Some(server.dir.join("client.key")),
+        channel_prefix: unique_name("ts_tls"),
+        ..RedisConfig::default()
+    }
+}
+
+/// `migrate` creates and migrates the database over verify-full; the daemon applies a thousand
+/// trades with PostgreSQL and Redis both over TLS: the subscription, the journal's XADDs and the
+/// stream reader and acker on Redis; the writer's connection, the pool and the startup check on
+/// PostgreSQL, whose server confirms the sessions were encrypted.
 #[tokio::test]
-async fn migrate_and_the_daemon_work_over_verify_full() {
+async fn the_daemon_applies_trades_over_tls_to_both() {
     let Some(server) = TlsServer::start() else {
         return;
     };
+    let redis_server = tls_redis(&server);
+    redis_server.wait_up().await;
     let url = server.verify_full();
     let (code, stdout, stderr) = command(&url, &["migrate"], &[]);
     assert_eq!(code, 0, "migrate over TLS: {stdout}{stderr}");
@@ -239,10 +273,10 @@ async fn migrate_and_the_daemon_work_over_verify_full() {
             url: url.clone(),
             ..DatabaseConfig::default()
         },
+        redis: tls_redis_config(&server, &redis_server),
         ..Config::default()
     };
-    config.redis.url = redis_url();
-    config.redis.channel_prefix = unique_name("ts_tls");
+    config.transport.journal = true;
     config.indicators.enabled = false;
     config.http.enabled = false;
     config.maintenance.enabled = false;
@@ -253,16 +287,22 @@ async fn migrate_and_the_daemon_work_over_verify_full() {
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(daemon.run_until_stopped(shutdown.clone()));
 
-    let (messages, _) = loadgen::generate::workload(12, 200, 0.0);
+    let (messages, _) = loadgen::generate::workload(12, 1_200, 0.0);
     let trades = messages
         .iter()
         .filter(|m| matches!(m.kind, MessageKind::Trade { .. }))
         .count() as i64;
-    let mut redis = redis::Client::open(redis_url())
+    assert!(trades >= 1_000, "the workload has {trades} trades");
+    // The test publishes through the daemon's own endpoint: TLS, CA and client certificate.
+    let mut redis = config
+        .redis
+        .endpoint()
+        .unwrap()
+        .client()
         .unwrap()
         .get_multiplexed_async_connection()
         .await
-        .expect("redis");
+        .expect("the test's own TLS connection to redis");
     let receivers = publish_counted(&mut redis, &config.redis.channel_prefix, &messages, 100)
         .await
         .expect("publish");
@@ -289,6 +329,14 @@ async fn migrate_and_the_daemon_work_over_verify_full() {
         },
     )
     .await;
+    // Every message went through the journal stream on the TLS Redis and was acknowledged.
+    let journal = format!("{}:journal", config.redis.channel_prefix);
+    let journaled: i64 = redis::cmd("XLEN")
+        .arg(&journal)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(journaled > 0, "nothing was journaled in {journal}");
     let encrypted: bool = client
         .query_one(
             "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
@@ -300,6 +348,76 @@ async fn migrate_and_the_daemon_work_over_verify_full() {
     assert!(encrypted);
     shutdown.cancel();
     handle.await.unwrap().expect("the daemon stopped cleanly");
+}
+
+/// A TLS Redis that is not trusted, one that wants a client certificate, and a plain Redis
+/// reached with rediss://: `run` stops at startup with the reason; `check-config` accepts the
+/// good settings.
+#[tokio::test]
+async fn redis_tls_failures_say_why() {
+    let Some(server) = TlsServer::start() else {
+        return;
+    };
+    let redis_server = tls_redis(&server);
+    redis_server.wait_up().await;
+    let database = server.verify_full();
+    let (code, stdout, stderr) = command(&database, &["migrate"], &[]);
+    assert_eq!(code, 0, "migrate over TLS: {stdout}{stderr}");
+    let good = tls_redis_config(&server, &redis_server);
+    let file = |p: &Option<PathBuf>| p.as_ref().unwrap().display().to_string();
+    let (ca, cert, key) = (
+        file(&good.tls_ca_file),
+        file(&good.tls_cert_file),
+        file(&good.tls_key_file),
+    );
+    let other_ca = server.file("other-ca.crt");
+    let plain = redis_url().replacen("redis://", "rediss://", 1);
+    let env = |url: &str, ca: &str, client: bool| {
+        let mut env = vec![
+            ("REDIS_URL", url.to_owned()),
+            ("TRADING_SYNC__REDIS__TLS_CA_FILE", ca.to_owned()),
+            ("TRADING_SYNC__HTTP__ENABLED", "false".to_owned()),
+            ("TRADING_SYNC__INDICATORS__ENABLED", "false".to_owned()),
+        ];
+        if client {
+            env.push(("TRADING_SYNC__REDIS__TLS_CERT_FILE", cert.clone()));
+            env.push(("TRADING_SYNC__REDIS__TLS_KEY_FILE", key.clone()));
+        }
+        env
+    };
+    let (code, stdout, stderr) = command(
+        &database,
+        &["check-config"],
+        &borrow(&env(&good.url, &ca, true)),
+    );
+    assert_eq!(
+        code, 0,
+        "check-config with the good files: {stdout}{stderr}"
+    );
+    for (what, env, want) in [
+        ("wrong CA", env(&good.url, &other_ca, true), "unknown CA"),
+        (
+            "no client certificate",
+            env(&good.url, &ca, false),
+            "the server may require a client certificate (redis.tls_cert_file)",
+        ),
+        (
+            "a plain server",
+            env(&plain, &ca, false),
+            "did not answer in TLS",
+        ),
+    ] {
+        let (code, stdout, stderr) = command(&database, &["run"], &borrow(&env));
+        assert_ne!(code, 0, "{what}: run started: {stdout}{stderr}");
+        assert!(
+            stderr.contains(want) && stderr.contains("cannot connect to Redis at rediss://"),
+            "{what}: run said: {stderr}"
+        );
+    }
+}
+
+fn borrow<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
 /// Each refusal stops the command with the reason in words.

@@ -182,6 +182,16 @@ pub fn metric(text: &str, name_and_labels: &str) -> f64 {
 pub struct PrivateRedis {
     pub child: Child,
     pub port: u16,
+    /// Listening only on a TLS port: up once it accepts TCP (a plain PING would be refused).
+    tls: bool,
+}
+
+/// A TLS Redis's files: its certificate and key, and the CA its clients' certificates must be
+/// signed by.
+pub struct RedisTlsFiles<'a> {
+    pub cert: &'a std::path::Path,
+    pub key: &'a std::path::Path,
+    pub ca: &'a std::path::Path,
 }
 
 impl PrivateRedis {
@@ -190,30 +200,62 @@ impl PrivateRedis {
     }
 
     pub fn start_with(port: u16, extra: &[&str]) -> PrivateRedis {
+        let port_text = port.to_string();
+        let args = [&["--port", port_text.as_str()], extra].concat();
+        Self::spawn(port, &args, false)
+    }
+
+    /// Listening on `port` with TLS only (`--port 0`), every client required to show a
+    /// certificate signed by `files.ca` (`--tls-auth-clients yes`).
+    pub fn start_tls(port: u16, files: &RedisTlsFiles<'_>) -> PrivateRedis {
+        let path = |p: &std::path::Path| p.display().to_string();
+        let (port_text, cert, key, ca) = (
+            port.to_string(),
+            path(files.cert),
+            path(files.key),
+            path(files.ca),
+        );
+        let args = [
+            "--port",
+            "0",
+            "--tls-port",
+            port_text.as_str(),
+            "--tls-cert-file",
+            cert.as_str(),
+            "--tls-key-file",
+            key.as_str(),
+            "--tls-ca-cert-file",
+            ca.as_str(),
+            "--tls-auth-clients",
+            "yes",
+        ];
+        Self::spawn(port, &args, true)
+    }
+
+    fn spawn(port: u16, args: &[&str], tls: bool) -> PrivateRedis {
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(extra)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server (scripts/services.sh installs it)");
-        PrivateRedis { child, port }
+        PrivateRedis { child, port, tls }
     }
 
     pub async fn wait_up(&self) {
         let url = format!("redis://127.0.0.1:{}/0", self.port);
+        let tls = self.tls;
         eventually("private redis to answer", Duration::from_secs(10), || {
             let url = url.clone();
             async move {
+                if tls {
+                    let address = url.trim_start_matches("redis://").trim_end_matches("/0");
+                    return tokio::net::TcpStream::connect(address.to_owned())
+                        .await
+                        .ok()
+                        .map(|_| String::new());
+                }
                 let client = redis::Client::open(url).ok()?;
                 let mut c = client.get_multiplexed_async_connection().await.ok()?;
                 redis::cmd("PING").query_async::<String>(&mut c).await.ok()
