@@ -20,5 +20,6 @@ mod refusals;
 mod schema;
 mod streams;
 mod sync;
+mod systemd;
 mod tls;
 mod verify;
