@@ -31,7 +31,7 @@ use clap::Parser;
 use loadgen::{Expected, Generator, Message, MessageKind, Report, Spec};
 use trading_sync::apply::fold;
 use trading_sync::apply::store::{self, Statements};
-use trading_sync::config::DatabaseConfig;
+use trading_sync::config::{DatabaseConfig, RedisConfig};
 use trading_sync::core::queue::Inbound;
 use trading_sync::core::ChannelKind;
 use trading_sync::events::DecodeLimits;
@@ -52,6 +52,15 @@ struct Args {
         default_value = "redis://127.0.0.1:6379/0"
     )]
     redis_url: String,
+    /// With a rediss:// URL: the CA of the server's certificate (default: the system's roots).
+    /// These three reach the daemon as redis.tls_*; the bench's own connections use them too.
+    #[arg(long, env = "BENCH_REDIS_TLS_CA_FILE")]
+    redis_tls_ca_file: Option<PathBuf>,
+    /// A client certificate, for a server run with --tls-auth-clients yes.
+    #[arg(long, env = "BENCH_REDIS_TLS_CERT_FILE")]
+    redis_tls_cert_file: Option<PathBuf>,
+    #[arg(long, env = "BENCH_REDIS_TLS_KEY_FILE")]
+    redis_tls_key_file: Option<PathBuf>,
     /// The daemon binary; default: trading-sync next to this example's directory.
     #[arg(long)]
     binary: Option<PathBuf>,
@@ -155,15 +164,31 @@ async fn bench(
         .context("while creating a bench database")?;
     }
     let client = connect(&daemon_url).await?;
-    let environment = environment(&client, &args.redis_url).await?;
+    let environment = environment(&client, args).await?;
 
     let prefix = format!("bench_sync_{}", std::process::id());
     // An empty working directory: a ./config.toml of the checkout must not change the figures
     // (nor stop a binary older than it); defaults plus the variables below are the setup.
     let workdir = std::env::temp_dir().join(&prefix);
     std::fs::create_dir_all(&workdir)?;
+    let mut command = tokio::process::Command::new(&binary);
+    for (variable, file) in [
+        ("TRADING_SYNC__REDIS__TLS_CA_FILE", &args.redis_tls_ca_file),
+        (
+            "TRADING_SYNC__REDIS__TLS_CERT_FILE",
+            &args.redis_tls_cert_file,
+        ),
+        (
+            "TRADING_SYNC__REDIS__TLS_KEY_FILE",
+            &args.redis_tls_key_file,
+        ),
+    ] {
+        if let Some(file) = file {
+            command.env(variable, file.canonicalize()?);
+        }
+    }
     let daemon = daemon_slot.insert(
-        tokio::process::Command::new(&binary)
+        command
             .arg("run")
             .current_dir(&workdir)
             .env("DATABASE_URL", &daemon_url)
@@ -178,7 +203,7 @@ async fn bench(
             .with_context(|| format!("while starting {}", binary.display()))?,
     );
     let daemon_pid = daemon.id().context("the daemon has no pid")?;
-    let mut redis = loadgen::connect_redis(&args.redis_url).await?;
+    let mut redis = connect_redis(args).await?;
     wait_subscribed(&mut redis, &prefix, daemon).await?;
 
     // 1. Burst.
@@ -421,13 +446,26 @@ fn database_url(admin: &str, database: &str) -> anyhow::Result<String> {
     Ok(url.to_string())
 }
 
+/// The bench's own Redis connection, through the daemon's endpoint: the same TLS settings.
+async fn connect_redis(args: &Args) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    let config = RedisConfig {
+        url: args.redis_url.clone(),
+        tls_ca_file: args.redis_tls_ca_file.clone(),
+        tls_cert_file: args.redis_tls_cert_file.clone(),
+        tls_key_file: args.redis_tls_key_file.clone(),
+        ..RedisConfig::default()
+    };
+    let client = config.endpoint()?.client()?;
+    Ok(loadgen::connect_client(&client).await?)
+}
+
 /// What the figures depend on, printed with them.
-async fn environment(client: &tokio_postgres::Client, redis_url: &str) -> anyhow::Result<String> {
+async fn environment(client: &tokio_postgres::Client, args: &Args) -> anyhow::Result<String> {
     let setting = |row: tokio_postgres::Row| -> String { row.get(0) };
     let version = setting(client.query_one("SHOW server_version", &[]).await?);
     let fsync = setting(client.query_one("SHOW fsync", &[]).await?);
     let sync_commit = setting(client.query_one("SHOW synchronous_commit", &[]).await?);
-    let mut redis = loadgen::connect_redis(redis_url).await?;
+    let mut redis = connect_redis(args).await?;
     let info: String = redis::cmd("INFO")
         .arg("server")
         .query_async(&mut redis)

@@ -55,6 +55,10 @@ pub(crate) struct WriterSettings {
     pub lock_timeout: Duration,
 }
 
+/// The server a new writer session reached: with several hosts in `database.url`, the log then
+/// says which one is the primary now (after a failover, the promoted standby).
+const SERVER_ADDRESS_SQL: &str = "SELECT host(inet_server_addr()), inet_server_port()";
+
 /// The first retry's wait after a failed attempt.
 const FIRST_RETRY: Duration = Duration::from_millis(50);
 
@@ -519,14 +523,27 @@ impl Writer {
                     tracing::debug!(error = %e, "writer connection ended");
                 }
             });
-            client
-                .batch_execute(&format!(
-                    "SET statement_timeout = {}; SET lock_timeout = {}",
+            // One round trip: the session's limits, and where it landed.
+            let replies = client
+                .simple_query(&format!(
+                    "SET statement_timeout = {}; SET lock_timeout = {}; {SERVER_ADDRESS_SQL}",
                     self.settings.statement_timeout.as_millis(),
                     self.settings.lock_timeout.as_millis()
                 ))
                 .await?;
+            let server = replies.iter().find_map(|reply| match reply {
+                tokio_postgres::SimpleQueryMessage::Row(row) => Some(format!(
+                    "{}:{}",
+                    row.get(0).unwrap_or("local socket"),
+                    row.get(1).unwrap_or("?")
+                )),
+                _ => None,
+            });
             let statements = store::Statements::prepare(&client).await?;
+            tracing::info!(
+                server = server.as_deref().unwrap_or("?"),
+                "the writer is connected to PostgreSQL"
+            );
             self.client = Some((client, statements));
         }
         Ok(self.client.as_mut().expect("just connected"))

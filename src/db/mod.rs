@@ -124,12 +124,25 @@ impl Connector {
 }
 
 /// A database error as an operator needs it: the server's own message and SQLSTATE, not
-/// tokio-postgres's bare "db error"; other errors (I/O, protocol) as they are.
+/// tokio-postgres's bare "db error"; other errors (I/O, protocol) with their causes, which
+/// tokio-postgres's own text leaves out — "error connecting to server" alone does not say
+/// whether the connection was refused or a standby was passed over as read-only
+/// (`target_session_attrs=read-write`: "database does not allow writes").
 pub(crate) fn error_text(error: &tokio_postgres::Error) -> String {
-    match error.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => error.to_string(),
+    if let Some(db) = error.as_db_error() {
+        return format!("{} ({})", db.message(), db.code().code());
     }
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// A pool of `database.pool_size` connections to `connector`'s server.

@@ -20,6 +20,7 @@ use super::job::{self, JobSettings, Mode, RunSummary, Selection};
 use super::replica::ReplicaSettings;
 use super::IndicatorError;
 use crate::config::Config;
+use crate::core::Backoff;
 use crate::db::Connector;
 
 /// Session advisory lock of the scheduled run ("tsindrun"), so that it happens once across
@@ -40,6 +41,17 @@ const MAX_DEBOUNCE_PERIODS: u32 = 10;
 /// A symbol found locked by another instance is retried this many times (one debounce period
 /// apart): that instance may have read its bars just before the new one arrived.
 const LOCKED_RETRIES: u32 = 5;
+
+/// A symbol whose computation failed (most often: the database went away mid-run — a restart,
+/// a failover) is retried this many times, each wait twice the one before, from one debounce
+/// period up to [`MAX_RETRY_WAIT`]: about three minutes of retries at the default debounce.
+const FAILED_RETRIES: u32 = 8;
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(60);
+
+/// A scheduled run that could not reach the database at all is run again after this, doubling
+/// up to [`MAX_RETRY_WAIT`], until it gets through: it is the day's run, and a new primary may
+/// be a few seconds away.
+const RERUN_FIRST: Duration = Duration::from_secs(1);
 
 /// Everything the scheduler needs, resolved from the configuration.
 #[derive(Debug, Clone)]
@@ -86,7 +98,9 @@ pub(crate) fn next_run(cron: &croner::Cron, tz: Tz, after: DateTime<Utc>) -> Opt
 
 /// Runs until `shutdown`. `symbols` carries the symbols of incoming yahoo bar events; when
 /// `on_market_data` is off they are drained and ignored. Errors of individual runs are logged
-/// and the task goes on; it returns Err only if the schedule has no next occurrence.
+/// and the task goes on: a scheduled run that found no database is run again with backoff, and
+/// symbols that failed are retried (after a restart or a failover, the connector finds the
+/// primary again). It returns Err only if the schedule has no next occurrence.
 pub(crate) async fn run_scheduler(
     settings: SchedulerSettings,
     mut symbols: UnboundedReceiver<String>,
@@ -97,15 +111,25 @@ pub(crate) async fn run_scheduler(
         run_at_start = settings.run_at_start, on_market_data = settings.on_market_data,
         "indicator scheduler started"
     );
-    if settings.run_at_start {
-        scheduled_run(&settings, &shutdown, "start").await;
-    }
-    let mut next = next_occurrence(&settings, Utc::now())?;
-    tracing::info!(next = %next.with_timezone(&settings.timezone), "next scheduled indicator run");
     // Symbol → attempts so far.
     let mut pending: BTreeMap<String, u32> = BTreeMap::new();
     let mut quiet_deadline: Option<Instant> = None;
     let mut batch_deadline: Option<Instant> = None;
+    // A scheduled run that found no database: when to run it again.
+    let mut rerun: Option<Instant> = None;
+    let mut rerun_backoff = Backoff::new(RERUN_FIRST, MAX_RETRY_WAIT);
+    if settings.run_at_start {
+        rerun = match scheduled_run(&settings, &shutdown, "start").await {
+            Some(failed) => {
+                retry_later(&settings, &mut pending, failed, &mut quiet_deadline);
+                batch_deadline = quiet_deadline;
+                None
+            }
+            None => Some(Instant::now() + rerun_backoff.fail()),
+        };
+    }
+    let mut next = next_occurrence(&settings, Utc::now())?;
+    tracing::info!(next = %next.with_timezone(&settings.timezone), "next scheduled indicator run");
     let mut channel_open = true;
     loop {
         let now_wall = Utc::now();
@@ -113,6 +137,9 @@ pub(crate) async fn run_scheduler(
         let mut wake = Instant::now() + until_next.min(MAX_SLEEP);
         if let (Some(q), Some(b)) = (quiet_deadline, batch_deadline) {
             wake = wake.min(q.min(b));
+        }
+        if let Some(at) = rerun {
+            wake = wake.min(at);
         }
         tokio::select! {
             biased;
@@ -128,8 +155,20 @@ pub(crate) async fn run_scheduler(
                 None => channel_open = false,
             },
             () = tokio::time::sleep_until(wake) => {
-                if Utc::now() >= next {
-                    scheduled_run(&settings, &shutdown, "schedule").await;
+                let scheduled = Utc::now() >= next;
+                if scheduled || rerun.is_some_and(|at| Instant::now() >= at) {
+                    let trigger = if scheduled { "schedule" } else { "retry" };
+                    rerun = match scheduled_run(&settings, &shutdown, trigger).await {
+                        Some(failed) => {
+                            rerun_backoff.reset();
+                            retry_later(&settings, &mut pending, failed, &mut quiet_deadline);
+                            batch_deadline = batch_deadline.or(quiet_deadline);
+                            None
+                        }
+                        None => Some(Instant::now() + rerun_backoff.fail()),
+                    };
+                }
+                if scheduled {
                     next = next_occurrence(&settings, Utc::now())?;
                     tracing::info!(
                         next = %next.with_timezone(&settings.timezone),
@@ -143,10 +182,10 @@ pub(crate) async fn run_scheduler(
                     let batch = std::mem::take(&mut pending);
                     quiet_deadline = None;
                     batch_deadline = None;
-                    if let Some(retry) = debounced_run(&settings, &shutdown, batch).await {
+                    if let Some((retry, wait)) = debounced_run(&settings, &shutdown, batch).await {
                         if !retry.is_empty() {
                             pending = retry;
-                            let later = Instant::now() + settings.debounce.max(Duration::from_millis(200));
+                            let later = Instant::now() + wait;
                             quiet_deadline = Some(later);
                             batch_deadline = Some(later);
                         }
@@ -174,9 +213,46 @@ fn next_occurrence(
     })
 }
 
+/// The shortest wait before a retry: one debounce period, and never a busy loop.
+fn retry_wait(settings: &SchedulerSettings) -> Duration {
+    settings.debounce.max(Duration::from_millis(200))
+}
+
+/// The wait before retry number `attempts` (from 1) of a failed symbol: `first`, doubling up to
+/// [`MAX_RETRY_WAIT`]. A database coming back (a restart, a promotion) takes seconds, not a
+/// debounce period.
+fn failed_retry_wait(first: Duration, attempts: u32) -> Duration {
+    first
+        .saturating_mul(1u32 << attempts.saturating_sub(1).min(16))
+        .min(MAX_RETRY_WAIT)
+}
+
+/// Queues symbols a run failed for a retry, after [`retry_wait`] unless one is already due
+/// sooner.
+fn retry_later(
+    settings: &SchedulerSettings,
+    pending: &mut BTreeMap<String, u32>,
+    failed: Vec<String>,
+    quiet_deadline: &mut Option<Instant>,
+) {
+    if failed.is_empty() {
+        return;
+    }
+    for symbol in failed {
+        pending.entry(symbol).or_insert(0);
+    }
+    let later = Instant::now() + retry_wait(settings);
+    *quiet_deadline = Some(quiet_deadline.map_or(later, |q| q.min(later)));
+}
+
 /// All symbols, incremental, under the scheduled-run lock. Stops at shutdown (the chunk in
-/// flight rolls back with its connection).
-async fn scheduled_run(settings: &SchedulerSettings, shutdown: &CancellationToken, trigger: &str) {
+/// flight rolls back with its connection). Returns the symbols that failed, for a retry, or
+/// None when the run could not reach the database at all (it is run again).
+async fn scheduled_run(
+    settings: &SchedulerSettings,
+    shutdown: &CancellationToken,
+    trigger: &str,
+) -> Option<Vec<String>> {
     let run = async {
         let client = settings.pg.connect().await?;
         let got: bool = client
@@ -203,50 +279,69 @@ async fn scheduled_run(settings: &SchedulerSettings, shutdown: &CancellationToke
     };
     let result: Result<Option<RunSummary>, IndicatorError> = tokio::select! {
         r = run => r,
-        () = shutdown.cancelled() => return,
+        () = shutdown.cancelled() => return Some(Vec::new()),
     };
     match result {
-        Ok(Some(_)) => {}
-        Ok(None) => tracing::info!(
-            trigger,
-            "another instance holds the scheduled indicator run; skipped here"
-        ),
-        Err(e) => tracing::error!(trigger, error = %e, "scheduled indicator run failed"),
+        Ok(Some(summary)) => Some(summary.failed_symbols),
+        Ok(None) => {
+            tracing::info!(
+                trigger,
+                "another instance holds the scheduled indicator run; skipped here"
+            );
+            Some(Vec::new())
+        }
+        Err(e) => {
+            tracing::error!(
+                trigger,
+                error = %e,
+                "scheduled indicator run failed; it is run again shortly"
+            );
+            None
+        }
     }
 }
 
-/// The given symbols, incremental. Returns the symbols to retry (found locked), or None at
-/// shutdown.
+/// The given symbols, incremental. Returns the symbols to retry (found locked, or failed) and
+/// the wait before the retry, or None at shutdown.
 async fn debounced_run(
     settings: &SchedulerSettings,
     shutdown: &CancellationToken,
     batch: BTreeMap<String, u32>,
-) -> Option<BTreeMap<String, u32>> {
+) -> Option<(BTreeMap<String, u32>, Duration)> {
     let selection = Selection::Symbols(batch.keys().cloned().collect());
     let result = tokio::select! {
         r = job::run_once(&settings.pg, &settings.job, &selection, Mode::Incremental, shutdown) => r,
         () = shutdown.cancelled() => return None,
     };
-    let mut retry = BTreeMap::new();
-    match result {
-        Ok(summary) => {
-            for symbol in summary.locked_symbols {
-                let attempts = batch.get(&symbol).copied().unwrap_or(0) + 1;
-                if attempts < LOCKED_RETRIES {
-                    retry.insert(symbol, attempts);
-                }
-            }
-        }
+    let (locked, failed) = match result {
+        Ok(summary) => (summary.locked_symbols, summary.failed_symbols),
         Err(e) => {
             tracing::error!(symbols = batch.len(), error = %e, "indicator run for new bars failed");
-            for (symbol, attempts) in batch {
-                if attempts + 1 < LOCKED_RETRIES {
-                    retry.insert(symbol, attempts + 1);
-                }
-            }
+            (Vec::new(), batch.keys().cloned().collect())
+        }
+    };
+    let mut retry = BTreeMap::new();
+    let mut wait = retry_wait(settings);
+    for symbol in locked {
+        let attempts = batch.get(&symbol).copied().unwrap_or(0) + 1;
+        if attempts < LOCKED_RETRIES {
+            retry.insert(symbol, attempts);
         }
     }
-    Some(retry)
+    for symbol in failed {
+        let attempts = batch.get(&symbol).copied().unwrap_or(0) + 1;
+        if attempts < FAILED_RETRIES {
+            wait = wait.max(failed_retry_wait(retry_wait(settings), attempts));
+            retry.insert(symbol, attempts);
+        } else {
+            tracing::error!(
+                symbol,
+                attempts,
+                "indicators still failing for symbol; left to the next scheduled run"
+            );
+        }
+    }
+    Some((retry, wait))
 }
 
 #[cfg(test)]
@@ -254,6 +349,17 @@ mod tests {
     use super::*;
     use chrono::{TimeZone, Timelike};
     use std::str::FromStr;
+
+    #[test]
+    fn failed_symbols_are_retried_for_minutes_at_the_default_debounce() {
+        let first = Duration::from_secs(2);
+        let waits: Vec<u64> = (1..FAILED_RETRIES)
+            .map(|a| failed_retry_wait(first, a).as_secs())
+            .collect();
+        assert_eq!(waits, [2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(waits.iter().sum::<u64>(), 182);
+        assert_eq!(failed_retry_wait(first, 40), MAX_RETRY_WAIT);
+    }
 
     #[test]
     fn default_schedule_is_17h_new_york_across_dst() {

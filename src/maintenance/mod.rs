@@ -97,17 +97,30 @@ pub struct MaintenanceReport {
     pub failures: Vec<(&'static str, String)>,
 }
 
+/// Why a maintenance run did not get through its tasks.
+#[derive(Debug, thiserror::Error)]
+pub enum MaintenanceError {
+    #[error("cannot take the maintenance lock: {}", crate::db::error_text(.0))]
+    Lock(#[source] tokio_postgres::Error),
+    /// The server went away mid-run (a restart, a failover): the caller retries the run on a
+    /// new connection instead of waiting for the next scheduled one.
+    #[error("the connection was lost during maintenance (failed: {})", .failed.join(", "))]
+    ConnectionLost { failed: Vec<&'static str> },
+}
+
 /// Runs every enabled task once. `client` must be a connection of its own (the lock is held by
-/// its session).
+/// its session). A task's failure is reported and the others still run; only a lost connection
+/// fails the run as a whole.
 pub async fn run_once(
     client: &Client,
     config: &MaintenanceConfig,
     slow_query: Duration,
-) -> Result<MaintenanceReport, tokio_postgres::Error> {
+) -> Result<MaintenanceReport, MaintenanceError> {
     let mut report = MaintenanceReport::default();
     let locked: bool = client
         .query_one(TRY_LOCK, &[&MAINTENANCE_LOCK_KEY])
-        .await?
+        .await
+        .map_err(MaintenanceError::Lock)?
         .get(0);
     if !locked {
         tracing::info!("maintenance is running on another instance; skipping");
@@ -195,6 +208,12 @@ pub async fn run_once(
             Ok(row) => report.ledger_rows_deleted = row.get::<_, i64>(0) as u64,
             Err(e) => report.failures.push(("ledger", crate::db::error_text(&e))),
         }
+    }
+    if client.is_closed() && !report.failures.is_empty() {
+        // The session, and the lock with it, are gone.
+        return Err(MaintenanceError::ConnectionLost {
+            failed: report.failures.iter().map(|(task, _)| *task).collect(),
+        });
     }
     let _ = client.query_one(UNLOCK, &[&MAINTENANCE_LOCK_KEY]).await;
     for (task, error) in &report.failures {

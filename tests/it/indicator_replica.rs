@@ -4,8 +4,6 @@
 
 use crate::common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,8 +18,9 @@ use trading_sync::db::Connector;
 use trading_sync::indicators::job::{self, JobSettings, Mode, RunSummary, Selection};
 use trading_sync::indicators::replica::ReplicaSettings;
 
-use common::process::{free_port, is_root, sh};
-use common::{connect, eventually, unique_name, TestDb};
+use common::process::free_port;
+use common::servers::PgServers;
+use common::{connect, eventually, TestDb};
 
 /// Symbols and their bar counts: a long series, shorter ones, one too short for most columns.
 const SERIES: [(&str, usize); 5] = [
@@ -361,13 +360,11 @@ async fn unreachable_replica_falls_back_to_the_primary_and_says_so() {
     assert_eq!(dump(&db.client).await, want);
 }
 
-/// A throwaway primary (initdb, a few MB) with a hot standby made by `pg_basebackup -R`, both on
-/// free ports; stopped and removed on drop. Not a standby of the shared test cluster: that one
-/// holds every other database on the machine (gigabytes with the benchmark's), which
-/// pg_basebackup would copy whole.
+/// A throwaway primary with a hot standby made by `pg_basebackup -R`, both on free ports. Not a
+/// standby of the shared test cluster: that one holds every other database on the machine
+/// (gigabytes with the benchmark's), which pg_basebackup would copy whole.
 struct Pair {
-    dir: PathBuf,
-    bin: PathBuf,
+    servers: PgServers,
     primary_port: u16,
     standby_port: u16,
 }
@@ -375,128 +372,26 @@ struct Pair {
 impl Pair {
     /// None, with the reason printed, when this machine has no PostgreSQL server binaries.
     fn start() -> Option<Pair> {
-        let Some(bin) = pg_bindir() else {
-            eprintln!(
-                "skipped: no initdb/pg_ctl/pg_basebackup (set PG_BINDIR or put pg_config on PATH)"
-            );
-            return None;
-        };
-        let has_postgres_user = Command::new("id")
-            .arg("postgres")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if is_root() && !has_postgres_user {
-            eprintln!("skipped: running as root, and no `postgres` user to run the servers as");
-            return None;
-        }
-        let dir = std::env::temp_dir().join(unique_name("ts_replica"));
-        std::fs::create_dir_all(&dir).unwrap();
-        if is_root() {
-            // The server refuses to run as root; it runs as postgres, which must own its files.
-            sh(Command::new("chown").arg("postgres").arg(&dir));
-        }
+        let servers = PgServers::new("ts_replica", &["initdb", "pg_ctl", "pg_basebackup"])?;
         let pair = Pair {
-            dir,
-            bin,
+            servers,
             primary_port: free_port(),
             standby_port: free_port(),
         };
-        let primary = pair.dir.join("primary");
-        sh(pair
-            .as_server("initdb")
-            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
-            .arg(&primary));
-        pair.pg_ctl_start(&primary, pair.primary_port);
+        pair.servers.initdb("primary");
+        pair.servers.start("primary", pair.primary_port, &[]);
         Some(pair)
     }
 
     /// Copies the primary as it is now into a standby and starts it.
     fn start_standby(&self) {
-        let standby = self.dir.join("standby");
-        sh(self
-            .as_server("pg_basebackup")
-            .args(["-h", "127.0.0.1", "-U", "postgres", "-R", "-X", "stream"])
-            .args(["-c", "fast", "--no-sync", "-p"])
-            .arg(self.primary_port.to_string())
-            .arg("-D")
-            .arg(&standby));
-        self.pg_ctl_start(&standby, self.standby_port);
-    }
-
-    fn pg_ctl_start(&self, data: &Path, port: u16) {
-        let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=30 \
-             -c shared_buffers=16MB",
-            self.dir.display()
-        );
-        let name = data.file_name().unwrap().to_string_lossy();
-        sh(self
-            .as_server("pg_ctl")
-            .args(["-w", "-o", &options, "-l"])
-            .arg(self.dir.join(format!("{name}.log")))
-            .arg("-D")
-            .arg(data)
-            .arg("start"));
-    }
-
-    fn as_server(&self, tool: &str) -> Command {
-        let path = self.bin.join(tool);
-        if is_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(path);
-            c
-        } else {
-            Command::new(path)
-        }
+        self.servers.base_backup(self.primary_port, "standby");
+        self.servers.start("standby", self.standby_port, &[]);
     }
 
     fn url(&self, port: u16, database: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{port}/{database}")
     }
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        for data in ["standby", "primary"] {
-            let data = self.dir.join(data);
-            if data.join("postmaster.pid").exists() {
-                let _ = self
-                    .as_server("pg_ctl")
-                    .args(["-m", "immediate", "-D"])
-                    .arg(&data)
-                    .arg("stop")
-                    .output();
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// `$PG_BINDIR`, `pg_config --bindir`, or Debian's newest `/usr/lib/postgresql/*/bin`.
-fn pg_bindir() -> Option<PathBuf> {
-    let mut candidates: Vec<PathBuf> = std::env::var_os("PG_BINDIR")
-        .map(PathBuf::from)
-        .into_iter()
-        .collect();
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
-        candidates.push(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
-    }
-    let mut debian: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-        .collect();
-    debian.sort_by_key(|p| {
-        p.parent()
-            .and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok())
-            .unwrap_or(0)
-    });
-    candidates.extend(debian.into_iter().rev());
-    candidates.into_iter().find(|dir| {
-        ["initdb", "pg_ctl", "pg_basebackup"]
-            .iter()
-            .all(|t| dir.join(t).exists())
-    })
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ mod common;
 mod architecture;
 mod check_config;
 mod daemon;
+mod failover;
 mod faults;
 mod indicator_replica;
 mod indicators;

@@ -17,66 +17,36 @@ use tokio_util::sync::CancellationToken;
 use trading_sync::config::{Config, DatabaseConfig, RedisConfig};
 use trading_sync::db::Connector;
 
-use common::process::{command, free_port, is_root, sh, PrivateRedis, RedisTlsFiles};
+use common::process::{command, free_port, sh, PrivateRedis, RedisTlsFiles};
+use common::servers::PgServers;
 use common::{eventually, publish_counted, redis_url, unique_name};
 
 /// A private PostgreSQL that accepts TLS connections only; stopped and removed on drop.
 struct TlsServer {
-    dir: PathBuf,
-    bin: PathBuf,
+    servers: PgServers,
     port: u16,
 }
 
 impl TlsServer {
     /// None, with the reason printed, when initdb, openssl or the postgres user is missing.
     fn start() -> Option<TlsServer> {
-        let bin = ["/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin"]
-            .iter()
-            .map(PathBuf::from)
-            .chain(std::env::var_os("PG_BINDIR").map(PathBuf::from))
-            .find(|dir| dir.join("initdb").exists() && dir.join("pg_ctl").exists());
-        let Some(bin) = bin else {
-            eprintln!("skipped: no initdb/pg_ctl (set PG_BINDIR)");
-            return None;
-        };
+        let servers = PgServers::new("ts_tls", &["initdb", "pg_ctl"])?;
         if Command::new("openssl").arg("version").output().is_err() {
             eprintln!("skipped: no openssl to make the certificates with");
             return None;
         }
-        if is_root()
-            && !Command::new("id")
-                .arg("postgres")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        {
-            eprintln!("skipped: running as root, and no `postgres` user to run the server as");
-            return None;
-        }
-        let dir = std::env::temp_dir().join(unique_name("ts_tls"));
-        std::fs::create_dir_all(&dir).unwrap();
         let server = TlsServer {
-            dir,
-            bin,
+            servers,
             port: free_port(),
         };
         server.make_certificates();
-        if is_root() {
-            // The server refuses to run as root; it runs as postgres, which must own its files
-            // (and its key must be private to it).
-            sh(Command::new("chown")
-                .arg("-R")
-                .arg("postgres")
-                .arg(&server.dir));
-        }
-        let data = server.dir.join("data");
-        sh(server
-            .as_server("initdb")
-            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
-            .arg(&data));
+        // The key must be the server's own, and private to it.
+        server.servers.give_to_server();
+        let data = server.servers.initdb("data");
         let conf = format!(
             "ssl = on\nssl_cert_file = '{0}/server.crt'\nssl_key_file = '{0}/server.key'\n\
-             ssl_ca_file = '{0}/ca.crt'\nlisten_addresses = '127.0.0.1'\nfsync = off\nmax_connections = 30\n",
-            server.dir.display()
+             ssl_ca_file = '{0}/ca.crt'\n",
+            server.servers.dir.display()
         );
         append(&data.join("postgresql.conf"), &conf);
         // TLS or nothing: without a `host` line, a plain connection finds no entry. The role
@@ -88,14 +58,7 @@ impl TlsServer {
              hostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n",
         )
         .unwrap();
-        let options = format!("-p {} -k {}", server.port, server.dir.display());
-        sh(server
-            .as_server("pg_ctl")
-            .args(["-w", "-o", &options, "-l"])
-            .arg(server.dir.join("server.log"))
-            .arg("-D")
-            .arg(&data)
-            .arg("start"));
+        server.servers.start("data", server.port, &[]);
         Some(server)
     }
 
@@ -103,7 +66,9 @@ impl TlsServer {
     /// nothing (the wrong one).
     fn make_certificates(&self) {
         let openssl = |args: &[&str]| {
-            sh(Command::new("openssl").args(args).current_dir(&self.dir));
+            sh(Command::new("openssl")
+                .args(args)
+                .current_dir(&self.servers.dir));
         };
         for ca in ["ca", "other-ca"] {
             openssl(&[
@@ -129,7 +94,7 @@ impl TlsServer {
         // A key and a certificate the CA signs, X.509 v3 (an extension file): rustls refuses v1
         // certificates.
         let issue = |name: &str, subject: &str, extensions: &str| {
-            std::fs::write(self.dir.join(format!("{name}.ext")), extensions).unwrap();
+            std::fs::write(self.servers.dir.join(format!("{name}.ext")), extensions).unwrap();
             let (key, csr) = (format!("{name}.key"), format!("{name}.csr"));
             let (ext, crt) = (format!("{name}.ext"), format!("{name}.crt"));
             openssl(&[
@@ -168,24 +133,13 @@ impl TlsServer {
         );
         sh(Command::new("chmod")
             .arg("600")
-            .arg(self.dir.join("server.key")));
+            .arg(self.servers.dir.join("server.key")));
         // The other files are read by the test's own processes and by the server.
-        sh(Command::new("chmod").arg("755").arg(&self.dir));
-    }
-
-    fn as_server(&self, tool: &str) -> Command {
-        let path = self.bin.join(tool);
-        if is_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(path);
-            c
-        } else {
-            Command::new(path)
-        }
+        sh(Command::new("chmod").arg("755").arg(&self.servers.dir));
     }
 
     fn file(&self, name: &str) -> String {
-        self.dir.join(name).display().to_string()
+        self.servers.file(name)
     }
 
     /// `postgres://postgres@HOST:PORT/trading?QUERY`.
@@ -201,21 +155,6 @@ impl TlsServer {
     }
 }
 
-impl Drop for TlsServer {
-    fn drop(&mut self) {
-        let data = self.dir.join("data");
-        if data.join("postmaster.pid").exists() {
-            let _ = self
-                .as_server("pg_ctl")
-                .args(["-m", "immediate", "-D"])
-                .arg(&data)
-                .arg("stop")
-                .output();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 fn append(path: &Path, text: &str) {
     use std::io::Write;
     let mut file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
@@ -226,9 +165,9 @@ fn append(path: &Path, text: &str) {
 /// PostgreSQL server's CA and its `localhost` certificate.
 fn tls_redis(server: &TlsServer) -> PrivateRedis {
     let (cert, key, ca) = (
-        server.dir.join("server.crt"),
-        server.dir.join("server.key"),
-        server.dir.join("ca.crt"),
+        server.servers.dir.join("server.crt"),
+        server.servers.dir.join("server.key"),
+        server.servers.dir.join("ca.crt"),
     );
     PrivateRedis::start_tls(
         free_port(),
@@ -245,9 +184,9 @@ fn tls_redis(server: &TlsServer) -> PrivateRedis {
 fn tls_redis_config(server: &TlsServer, redis: &PrivateRedis) -> RedisConfig {
     RedisConfig {
         url: format!("rediss://localhost:{}/0", redis.port),
-        tls_ca_file: Some(server.dir.join("ca.crt")),
-        tls_cert_file: Some(server.dir.join("client.crt")),
-        tls_key_file: Some(server.dir.join("client.key")),
+        tls_ca_file: Some(server.servers.dir.join("ca.crt")),
+        tls_cert_file: Some(server.servers.dir.join("client.crt")),
+        tls_key_file: Some(server.servers.dir.join("client.key")),
         channel_prefix: unique_name("ts_tls"),
         ..RedisConfig::default()
     }

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod servers;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;

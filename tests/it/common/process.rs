@@ -35,6 +35,16 @@ impl Daemon {
         prefix: &str,
         extra_env: &[(&str, String)],
     ) -> Daemon {
+        Self::start_on_url(&db.url, redis_url, prefix, extra_env)
+    }
+
+    /// As `start_with_prefix`, against any `DATABASE_URL` (a private server, several hosts).
+    pub fn start_on_url(
+        database_url: &str,
+        redis_url: &str,
+        prefix: &str,
+        extra_env: &[(&str, String)],
+    ) -> Daemon {
         let prefix = prefix.to_owned();
         let log = std::env::temp_dir().join(format!("{}.log", unique_name(&prefix)));
         // Through `sh … exec` so that WATCHDOG_PID can name the daemon's own pid, as systemd
@@ -48,7 +58,7 @@ impl Daemon {
             "json",
             "run",
         ])
-        .env("DATABASE_URL", &db.url)
+        .env("DATABASE_URL", database_url)
         .env("REDIS_URL", redis_url)
         .env("TRADING_SYNC__REDIS__CHANNEL_PREFIX", &prefix)
         .env("TRADING_SYNC__REDIS__RECONNECT_MAX_BACKOFF_MS", "200")

@@ -75,10 +75,17 @@ pub async fn publish_paced(
 /// A multiplexed connection whose replies may take longer than redis-rs's default 500 ms: a
 /// loaded machine stalls a large pipeline that long (PITFALLS.md).
 pub async fn connect_redis(url: &str) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    connect_client(&redis::Client::open(url)?).await
+}
+
+/// [`connect_redis`] for a client built elsewhere (a TLS client with its certificates).
+pub async fn connect_client(
+    client: &redis::Client,
+) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
     let config = redis::AsyncConnectionConfig::new()
         .set_response_timeout(Some(Duration::from_secs(30)))
         .set_connection_timeout(Some(Duration::from_secs(5)));
-    redis::Client::open(url)?
+    client
         .get_multiplexed_async_connection_with_config(&config)
         .await
 }
