@@ -75,8 +75,8 @@ pub async fn migrate_to(
     let mut outcome = MigrationOutcome::default();
     let mut client = match server.connect().await {
         Ok(client) => client,
-        Err(DbError::Connect { source, .. })
-            if source.code() == Some(&SqlState::INVALID_CATALOG_NAME) =>
+        Err(DbError::Connect { error, .. })
+            if error.code() == Some(&SqlState::INVALID_CATALOG_NAME) =>
         {
             outcome.database_created = create_database(config, &server).await?;
             server.connect().await?

@@ -19,11 +19,12 @@ pub enum DbError {
     Pool(#[from] deadpool_postgres::BuildError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
-    #[error("cannot connect to PostgreSQL at {server}: {}", tls::describe(.source))]
+    /// `error`'s text, causes included, is in the message ([`tls::describe`]); it is not a
+    /// chained source, which would print it twice.
+    #[error("cannot connect to PostgreSQL at {server}: {}", tls::describe(.error))]
     Connect {
         server: String,
-        #[source]
-        source: tokio_postgres::Error,
+        error: tokio_postgres::Error,
     },
 }
 
@@ -96,9 +97,9 @@ impl Connector {
         let (client, connection) = self
             .connect_raw()
             .await
-            .map_err(|source| DbError::Connect {
+            .map_err(|error| DbError::Connect {
                 server: self.server(),
-                source,
+                error,
             })?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
