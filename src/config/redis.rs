@@ -229,13 +229,33 @@ mod tests {
 
     /// rediss:// is TLS with the system's roots unless a CA is given; `#insecure` (no
     /// verification) is refused rather than failing every connection.
+    ///
+    /// In a jail: another test sets SSL_CERT_FILE, which the system's roots are read from.
     #[test]
     fn url_may_be_tls_but_not_unverified() {
-        assert_accepted(|c| c.redis.url = "rediss://:pw@cache:6380/0".into());
-        let message = assert_refused("redis.url", |c| {
-            c.redis.url = "rediss://cache:6380/0#insecure".into()
+        jail(|_| {
+            assert_accepted(|c| c.redis.url = "rediss://:pw@cache:6380/0".into());
+            let message = assert_refused("redis.url", |c| {
+                c.redis.url = "rediss://cache:6380/0#insecure".into()
+            });
+            assert!(message.contains("redis.tls_ca_file"), "{message}");
+            Ok(())
         });
-        assert!(message.contains("redis.tls_ca_file"), "{message}");
+    }
+
+    /// redis-rs reads the system's roots on every TLS connection and fails on any error doing
+    /// so; check-config reads them first.
+    #[test]
+    fn system_roots_must_be_readable_for_tls() {
+        jail(|jail| {
+            jail.set_env("SSL_CERT_FILE", "/nonexistent/roots.pem");
+            let message = assert_refused("redis.url", |c| {
+                c.redis.url = "rediss://cache:6380/0".into()
+            });
+            assert!(message.contains("/nonexistent/roots.pem"), "{message}");
+            assert_accepted(|c| c.redis.url = "redis://cache:6379/0".into());
+            Ok(())
+        });
     }
 
     /// The TLS files are read and checked as run reads them; each error names its key.

@@ -270,6 +270,17 @@ fn client_identity(cert: &Source, key_file: &Source) -> Result<ClientIdentity, C
 pub(super) fn redis_certificates(
     files: &TlsFiles<'_>,
 ) -> Result<::redis::TlsCertificates, ConfigError> {
+    // redis-rs loads the system's roots on every TLS connection, even with a CA file given,
+    // and fails the connection on any error doing so (an SSL_CERT_FILE naming a missing file).
+    if let Some(error) = rustls_native_certs::load_native_certs().errors.first() {
+        return Err(ConfigError::invalid(
+            "redis.url",
+            format!(
+                "rediss:// needs the system's root certificates readable (the redis client loads \
+                 them on every connection, even with redis.tls_ca_file): {error}"
+            ),
+        ));
+    }
     let source = |key: &str, path: &Path| Source {
         key: key.to_owned(),
         path: path.to_owned(),

@@ -94,13 +94,10 @@ impl Connector {
     /// One connection outside the pool, with its driver task tied to the returned client's
     /// lifetime.
     pub async fn connect(&self) -> Result<tokio_postgres::Client, DbError> {
-        let (client, connection) = self
-            .connect_raw()
-            .await
-            .map_err(|error| DbError::Connect {
-                server: self.server(),
-                error,
-            })?;
+        let (client, connection) = self.connect_raw().await.map_err(|error| DbError::Connect {
+            server: self.server(),
+            error,
+        })?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "PostgreSQL connection ended");

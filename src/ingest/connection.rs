@@ -24,12 +24,11 @@ pub enum IngestError {
         reason: String,
         error: RedisError,
     },
-    #[error("cannot subscribe to {channel}: {source}")]
-    Subscribe {
-        channel: String,
-        #[source]
-        source: RedisError,
-    },
+    /// Connected, but XGROUP CREATE failed (not a connection problem: no TLS hint).
+    #[error("cannot create the consumer groups: {0}")]
+    Groups(RedisError),
+    #[error("cannot subscribe to {channel}: {error}")]
+    Subscribe { channel: String, error: RedisError },
 }
 
 impl IngestError {
@@ -48,29 +47,30 @@ const REDIS_KEYS: TlsKeys = TlsKeys {
     client_cert: "redis.tls_cert_file",
 };
 
-/// Why connecting failed. A TLS server that requires a client certificate and gets none cuts
-/// the connection during or just after the handshake: the client sees only an EOF or a reset,
-/// so that is said for what it likely is.
+/// Why connecting failed. A TLS server that requires a client certificate and gets none may
+/// cut the connection during or just after the handshake: the client sees only an EOF or a
+/// reset, so that is said for what it likely is. A refused connection is not a hang-up.
 pub(crate) fn describe(endpoint: &RedisEndpoint, error: &RedisError) -> String {
     if let Some(tls) = rustls_error(error) {
         return reason(tls, &REDIS_KEYS);
     }
-    let hung_up = error.is_connection_dropped()
-        || error.is_unrecoverable_error()
-            && matches!(error.kind(), redis::ErrorKind::Io)
-            && matches!(
-                io_kind(error),
-                Some(ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe)
-            );
-    // A plain Redis reads the ClientHello as the start of an inline command and waits for
-    // its end: the handshake never finishes.
-    if endpoint.uses_tls() && error.is_timeout() {
+    if !endpoint.uses_tls() {
+        return error.to_string();
+    }
+    // redis-rs reports every timeout alike (TCP connect, handshake, HELLO): a plain Redis
+    // reads the ClientHello as the start of an inline command and never answers, and so does
+    // a host that drops packets.
+    if error.is_timeout() {
         return format!(
-            "{error}: the TLS handshake got no answer; the server did not answer in TLS (is \
-             this its TLS port?)"
+            "{error}: no answer within the connect timeout; the host is unreachable, or this is \
+             not its TLS port (a plain Redis never answers a TLS handshake)"
         );
     }
-    if endpoint.uses_tls() && !endpoint.has_client_certificate() && hung_up {
+    let hung_up = matches!(
+        io_kind(error),
+        Some(ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe)
+    );
+    if hung_up && !endpoint.has_client_certificate() {
         return format!(
             "{error}; the server hung up during the TLS handshake: the server may require a \
              client certificate (redis.tls_cert_file)"
@@ -114,5 +114,53 @@ impl Reconnecting {
     /// Drops the connection: a reply the caller could not trust.
     pub fn reset(&mut self) {
         self.conn = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RedisConfig;
+
+    fn endpoint(url: &str) -> RedisEndpoint {
+        RedisConfig {
+            url: url.into(),
+            ..RedisConfig::default()
+        }
+        .endpoint()
+        .unwrap()
+    }
+
+    fn io(kind: ErrorKind) -> RedisError {
+        RedisError::from(std::io::Error::new(kind, "from the socket"))
+    }
+
+    /// The client-certificate hint only for a TLS hang-up without a certificate; a refused
+    /// connection, a plain URL and a timeout each say something else.
+    #[test]
+    fn connection_failures_read_as_their_likely_cause() {
+        let tls = endpoint("rediss://cache:6380/0");
+        let hint = "the server may require a client certificate (redis.tls_cert_file)";
+        for kind in [ErrorKind::UnexpectedEof, ErrorKind::ConnectionReset] {
+            assert!(describe(&tls, &io(kind)).contains(hint), "{kind:?}");
+        }
+        let refused = describe(&tls, &io(ErrorKind::ConnectionRefused));
+        assert!(!refused.contains("certificate"), "{refused}");
+        let plain = describe(
+            &endpoint("redis://cache:6379/0"),
+            &io(ErrorKind::UnexpectedEof),
+        );
+        assert!(!plain.contains("certificate"), "{plain}");
+        let timeout = describe(&tls, &io(ErrorKind::TimedOut));
+        assert!(timeout.contains("not its TLS port"), "{timeout}");
+        let unknown_ca = RedisError::from(std::io::Error::new(
+            ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        ));
+        let text = describe(&tls, &unknown_ca);
+        assert!(
+            text.contains("unknown CA") && text.contains("redis.tls_ca_file"),
+            "{text}"
+        );
     }
 }

@@ -81,9 +81,9 @@ impl PubSubSource {
             manager
                 .subscribe(name)
                 .await
-                .map_err(|source| IngestError::Subscribe {
+                .map_err(|error| IngestError::Subscribe {
                     channel: name.clone(),
-                    source,
+                    error,
                 })?;
         }
         // Each SUBSCRIBE above returned only once Redis confirmed it.

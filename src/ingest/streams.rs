@@ -104,7 +104,7 @@ impl StreamSource {
         let mut conn = self.connection(false).await?;
         self.create_groups(&mut conn)
             .await
-            .map_err(|e| IngestError::connect(&self.endpoint, e))
+            .map_err(IngestError::Groups)
     }
 
     /// A connection of its own; a blocking one has no response timeout shorter than BLOCK
