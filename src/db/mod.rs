@@ -1,8 +1,11 @@
-//! PostgreSQL edges shared by every stage: how to connect (TLS included), the connection pool
-//! and the schema migrations.
+//! PostgreSQL edges shared by every stage: how to connect (TLS included), the connection pool,
+//! the schema migrations, and what an error's SQLSTATE says to do next ([`ErrorClass`]).
 
 pub mod migrate;
+mod sqlstate;
 pub mod tls;
+
+pub use sqlstate::ErrorClass;
 
 use std::future::Future;
 
@@ -94,13 +97,10 @@ impl Connector {
     /// One connection outside the pool, with its driver task tied to the returned client's
     /// lifetime.
     pub async fn connect(&self) -> Result<tokio_postgres::Client, DbError> {
-        let (client, connection) = self
-            .connect_raw()
-            .await
-            .map_err(|error| DbError::Connect {
-                server: self.server(),
-                error,
-            })?;
+        let (client, connection) = self.connect_raw().await.map_err(|error| DbError::Connect {
+            server: self.server(),
+            error,
+        })?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "PostgreSQL connection ended");
