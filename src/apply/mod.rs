@@ -26,7 +26,7 @@ use crate::core::health::WriterStats;
 use crate::core::queue::{Inbound, QueueReceiver, StreamAck};
 use crate::core::Backoff;
 use crate::core::ChannelKind;
-use crate::db::Connector;
+use crate::db::{Connector, ErrorClass};
 use crate::events::DecodeLimits;
 use fold::{plan, DeadLetter};
 
@@ -627,23 +627,17 @@ fn record_dead_letters(letters: &[DeadLetter]) {
     }
 }
 
-/// Sorts database failures. Data errors are the events' fault (split and dead-letter). Errors
-/// of the connection or of the server's state pass by themselves (retry at once): connection
-/// exceptions, insufficient resources, operator intervention (shutdown, pg_terminate_backend,
-/// statement_timeout), deadlocks and serialization failures, object-not-in-prerequisite-state
-/// (55000: a database closed to connections; 55P03: lock_timeout), invalid transaction state
-/// (25006: a read-only server), system errors. Anything else (42: a revoked grant, a dropped
-/// table; 28: a rotated password; 3D: a dropped database; XX: internal errors) needs an operator,
-/// and is retried slowly meanwhile: nothing received is dropped for it.
+/// Sorts database failures by [`ErrorClass`]. Data errors are the events' fault (split and
+/// dead-letter). A lost connection, a server starting or shutting down, a read-only server,
+/// contention and passing states of the server (55000: a database closed to connections;
+/// 55P03: lock_timeout; 40: deadlocks) pass by themselves: retry at once. Anything needing an
+/// operator (a revoked grant, a rotated password, a dropped database) is retried slowly
+/// meanwhile: nothing received is dropped for it.
 fn classify(error: tokio_postgres::Error) -> Failure {
-    let Some(code) = error.code() else {
-        // No SQLSTATE: the connection broke or could not be made.
-        return Failure::Transient(error);
-    };
-    match &code.code()[..2] {
-        "22" | "23" => Failure::Data(error),
-        _ if code.code() == "57014" => Failure::Slow(Some(error)),
-        "08" | "53" | "57" | "40" | "55" | "25" | "58" => Failure::Transient(error),
-        _ => Failure::Blocked(error),
+    match ErrorClass::of(&error) {
+        ErrorClass::Connection | ErrorClass::Contention => Failure::Transient(error),
+        ErrorClass::Slow => Failure::Slow(Some(error)),
+        ErrorClass::Data => Failure::Data(error),
+        ErrorClass::Operator => Failure::Blocked(error),
     }
 }

@@ -1,8 +1,11 @@
-//! PostgreSQL edges shared by every stage: how to connect (TLS included), the connection pool
-//! and the schema migrations.
+//! PostgreSQL edges shared by every stage: how to connect (TLS included), the connection pool,
+//! the schema migrations, and what an error's SQLSTATE says to do next ([`ErrorClass`]).
 
 pub mod migrate;
+mod sqlstate;
 pub mod tls;
+
+pub use sqlstate::ErrorClass;
 
 use std::future::Future;
 

@@ -26,6 +26,8 @@ pub(crate) mod schedule;
 pub mod step;
 pub mod store;
 
+use crate::db::ErrorClass;
+
 /// Why an indicator run (or a part of it) failed.
 #[derive(Debug, thiserror::Error)]
 pub enum IndicatorError {
@@ -46,6 +48,19 @@ pub enum IndicatorError {
 }
 
 impl IndicatorError {
+    /// Whether a new connection may get through where this one failed: the database could not
+    /// be reached, the connection broke, or the server is shutting down, starting, or a
+    /// standby ([`ErrorClass::Connection`]). A retry after a restart or a failover then
+    /// succeeds; a bad password, a missing grant or a dropped database would only fail again.
+    pub fn is_connection_loss(&self) -> bool {
+        let error = match self {
+            IndicatorError::Connect(crate::db::DbError::Connect { error, .. }) => error,
+            IndicatorError::Query { source, .. } => source,
+            _ => return false,
+        };
+        ErrorClass::of(error) == ErrorClass::Connection
+    }
+
     /// `map_err` adapter naming what was being done; `Copy`, so one serves every statement of
     /// a step.
     pub(crate) fn query(context: &'static str) -> impl Fn(tokio_postgres::Error) -> Self + Copy {

@@ -12,6 +12,7 @@ use tokio_postgres::Client;
 
 use crate::config::MaintenanceConfig;
 use crate::core::note_duration;
+use crate::db::ErrorClass;
 
 /// "tsmaint" — held for the duration of one maintenance run.
 const MAINTENANCE_LOCK_KEY: i64 = 0x7473_6d61_696e_7400;
@@ -100,12 +101,26 @@ pub struct MaintenanceReport {
 /// Why a maintenance run did not get through its tasks.
 #[derive(Debug, thiserror::Error)]
 pub enum MaintenanceError {
-    #[error("cannot take the maintenance lock: {}", crate::db::error_text(.0))]
-    Lock(#[source] tokio_postgres::Error),
+    /// `error`'s text is in the message; it is not a chained source, which would print it
+    /// twice under `{:#}`.
+    #[error("cannot take the maintenance lock: {}", crate::db::error_text(.error))]
+    Lock { error: tokio_postgres::Error },
     /// The server went away mid-run (a restart, a failover): the caller retries the run on a
-    /// new connection instead of waiting for the next scheduled one.
-    #[error("the connection was lost during maintenance (failed: {})", .failed.join(", "))]
-    ConnectionLost { failed: Vec<&'static str> },
+    /// new connection instead of waiting for the next scheduled one. Each failed task keeps
+    /// its cause, so the log says what the server answered (57P01, a reset, …).
+    #[error("the connection was lost during maintenance (failed: {})", describe_failures(.failures))]
+    ConnectionLost {
+        failures: Vec<(&'static str, String)>,
+    },
+}
+
+/// `task: error; task: error`.
+fn describe_failures(failures: &[(&'static str, String)]) -> String {
+    failures
+        .iter()
+        .map(|(task, error)| format!("{task}: {error}"))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Runs every enabled task once. `client` must be a connection of its own (the lock is held by
@@ -120,7 +135,7 @@ pub async fn run_once(
     let locked: bool = client
         .query_one(TRY_LOCK, &[&MAINTENANCE_LOCK_KEY])
         .await
-        .map_err(MaintenanceError::Lock)?
+        .map_err(|error| MaintenanceError::Lock { error })?
         .get(0);
     if !locked {
         tracing::info!("maintenance is running on another instance; skipping");
@@ -209,13 +224,19 @@ pub async fn run_once(
             Err(e) => report.failures.push(("ledger", crate::db::error_text(&e))),
         }
     }
-    if client.is_closed() && !report.failures.is_empty() {
-        // The session, and the lock with it, are gone.
+    // Unlocking first tells whether the session is still there: a task's 57P01 reaches us
+    // before the connection's end of file does, so `is_closed()` alone, read right after the
+    // last task, may still say false. A lost connection also released the lock.
+    let unlocked = client.query_one(UNLOCK, &[&MAINTENANCE_LOCK_KEY]).await;
+    let lost = client.is_closed()
+        || unlocked
+            .as_ref()
+            .is_err_and(|e| ErrorClass::of(e) == ErrorClass::Connection);
+    if lost && !report.failures.is_empty() {
         return Err(MaintenanceError::ConnectionLost {
-            failed: report.failures.iter().map(|(task, _)| *task).collect(),
+            failures: report.failures,
         });
     }
-    let _ = client.query_one(UNLOCK, &[&MAINTENANCE_LOCK_KEY]).await;
     for (task, error) in &report.failures {
         tracing::error!(task, error = %error, "maintenance task failed; it will be retried at the next run");
     }

@@ -1033,3 +1033,31 @@ fn the_indicators_command_reports_an_unreachable_database() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("while computing indicators"), "{stderr}");
 }
+
+/// The scheduler runs a failed run again only when a new connection may get through: a server
+/// refusing connections (down, restarting, failing over) is worth it; a database that does not
+/// exist would fail the same way every time.
+#[tokio::test]
+async fn a_run_without_a_server_is_a_connection_loss_and_one_without_its_database_is_not() {
+    async fn run(
+        config: trading_sync::config::DatabaseConfig,
+    ) -> trading_sync::indicators::IndicatorError {
+        let pg = trading_sync::db::Connector::primary(&config).unwrap();
+        job::run_once(
+            &pg,
+            &JobSettings::default(),
+            &Selection::All,
+            Mode::Incremental,
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap_err()
+    }
+    let missing = run(common::database_config(&common::unique_name("ts_missing"))).await;
+    assert!(missing.to_string().contains("3D000"), "{missing}");
+    assert!(!missing.is_connection_loss(), "{missing}");
+    let mut refused = common::database_config("postgres");
+    refused.url = "postgres://postgres@127.0.0.1:1/postgres".into();
+    let refused = run(refused).await;
+    assert!(refused.is_connection_loss(), "{refused}");
+}
