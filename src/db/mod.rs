@@ -1,7 +1,8 @@
-//! PostgreSQL edges shared by every stage: how to connect (TLS included), the connection pool
-//! and the schema migrations.
+//! PostgreSQL edges shared by every stage: how to connect (TLS included), the connection pool,
+//! the schema migrations and the analytics tables' statistics.
 
 pub mod migrate;
+pub(crate) mod statistics;
 pub mod tls;
 
 use std::future::Future;
