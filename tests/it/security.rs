@@ -257,6 +257,9 @@ async fn a_trading_app_member_sees_and_writes_only_its_account() {
     );
 }
 
+/// (account, trade_count, net_quantity, snapshot quantity, last_price) as text.
+type PortfolioRow = (String, i64, String, Option<String>, Option<String>);
+
 fn trade_event(trade_id: &str, account: &str, strategy: &str) -> String {
     common::python_dumps(&serde_json::json!({
         "type": "trade_executed",
@@ -336,7 +339,7 @@ async fn the_daemon_keeps_every_row_as_trading_sync() {
         )
         .await
         .unwrap();
-    let rows: Vec<(String, i64, String, Option<String>, Option<String>)> = rows
+    let rows: Vec<PortfolioRow> = rows
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
         .collect();
