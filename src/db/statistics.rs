@@ -14,6 +14,31 @@ use tokio_postgres::Client;
 /// NULL for every table of the analytics schema.
 const REFRESH_STATISTICS: &str = "SELECT analytics.refresh_statistics($1::text[])";
 
+/// The planner's idea of a table's size: what its last ANALYZE (or VACUUM) counted; -1 before
+/// the first.
+const PLANNED_ROWS: &str = "\
+SELECT GREATEST(c.reltuples, 0)::float8 FROM pg_catalog.pg_class c
+ WHERE c.relnamespace = 'analytics'::regnamespace AND c.relname = $1";
+
+/// Whether `rows` rows just written make `table`'s statistics stale: at least `min_rows`, and at
+/// least a tenth of the rows the planner believes the table has (autovacuum's own analyze scale
+/// factor). A thousand trades healed into a ten-million-row ledger change no plan, and an
+/// ANALYZE of that ledger would cost more than the heal. An unreadable size counts as large.
+pub(crate) async fn is_large_change(
+    client: &Client,
+    table: &str,
+    rows: u64,
+    min_rows: u64,
+) -> bool {
+    if rows < min_rows {
+        return false;
+    }
+    match client.query_opt(PLANNED_ROWS, &[&table]).await {
+        Ok(Some(row)) => rows as f64 >= 0.1 * row.get::<_, f64>(0),
+        Ok(None) | Err(_) => true,
+    }
+}
+
 /// ANALYZEs `tables` of the analytics schema (`None`: all of them) and returns how many were
 /// analyzed. `after` names the caller (`maintenance`, `reconcile`, `indicators`) in the log line
 /// and the metric. A failure is logged at error level and counted before it is returned: the

@@ -31,10 +31,11 @@ use super::store::{
 use super::IndicatorError;
 use crate::db::Connector;
 
-/// A run that wrote at least this many rows (a backfill, a `--full` run, a large revision)
-/// refreshes the statistics of the indicator tables (through V26's function: trading_sync
-/// cannot ANALYZE them itself). A daily incremental run writes about one row per symbol and is
-/// left to autovacuum and maintenance's nightly refresh.
+/// A run that wrote at least this many rows, and at least a tenth of technical_indicators'
+/// size (a backfill, a `--full` run, a large revision), refreshes the statistics of the
+/// indicator tables (through V26's function: trading_sync cannot ANALYZE them itself). A daily
+/// incremental run writes about one row per symbol and is left to autovacuum and maintenance's
+/// nightly refresh.
 const ANALYZE_AFTER_ROWS: u64 = 10_000;
 /// The tables a run writes or consumes.
 const ANALYZED_TABLES: &[&str] = &[
@@ -178,11 +179,20 @@ pub async fn run_once(
         // Logged and counted in `refresh`; a failure leaves the rows written as they are.
         match pg.connect().await {
             Ok(client) => {
-                if let Ok(n) =
-                    crate::db::statistics::refresh(&client, Some(ANALYZED_TABLES), "indicators")
-                        .await
-                {
-                    summary.tables_analyzed = n;
+                let large = crate::db::statistics::is_large_change(
+                    &client,
+                    "technical_indicators",
+                    summary.rows_written,
+                    ANALYZE_AFTER_ROWS,
+                )
+                .await;
+                if large {
+                    if let Ok(n) =
+                        crate::db::statistics::refresh(&client, Some(ANALYZED_TABLES), "indicators")
+                            .await
+                    {
+                        summary.tables_analyzed = n;
+                    }
                 }
             }
             Err(e) => {

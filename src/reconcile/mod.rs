@@ -37,11 +37,11 @@ const UNLOCK: &str = "SELECT pg_advisory_unlock($1)";
 /// Change-log rows per transaction: a long outage heals in bounded transactions.
 const CHUNK: i64 = 5_000;
 
-/// A run that applied at least this many trades refreshes the statistics of the tables it filled
-/// (through V26's function: trading_sync cannot ANALYZE them itself). As many rows as
-/// autovacuum's analyze threshold asks of a 10,000-row portfolio_summary (50 + 10%), arriving
-/// at once: the plans of the next batches should see them.
-const ANALYZE_AFTER_TRADES: usize = 1_000;
+/// A run that applied at least this many trades, and at least a tenth of the ledger's size,
+/// refreshes the statistics of the tables it filled (through V26's function: trading_sync
+/// cannot ANALYZE them itself), rather than leave the next batches' plans to autovacuum's next
+/// pass. A thousand is autovacuum's analyze threshold for a 10,000-row portfolio_summary.
+const ANALYZE_AFTER_TRADES: u64 = 1_000;
 /// The tables a run writes rows into.
 const ANALYZED_TABLES: &[&str] = &[
     "applied_trades",
@@ -368,7 +368,17 @@ pub async fn run_prepared(
     let _ = client
         .query_one(&prepared.unlock, &[&RECONCILE_LOCK_KEY])
         .await;
-    if ran.is_ok() && !report.dry_run && report.applied.len() >= ANALYZE_AFTER_TRADES {
+    let applied = report.applied.len() as u64;
+    if ran.is_ok()
+        && !report.dry_run
+        && crate::db::statistics::is_large_change(
+            client,
+            "applied_trades",
+            applied,
+            ANALYZE_AFTER_TRADES,
+        )
+        .await
+    {
         // Logged and counted there; a failure leaves the healed books as they are.
         if let Ok(n) =
             crate::db::statistics::refresh(client, Some(ANALYZED_TABLES), "reconcile").await
