@@ -60,8 +60,9 @@ COMMENT ON COLUMN shared.audit_log.record_id IS
     'Key of the row acted on, as text (id; key for shared.system_config).';
 
 -- Indexes: every audited row now costs an audit row, so each index on audit_log is paid on every
--- write of seven tables (a 100,000-row INSERT … SELECT into audit_log took 0.86 s with V16's four
--- indexes, 0.29 s with its primary key alone). What stays, for the questions asked of it:
+-- write of seven tables (a 100,000-row INSERT … SELECT into audit_log took 0.86 s with V16's
+-- three B-trees and a (table_name, record_id) one, 0.29 s with the primary key alone). What
+-- stays, for the questions asked of it:
 -- * by time: a BRIN instead of V16's B-tree. Rows arrive in time order (append-only, now()), so
 --   block ranges are tight, and time-bounded queries ("table X last week") read a few ranges and
 --   filter — the trade V20 made for technical_indicators;
