@@ -343,22 +343,6 @@ async fn the_daemon_keeps_every_row_as_trading_sync() {
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
         .collect();
-    assert_eq!(
-        rows,
-        vec![
-            ("A".into(), 2, "4.0000".into(), None, Some("11.5000".into())),
-            (
-                "B".into(),
-                1,
-                "2.0000".into(),
-                Some("7.0000".into()),
-                Some("11.5000".into())
-            ),
-            // Whether C's row, created by the trade after the bar, has the price depends on
-            // whether both landed in one batch: only its trade is compared.
-            ("C".into(), 1, "2.0000".into(), None, rows[2].4.clone()),
-        ]
-    );
     let metrics = c
         .query_one(
             "SELECT total_trades, winning_trades FROM analytics.performance_metrics WHERE strategy = 'sec_strategy'",
@@ -366,11 +350,8 @@ async fn the_daemon_keeps_every_row_as_trading_sync() {
         )
         .await
         .unwrap();
-    assert_eq!((metrics.get::<_, i64>(0), metrics.get::<_, i64>(1)), (4, 4));
-    assert_eq!(
-        scalar(c, "SELECT count(*) FROM analytics.dead_letters").await,
-        1
-    );
+    let metrics: (i64, i64) = (metrics.get(0), metrics.get(1));
+    let dead_letters = scalar(c, "SELECT count(*) FROM analytics.dead_letters").await;
 
     // Reconcile, as the same login, from rows the execution service committed (as the owner).
     c.batch_execute(
@@ -407,7 +388,26 @@ async fn the_daemon_keeps_every_row_as_trading_sync() {
         &["verify"],
         &[("TRADING_SYNC__RECONCILE__GRACE_MS", "0")],
     );
+    // Checked once the cluster-wide role is gone, so that a failure does not leave it behind.
     login.drop(&db).await;
+    assert_eq!(
+        rows,
+        vec![
+            ("A".into(), 2, "4.0000".into(), None, Some("11.5000".into())),
+            (
+                "B".into(),
+                1,
+                "2.0000".into(),
+                Some("7.0000".into()),
+                Some("11.5000".into())
+            ),
+            // Whether C's row, created by the trade after the bar, has the price depends on
+            // whether both landed in one batch: only its trade is compared.
+            ("C".into(), 1, "2.0000".into(), None, rows[2].4.clone()),
+        ]
+    );
+    assert_eq!(metrics, (4, 4));
+    assert_eq!(dead_letters, 1);
     let trading_sync::reconcile::Outcome::Ran(report) = reconciled.unwrap() else {
         panic!("reconcile did not run")
     };
