@@ -83,6 +83,8 @@ pub struct MaintenanceConfig {
     /// analytics.applied_trades rows older than this are deleted (0 = keep). A trade replayed
     /// after its ledger row is gone would be counted again: keep this longer than any replay.
     pub ledger_retention_days: u32,
+    /// ANALYZE every analytics table (the review's update_statistics), through V26's function.
+    pub analyze: bool,
 }
 
 impl Default for MaintenanceConfig {
@@ -96,6 +98,7 @@ impl Default for MaintenanceConfig {
             archive_logs: true,
             dead_letter_retention_days: 90,
             ledger_retention_days: 400,
+            analyze: true,
         }
     }
 }

@@ -1,8 +1,10 @@
 //! PostgreSQL edges shared by every stage: how to connect (TLS included), the connection pool,
-//! the schema migrations, and what an error's SQLSTATE says to do next ([`ErrorClass`]).
+//! the schema migrations, the analytics tables' statistics, and what an error's SQLSTATE says to
+//! do next ([`ErrorClass`]).
 
 pub mod migrate;
 mod sqlstate;
+pub(crate) mod statistics;
 pub mod tls;
 
 pub use sqlstate::ErrorClass;

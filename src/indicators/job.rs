@@ -31,6 +31,20 @@ use super::store::{
 use super::IndicatorError;
 use crate::db::Connector;
 
+/// A run that wrote at least this many rows, and at least a tenth of technical_indicators'
+/// size (a backfill, a `--full` run, a large revision), refreshes the statistics of the
+/// indicator tables (through V26's function: trading_sync cannot ANALYZE them itself). A daily
+/// incremental run writes about one row per symbol and is left to autovacuum and maintenance's
+/// nightly refresh.
+const ANALYZE_AFTER_ROWS: u64 = 10_000;
+/// The tables a run writes or consumes.
+const ANALYZED_TABLES: &[&str] = &[
+    "indicator_bar_changes",
+    "indicator_state",
+    "technical_indicators",
+    "technical_indicators_latest",
+];
+
 /// Tuning of a run. `Default` is what the daemon and the CLI use.
 #[derive(Debug, Clone)]
 pub struct JobSettings {
@@ -111,6 +125,8 @@ pub struct RunSummary {
     pub replica_fallbacks: u64,
     /// The run stopped early on request; the symbols not reached are in no count.
     pub cancelled: bool,
+    /// Indicator tables ANALYZEd after the run (0: too small a run, or it failed).
+    pub tables_analyzed: i32,
     pub duration: Duration,
     /// Symbols skipped because locked, for a caller that wants to retry them.
     pub locked_symbols: Vec<String>,
@@ -159,6 +175,31 @@ pub async fn run_once(
     metrics::histogram!("trading_sync_indicator_run_seconds").record(elapsed.as_secs_f64());
     let mut summary = result?;
     summary.duration = elapsed;
+    if !summary.cancelled && summary.rows_written >= ANALYZE_AFTER_ROWS {
+        // Logged and counted in `refresh`; a failure leaves the rows written as they are.
+        match pg.connect().await {
+            Ok(client) => {
+                let large = crate::db::statistics::is_large_change(
+                    &client,
+                    "technical_indicators",
+                    summary.rows_written,
+                    ANALYZE_AFTER_ROWS,
+                )
+                .await;
+                if large {
+                    if let Ok(n) =
+                        crate::db::statistics::refresh(&client, Some(ANALYZED_TABLES), "indicators")
+                            .await
+                    {
+                        summary.tables_analyzed = n;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot connect to refresh the indicator tables' statistics")
+            }
+        }
+    }
     for (result, n) in [
         ("computed", summary.symbols_computed),
         ("up_to_date", summary.symbols_up_to_date),
@@ -186,6 +227,7 @@ pub async fn run_once(
         bars_skipped_duplicate_date = summary.bars_skipped_duplicate_date,
         values_nulled = summary.values_nulled,
         cancelled = summary.cancelled,
+        tables_analyzed = summary.tables_analyzed,
         seconds = elapsed.as_secs_f64(),
         "indicator run finished"
     );

@@ -1,5 +1,6 @@
 //! The architecture review's DatabaseMaintenance as scheduled tasks: market_data partitions
-//! created ahead of time, and retention of logs, dead letters and the trade-id ledger.
+//! created ahead of time, retention of logs, dead letters and the trade-id ledger, and the
+//! analytics tables' statistics (its update_statistics: ANALYZE, through V26's function).
 //!
 //! Each task is its own statement with its own outcome, so one failing (say, a lock timeout on
 //! market_data) does not stop the others. A session advisory lock makes the whole run happen
@@ -94,6 +95,8 @@ pub struct MaintenanceReport {
     pub performance_logs_retired: u64,
     pub dead_letters_deleted: u64,
     pub ledger_rows_deleted: u64,
+    /// Analytics tables ANALYZEd (0 when the task is off or failed).
+    pub tables_analyzed: i32,
     /// Tasks that failed, with the error; the others still ran.
     pub failures: Vec<(&'static str, String)>,
 }
@@ -224,6 +227,21 @@ pub async fn run_once(
             Err(e) => report.failures.push(("ledger", crate::db::error_text(&e))),
         }
     }
+    // Last: after retention deleted what it deletes, the statistics describe what is left.
+    if config.analyze {
+        match timed(
+            "statistics",
+            slow_query,
+            crate::db::statistics::refresh(client, None, "maintenance"),
+        )
+        .await
+        {
+            Ok(n) => report.tables_analyzed = n,
+            Err(e) => report
+                .failures
+                .push(("statistics", crate::db::error_text(&e))),
+        }
+    }
     // Unlocking first tells whether the session is still there: a task's 57P01 reaches us
     // before the connection's end of file does, so `is_closed()` alone, read right after the
     // last task, may still say false. A lost connection also released the lock.
@@ -246,6 +264,7 @@ pub async fn run_once(
         performance_logs_retired = report.performance_logs_retired,
         dead_letters_deleted = report.dead_letters_deleted,
         ledger_rows_deleted = report.ledger_rows_deleted,
+        tables_analyzed = report.tables_analyzed,
         failures = report.failures.len(),
         "maintenance run finished"
     );

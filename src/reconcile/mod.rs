@@ -37,6 +37,19 @@ const UNLOCK: &str = "SELECT pg_advisory_unlock($1)";
 /// Change-log rows per transaction: a long outage heals in bounded transactions.
 const CHUNK: i64 = 5_000;
 
+/// A run that applied at least this many trades, and at least a tenth of the ledger's size,
+/// refreshes the statistics of the tables it filled (through V26's function: trading_sync
+/// cannot ANALYZE them itself), rather than leave the next batches' plans to autovacuum's next
+/// pass. A thousand is autovacuum's analyze threshold for a 10,000-row portfolio_summary.
+const ANALYZE_AFTER_TRADES: u64 = 1_000;
+/// The tables a run writes rows into.
+const ANALYZED_TABLES: &[&str] = &[
+    "applied_trades",
+    "performance_metrics",
+    "portfolio_summary",
+    "trade_changes",
+];
+
 /// The database clock, and the retention horizon on it: the later of the configured one and what
 /// retention has retired through (V21's watermark), plus a day's margin — a trade's executed_at
 /// in its row and in its event may differ a little, and retention compares the event's. NULL when
@@ -260,6 +273,8 @@ pub struct Report {
     pub positions_refreshed: Vec<(String, String)>,
     /// (account, symbol) of the rows priced.
     pub rows_priced: Vec<(String, String)>,
+    /// Analytics tables ANALYZEd after the run (0: too small a run, a dry run, or it failed).
+    pub tables_analyzed: i32,
     pub took: Duration,
 }
 
@@ -353,6 +368,24 @@ pub async fn run_prepared(
     let _ = client
         .query_one(&prepared.unlock, &[&RECONCILE_LOCK_KEY])
         .await;
+    let applied = report.applied.len() as u64;
+    if ran.is_ok()
+        && !report.dry_run
+        && crate::db::statistics::is_large_change(
+            client,
+            "applied_trades",
+            applied,
+            ANALYZE_AFTER_TRADES,
+        )
+        .await
+    {
+        // Logged and counted there; a failure leaves the healed books as they are.
+        if let Ok(n) =
+            crate::db::statistics::refresh(client, Some(ANALYZED_TABLES), "reconcile").await
+        {
+            report.tables_analyzed = n;
+        }
+    }
     report.took = started.elapsed();
     // Chunks commit as they go: what a failed run had committed is reported all the same.
     if !report.dry_run && (ran.is_ok() || report.healed_anything() || !report.unusable.is_empty()) {

@@ -20,6 +20,7 @@ mod oversized;
 mod reconcile;
 mod refusals;
 mod schema;
+mod security;
 mod streams;
 mod sync;
 mod systemd;
