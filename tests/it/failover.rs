@@ -63,23 +63,6 @@ async fn count(client: &tokio_postgres::Client) -> Option<u64> {
     Some(n as u64)
 }
 
-async fn stream_pending(key: &str) -> i64 {
-    let mut conn = loadgen::connect_redis(&common::redis_url()).await.unwrap();
-    let summary: redis::Value = redis::cmd("XPENDING")
-        .arg(key)
-        .arg("trading-sync")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    match summary {
-        redis::Value::Array(items) => match items.first() {
-            Some(redis::Value::Int(n)) => *n,
-            _ => 0,
-        },
-        _ => 0,
-    }
-}
-
 /// The daemon's JSON log lines whose message starts with `message`, fields flattened or not.
 fn lines_starting(daemon: &Daemon, message: &str) -> Vec<serde_json::Value> {
     daemon
@@ -241,7 +224,9 @@ async fn the_daemon_follows_a_promoted_standby_losing_and_duplicating_nothing() 
     eventually(
         "every entry acknowledged",
         Duration::from_secs(10),
-        || async { (stream_pending(&key).await == 0).then_some(()) },
+        || async {
+            (common::stream_pending(&mut redis_conn().await, &key).await == 0).then_some(())
+        },
     )
     .await;
     // The pool's connections to the dead host are discarded and replaced through the list.
@@ -282,4 +267,8 @@ async fn the_daemon_follows_a_promoted_standby_losing_and_duplicating_nothing() 
     daemon.sigterm();
     assert!(daemon.wait(Duration::from_secs(20)).success());
     common::delete_keys(&[&key]).await;
+}
+
+async fn redis_conn() -> redis::aio::MultiplexedConnection {
+    loadgen::connect_redis(&common::redis_url()).await.unwrap()
 }

@@ -74,27 +74,6 @@ async fn totals(db: &TestDb) -> (i64, i64, rust_decimal::Decimal) {
     (row.get(0), row.get(1), row.get(2))
 }
 
-async fn stream_pending(key: &str) -> i64 {
-    let mut conn = redis::Client::open(common::redis_url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let summary: redis::Value = redis::cmd("XPENDING")
-        .arg(key)
-        .arg("trading-sync")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    match summary {
-        redis::Value::Array(items) => match items.first() {
-            Some(redis::Value::Int(n)) => *n,
-            _ => 0,
-        },
-        _ => 0,
-    }
-}
-
 async fn drop_key(key: &str) {
     let mut conn = redis::Client::open(common::redis_url())
         .unwrap()
@@ -120,7 +99,9 @@ async fn assert_exact(db: &TestDb, key: &str, n: usize, quantity: i64) {
     eventually(
         "every entry acknowledged",
         Duration::from_secs(30),
-        || async { (stream_pending(key).await == 0).then_some(()) },
+        || async {
+            (common::stream_pending(&mut redis_conn().await, key).await == 0).then_some(())
+        },
     )
     .await;
 }
@@ -617,4 +598,8 @@ async fn redis_restarted_mid_load_in_pubsub_mode_loses_only_what_was_published_w
 #[tokio::test]
 async fn redis_restarted_mid_load_with_the_journal_loses_only_what_was_published_while_down() {
     redis_restarted_mid_load(true).await;
+}
+
+async fn redis_conn() -> redis::aio::MultiplexedConnection {
+    loadgen::connect_redis(&common::redis_url()).await.unwrap()
 }

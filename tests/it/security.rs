@@ -368,20 +368,7 @@ async fn the_daemon_keeps_every_row_as_trading_sync() {
     .unwrap();
     let reconciled = {
         let mut client = common::connect(&url).await;
-        let settings = trading_sync::reconcile::Settings {
-            grace: Duration::ZERO,
-            ledger_retention_days: 400,
-            exchange_tz: chrono_tz::America::New_York,
-            instance: "security-test".into(),
-        };
-        let request = trading_sync::reconcile::Request {
-            trigger: trading_sync::reconcile::Trigger::Command,
-            since: None,
-            dry_run: false,
-            skip_if_ran_within: None,
-            lock_wait: Duration::from_secs(30),
-        };
-        trading_sync::reconcile::run_once(&mut client, &settings, &request).await
+        reconcile_now(&mut client).await
     };
     let verified = common::process::command(
         &url,
@@ -1009,22 +996,7 @@ async fn maintenance_reconcile_and_a_backfill_refresh_statistics() {
                     .await
                     .unwrap();
             let mut c = c;
-            let settings = trading_sync::reconcile::Settings {
-                grace: Duration::ZERO,
-                ledger_retention_days: 400,
-                exchange_tz: chrono_tz::America::New_York,
-                instance: "security-test".into(),
-            };
-            let request = trading_sync::reconcile::Request {
-                trigger: trading_sync::reconcile::Trigger::Command,
-                since: None,
-                dry_run: false,
-                skip_if_ran_within: None,
-                lock_wait: Duration::from_secs(30),
-            };
-            let reconciled = trading_sync::reconcile::run_once(&mut c, &settings, &request)
-                .await
-                .unwrap();
+            let reconciled = reconcile_now(&mut c).await.unwrap();
             let mut pg = trading_sync::db::Connector::primary(&db_config).unwrap();
             pg.config_mut().user(&login);
             let indicators = trading_sync::indicators::job::run_once(
@@ -1114,4 +1086,25 @@ async fn audit_overhead_on_a_100k_row_insert() {
          ratio {:.2}",
         w / wo
     );
+}
+
+/// A reconcile run as `trading-sync reconcile` starts one, with no grace period: every trade
+/// in execution.trades is due.
+async fn reconcile_now(
+    client: &mut tokio_postgres::Client,
+) -> Result<trading_sync::reconcile::Outcome, trading_sync::reconcile::ReconcileError> {
+    let settings = trading_sync::reconcile::Settings {
+        grace: Duration::ZERO,
+        ledger_retention_days: 400,
+        exchange_tz: chrono_tz::America::New_York,
+        instance: "security-test".into(),
+    };
+    let request = trading_sync::reconcile::Request {
+        trigger: trading_sync::reconcile::Trigger::Command,
+        since: None,
+        dry_run: false,
+        skip_if_ran_within: None,
+        lock_wait: Duration::from_secs(30),
+    };
+    trading_sync::reconcile::run_once(client, &settings, &request).await
 }

@@ -46,22 +46,6 @@ async fn xadd(conn: &mut redis::aio::MultiplexedConnection, key: &str, payload: 
         .unwrap()
 }
 
-async fn pending(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
-    let summary: redis::Value = redis::cmd("XPENDING")
-        .arg(key)
-        .arg("trading-sync")
-        .query_async(conn)
-        .await
-        .unwrap();
-    match summary {
-        redis::Value::Array(items) => match items.first() {
-            Some(redis::Value::Int(n)) => *n,
-            _ => 0,
-        },
-        _ => 0,
-    }
-}
-
 async fn ledger_and_quantity(app: &App) -> (i64, i64) {
     let row = app
         .db
@@ -101,7 +85,7 @@ async fn stream_entries_are_applied_once_and_acknowledged_after_commit() {
     .await;
     eventually("every entry acknowledged", Duration::from_secs(10), || {
         let (key, mut conn) = (key.clone(), conn.clone());
-        async move { (pending(&mut conn, &key).await == 0).then_some(()) }
+        async move { (common::stream_pending(&mut conn, &key).await == 0).then_some(()) }
     })
     .await;
     app.stop().await.unwrap();
@@ -167,7 +151,7 @@ async fn own_pending_entries_are_reread_and_a_dead_consumers_are_taken_over() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(pending(&mut conn, &key).await, 31);
+    assert_eq!(common::stream_pending(&mut conn, &key).await, 31);
 
     let app = spawn_app(|c| {
         c.redis.channel_prefix = prefix.clone();
@@ -182,7 +166,7 @@ async fn own_pending_entries_are_reread_and_a_dead_consumers_are_taken_over() {
     .await;
     eventually("nothing left pending", Duration::from_secs(10), || {
         let (key, mut conn) = (key.clone(), conn.clone());
-        async move { (pending(&mut conn, &key).await == 0).then_some(()) }
+        async move { (common::stream_pending(&mut conn, &key).await == 0).then_some(()) }
     })
     .await;
     let row = app

@@ -416,6 +416,24 @@ pub async fn subscribers(conn: &mut redis::aio::MultiplexedConnection, prefix: &
 }
 
 /// XLEN, 0 for a missing key.
+/// Entries of `key` delivered to the daemon's group (`trading-sync`) and not yet acknowledged
+/// (XPENDING's summary count).
+pub async fn stream_pending(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+    let summary: redis::Value = redis::cmd("XPENDING")
+        .arg(key)
+        .arg("trading-sync")
+        .query_async(conn)
+        .await
+        .unwrap();
+    match summary {
+        redis::Value::Array(items) => match items.first() {
+            Some(redis::Value::Int(n)) => *n,
+            _ => 0,
+        },
+        _ => 0,
+    }
+}
+
 pub async fn xlen(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> u64 {
     redis::cmd("XLEN")
         .arg(key)
