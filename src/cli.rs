@@ -83,6 +83,29 @@ impl Cli {
     }
 }
 
+/// Runs a command with its centralized logs written while it runs and flushed (within
+/// `logship::FLUSH_DEADLINE`) before it returns — also when it fails.
+pub async fn shipped<T>(
+    config: &Config,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let shipping = crate::logship::Shipping::start(config);
+    let result = work.await;
+    if let Err(e) = &result {
+        crate::telemetry::central::record_error(
+            "trading_sync::cli",
+            format!(
+                "trading-sync: error: {}",
+                crate::config::mask_secrets(&format!("{e:#}"))
+            ),
+        );
+    }
+    if let Some(shipping) = shipping {
+        shipping.finish().await;
+    }
+    result
+}
+
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     let outcome = crate::db::migrate::migrate(&config.database)
         .await

@@ -12,6 +12,7 @@ pub mod db;
 pub mod events;
 pub mod indicators;
 pub(crate) mod ingest;
+pub mod logship;
 pub mod maintenance;
 pub mod reconcile;
 pub mod telemetry;

@@ -56,21 +56,39 @@ fn without_repeats(chain: &str) -> String {
 /// Ok(false): the command ran and its answer is "no" (`verify`'s books differ).
 async fn run(cli: Cli) -> anyhow::Result<bool> {
     let config = Config::load(&cli.config_source()).context("while loading the configuration")?;
+    // Centralized logs for the commands that work on a migrated database: `migrate` may run
+    // before the logging tables exist, and check-config touches no database.
+    let database_log = match cli.command {
+        Command::Run
+        | Command::Indicators { .. }
+        | Command::Reconcile { .. }
+        | Command::Verify { .. } => config.log.database_capture(),
+        Command::Migrate | Command::CheckConfig => None,
+    };
     trading_sync::telemetry::init(
         cli.log_format.unwrap_or(config.log.format),
         config.log.filter.as_deref(),
+        database_log,
     )
     .context("while setting up logging")?;
     match cli.command {
         Command::Migrate => cli::migrate(&config).await.map(|()| true),
-        Command::Run => cli::run(&config, cli.config_source()).await.map(|()| true),
+        Command::Run => cli::shipped(&config, cli::run(&config, cli.config_source()))
+            .await
+            .map(|()| true),
         Command::Indicators { symbols, full } => {
-            cli::indicators(&config, symbols, full).await.map(|()| true)
+            cli::shipped(&config, cli::indicators(&config, symbols, full))
+                .await
+                .map(|()| true)
         }
         Command::Reconcile { since, dry_run } => {
-            cli::reconcile(&config, since, dry_run).await.map(|()| true)
+            cli::shipped(&config, cli::reconcile(&config, since, dry_run))
+                .await
+                .map(|()| true)
         }
-        Command::Verify { account, strategy } => cli::verify(&config, account, strategy).await,
+        Command::Verify { account, strategy } => {
+            cli::shipped(&config, cli::verify(&config, account, strategy)).await
+        }
         Command::CheckConfig => {
             cli::check_config(&config);
             Ok(true)

@@ -288,6 +288,10 @@ impl Writer {
                     backoff.reset();
                     let took = started.elapsed();
                     crate::core::note_duration("batch", self.settings.slow_query, took);
+                    self.stats.commit_times.record(took);
+                    if took >= self.settings.slow_query {
+                        self.stats.slow_commits.fetch_add(1, Ordering::Relaxed);
+                    }
                     self.acknowledge(&slice);
                     metrics::histogram!("trading_sync_commit_seconds").record(took.as_secs_f64());
                     metrics::histogram!("trading_sync_batch_events").record(slice.len() as f64);

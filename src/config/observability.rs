@@ -64,7 +64,19 @@ pub struct LogConfig {
     pub filter: Option<String>,
     /// Seconds between the info-level summary lines (rates, queue, lag); 0 = off.
     pub summary_interval_secs: u64,
+    /// Write the daemon's own events and its performance records into `logging.system_logs` and
+    /// `logging.performance_logs` (centralized logs).
+    pub database: bool,
+    /// The least severe level written there: `warn` (default), `error` or `info`.
+    pub database_level: String,
 }
+
+/// What `log.database_level` accepts, lower case as written in the file.
+const DATABASE_LEVELS: [(&str, tracing::Level); 3] = [
+    ("error", tracing::Level::ERROR),
+    ("warn", tracing::Level::WARN),
+    ("info", tracing::Level::INFO),
+];
 
 impl Default for LogConfig {
     fn default() -> Self {
@@ -72,6 +84,8 @@ impl Default for LogConfig {
             format: LogFormat::Auto,
             filter: None,
             summary_interval_secs: 60,
+            database: true,
+            database_level: "warn".into(),
         }
     }
 }
@@ -89,13 +103,39 @@ impl LogConfig {
             tracing_subscriber::EnvFilter::try_new(filter)
                 .map_err(|e| ConfigError::invalid("log.filter", e.to_string()))?;
         }
+        self.database_level()?;
         Ok(())
+    }
+
+    /// `log.database_level` as a tracing level. Debug and trace are refused: at those levels the
+    /// capture would cost every event of the data path a visit and a push.
+    pub fn database_level(&self) -> Result<tracing::Level, ConfigError> {
+        let wanted = self.database_level.trim().to_ascii_lowercase();
+        DATABASE_LEVELS
+            .iter()
+            .find(|(name, _)| *name == wanted)
+            .map(|(_, level)| *level)
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    "log.database_level",
+                    format!("`{}` is not one of warn, error, info", self.database_level),
+                )
+            })
+    }
+
+    /// The level captured for the database, or None with `log.database = false`.
+    pub fn database_capture(&self) -> Option<tracing::Level> {
+        if self.database {
+            self.database_level().ok()
+        } else {
+            None
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::config::testing::{assert_accepted, assert_range, assert_refused};
+    use crate::config::testing::{assert_accepted, assert_range, assert_refused, jail};
 
     /// An address to bind, not a name to resolve; checked even with the server disabled.
     #[test]
@@ -126,6 +166,52 @@ mod tests {
     fn log_summary_interval_secs_bounds() {
         assert_range("log.summary_interval_secs", 0, 86_400, |c, v| {
             c.log.summary_interval_secs = v
+        });
+    }
+
+    #[test]
+    fn log_database_level_is_warn_error_or_info() {
+        for level in ["debug", "trace", "warning", ""] {
+            let message = assert_refused("log.database_level", |c| {
+                c.log.database_level = level.into()
+            });
+            assert!(message.contains(&format!("`{level}`")), "{message}");
+        }
+        for level in ["warn", "error", "info", "ERROR"] {
+            assert_accepted(|c| c.log.database_level = level.into());
+        }
+        let mut log = super::LogConfig::default();
+        assert_eq!(log.database_capture(), Some(tracing::Level::WARN));
+        log.database = false;
+        assert_eq!(log.database_capture(), None);
+    }
+
+    /// From the file and the environment, as `check-config` and `run` read them.
+    #[test]
+    fn log_database_keys_load_from_the_file_and_the_environment() {
+        use crate::config::{Config, ConfigError, ConfigSource};
+        jail(|jail| {
+            let source = ConfigSource {
+                path: "config.toml".into(),
+                required: true,
+            };
+            jail.create_file(
+                "config.toml",
+                "[log]\ndatabase = false\ndatabase_level = \"error\"\n",
+            )?;
+            let config = Config::load(&source).unwrap();
+            assert!(!config.log.database);
+            assert_eq!(config.log.database_level().unwrap(), tracing::Level::ERROR);
+            jail.set_env("TRADING_SYNC__LOG__DATABASE", "true");
+            jail.set_env("TRADING_SYNC__LOG__DATABASE_LEVEL", "info");
+            let config = Config::load(&source).unwrap();
+            assert_eq!(config.log.database_capture(), Some(tracing::Level::INFO));
+            jail.set_env("TRADING_SYNC__LOG__DATABASE_LEVEL", "loud");
+            match Config::load(&source) {
+                Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "log.database_level"),
+                other => panic!("not refused under log.database_level: {other:?}"),
+            }
+            Ok(())
         });
     }
 

@@ -81,6 +81,10 @@ pub struct WriterStats {
     pub database_failing: AtomicBool,
     /// True while that error is one retrying alone cannot fix (permissions, schema, password).
     pub blocked: AtomicBool,
+    /// Batch commits slower than `database.slow_query_ms`.
+    pub slow_commits: AtomicU64,
+    /// Commit durations of the current summary interval (drained by the summary).
+    pub commit_times: DurationSample,
 }
 
 impl WriterStats {
@@ -89,5 +93,132 @@ impl WriterStats {
             .values()
             .map(|a| a.load(Ordering::Relaxed))
             .sum()
+    }
+}
+
+/// Durations recorded since the last [`DurationSample::drain`], as counts in log-spaced buckets
+/// (four per power of two of microseconds: a percentile is within 19% of the true value).
+/// Recording is one relaxed atomic add and one atomic max: the writer's hot path takes no lock
+/// and keeps no list, whatever the commit rate.
+#[derive(Debug)]
+pub struct DurationSample {
+    buckets: [AtomicU64; SAMPLE_BUCKETS],
+    max_us: AtomicU64,
+}
+
+/// 4 sub-buckets × 40 octaves: 1 µs up to 2^40 µs (12 days); anything longer lands in the last.
+const SAMPLE_BUCKETS: usize = 160;
+
+impl Default for DurationSample {
+    fn default() -> Self {
+        DurationSample {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            max_us: AtomicU64::new(0),
+        }
+    }
+}
+
+/// What a drained interval held.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DurationSummary {
+    pub count: u64,
+    /// Upper bounds of the buckets holding the 50th and 99th percentiles (never above `max`).
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl DurationSample {
+    pub fn record(&self, took: std::time::Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.buckets[bucket_of(us)].fetch_add(1, Ordering::Relaxed);
+        self.max_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    /// Takes the counts recorded since the last drain and starts a new interval. A record made
+    /// during the drain counts in this interval or the next, never in neither.
+    pub fn drain(&self) -> DurationSummary {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.swap(0, Ordering::Relaxed))
+            .collect();
+        let max_us = self.max_us.swap(0, Ordering::Relaxed);
+        let count: u64 = counts.iter().sum();
+        if count == 0 {
+            return DurationSummary::default();
+        }
+        let max_ms = max_us as f64 / 1_000.0;
+        let percentile = |q: f64| {
+            let rank = ((count as f64 * q).ceil() as u64).max(1);
+            let mut seen = 0;
+            for (i, n) in counts.iter().enumerate() {
+                seen += n;
+                if seen >= rank {
+                    return (bucket_upper_us(i) as f64 / 1_000.0).min(max_ms);
+                }
+            }
+            max_ms
+        };
+        DurationSummary {
+            count,
+            p50_ms: percentile(0.50),
+            p99_ms: percentile(0.99),
+            max_ms,
+        }
+    }
+}
+
+/// Bucket `4·o + s` holds [2^o·(1 + s/4), 2^o·(1 + (s+1)/4)) µs; 0 and 1 µs share bucket 0.
+fn bucket_of(us: u64) -> usize {
+    if us < 2 {
+        return 0;
+    }
+    let octave = 63 - us.leading_zeros() as usize;
+    let sub = if octave >= 2 {
+        ((us >> (octave - 2)) & 3) as usize
+    } else {
+        ((us << (2 - octave)) & 3) as usize
+    };
+    (octave * 4 + sub).min(SAMPLE_BUCKETS - 1)
+}
+
+/// The exclusive upper bound of a bucket, in whole µs (rounded up: the lowest octaves' buckets
+/// are narrower than a microsecond).
+fn bucket_upper_us(bucket: usize) -> u64 {
+    let (octave, sub) = (bucket / 4, bucket % 4);
+    ((1u64 << octave) * (5 + sub as u64)).div_ceil(4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn every_duration_falls_below_its_buckets_bound_and_above_the_previous() {
+        for us in [2u64, 3, 4, 5, 7, 8, 100, 1_000, 1_234, 65_535, 1 << 30] {
+            let b = bucket_of(us);
+            assert!(us < bucket_upper_us(b), "{us} in {b}");
+            assert!(b == 0 || us >= bucket_upper_us(b - 1), "{us} in {b}");
+        }
+    }
+
+    #[test]
+    fn percentiles_of_an_interval_and_a_fresh_start_after_the_drain() {
+        let sample = DurationSample::default();
+        assert_eq!(sample.drain(), DurationSummary::default());
+        // 98 commits of 2 ms, one of 40 ms and one of 300 ms.
+        for _ in 0..98 {
+            sample.record(Duration::from_millis(2));
+        }
+        sample.record(Duration::from_millis(40));
+        sample.record(Duration::from_millis(300));
+        let s = sample.drain();
+        assert_eq!(s.count, 100);
+        assert!((2.0..=2.5).contains(&s.p50_ms), "{s:?}");
+        assert!((40.0..=48.0).contains(&s.p99_ms), "{s:?}");
+        assert_eq!(s.max_ms, 300.0);
+        assert_eq!(sample.drain().count, 0);
     }
 }

@@ -24,6 +24,7 @@ pub(super) async fn monitor(
     let mut tick = tokio::time::interval(period);
     let mut last_summary = tokio::time::Instant::now();
     let mut last = (0u64, 0u64);
+    let mut last_writer = WriterTotals::of(&state);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -100,6 +101,67 @@ pub(super) async fn monitor(
                 "summary"
             );
             last = (received, applied);
+            let totals = WriterTotals::of(&state);
+            record_writer_summary(&state, &last_writer, &totals, secs);
+            last_writer = totals;
         }
     }
+}
+
+/// The batch writer's running totals, to take an interval's differences from.
+struct WriterTotals {
+    batches: u64,
+    applied: u64,
+    duplicates: u64,
+    dead_lettered: u64,
+    slow: u64,
+}
+
+impl WriterTotals {
+    fn of(state: &DaemonState) -> WriterTotals {
+        let writer = &state.writer;
+        WriterTotals {
+            batches: writer.batches.load(Ordering::Relaxed),
+            applied: writer.applied_total(),
+            duplicates: writer.duplicates.load(Ordering::Relaxed),
+            dead_lettered: writer.dead_lettered.load(Ordering::Relaxed),
+            slow: writer.slow_commits.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The review's DatabaseMonitoring summary, one `logging.performance_logs` row per summary
+/// interval: what the writer committed and how fast. `duration_ms` is the interval covered;
+/// `success` is false while batches fail to reach the database.
+fn record_writer_summary(
+    state: &DaemonState,
+    before: &WriterTotals,
+    now: &WriterTotals,
+    secs: f64,
+) {
+    let commits = state.writer.commit_times.drain();
+    let events = now.applied - before.applied;
+    let failing = state.writer.database_failing.load(Ordering::Relaxed);
+    let record = crate::telemetry::PerformanceLog::new(
+        "batch_writer_summary",
+        Duration::from_secs_f64(secs),
+        !failing,
+    )
+    .rows(events)
+    .data(serde_json::json!({
+        "interval_s": (secs * 1_000.0).round() / 1_000.0,
+        "batches": now.batches - before.batches,
+        "events_applied": events,
+        "duplicates": now.duplicates - before.duplicates,
+        "dead_lettered": now.dead_lettered - before.dead_lettered,
+        "commits_timed": commits.count,
+        "commit_ms_p50": commits.p50_ms,
+        "commit_ms_p99": commits.p99_ms,
+        "commit_ms_max": commits.max_ms,
+        "slow_queries": now.slow - before.slow,
+        "queue_depth": state.queue_depth(),
+        "database_failing": failing,
+        "blocked": state.writer.blocked.load(Ordering::Relaxed),
+    }));
+    crate::telemetry::record_performance(record);
 }

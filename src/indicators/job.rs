@@ -173,6 +173,12 @@ pub async fn run_once(
     };
     metrics::counter!("trading_sync_indicator_runs_total", "outcome" => outcome).increment(1);
     metrics::histogram!("trading_sync_indicator_run_seconds").record(elapsed.as_secs_f64());
+    if let Err(e) = &result {
+        crate::telemetry::record_performance(
+            crate::telemetry::PerformanceLog::new("indicator_run", elapsed, false)
+                .data(serde_json::json!({"mode": format!("{mode:?}"), "error": e.to_string()})),
+        );
+    }
     let mut summary = result?;
     summary.duration = elapsed;
     if !summary.cancelled && summary.rows_written >= ANALYZE_AFTER_ROWS {
@@ -231,7 +237,40 @@ pub async fn run_once(
         seconds = elapsed.as_secs_f64(),
         "indicator run finished"
     );
+    record_run(&summary, mode);
     Ok(summary)
+}
+
+/// The run's `logging.performance_logs` row: successful when no symbol failed and it was not
+/// cut short.
+fn record_run(summary: &RunSummary, mode: Mode) {
+    const LISTED: usize = 20;
+    let record = crate::telemetry::PerformanceLog::new(
+        "indicator_run",
+        summary.duration,
+        summary.failures == 0 && !summary.cancelled,
+    )
+    .rows(summary.rows_written)
+    .data(serde_json::json!({
+        "mode": format!("{mode:?}"),
+        "symbols_selected": summary.symbols_selected,
+        "symbols_computed": summary.symbols_computed,
+        "symbols_up_to_date": summary.symbols_up_to_date,
+        "skipped_locked": summary.skipped_locked,
+        "skipped_unknown": summary.skipped_unknown,
+        "recomputed_after_revision": summary.recomputed_after_revision,
+        "failures": summary.failures,
+        "failed_symbols": summary.failed_symbols.iter().take(LISTED).collect::<Vec<_>>(),
+        "rows_written": summary.rows_written,
+        "bars_skipped_invalid": summary.bars_skipped_invalid,
+        "bars_skipped_duplicate_date": summary.bars_skipped_duplicate_date,
+        "values_nulled": summary.values_nulled,
+        "replica_reads": summary.replica_reads,
+        "replica_fallbacks": summary.replica_fallbacks,
+        "cancelled": summary.cancelled,
+        "tables_analyzed": summary.tables_analyzed,
+    }));
+    crate::telemetry::record_performance(record);
 }
 
 #[derive(Default)]

@@ -391,10 +391,44 @@ pub async fn run_prepared(
     if !report.dry_run && (ran.is_ok() || report.healed_anything() || !report.unusable.is_empty()) {
         record_metrics(&report);
     }
+    if !matches!(ran, Ok(false)) {
+        record_run(&report, request, ran.as_ref().err());
+    }
     match ran? {
         true => Ok(Outcome::Ran(report)),
         false => Ok(Outcome::SkippedRecent),
     }
+}
+
+/// The run's `logging.performance_logs` row: rows_affected counts the trades applied, the
+/// positions refreshed and the rows priced; a failed run reports what its committed chunks did.
+fn record_run(report: &Report, request: &Request, error: Option<&ReconcileError>) {
+    let rows = report.applied.len() + report.positions_refreshed.len() + report.rows_priced.len();
+    let mut data = serde_json::json!({
+        "trigger": request.trigger.as_str(),
+        "dry_run": report.dry_run,
+        "since": request.since.map(|t| t.to_rfc3339()),
+        "trades_applied": report.applied.len(),
+        "first_trade_id": report.applied.first(),
+        "last_trade_id": report.applied.last(),
+        "trades_present": report.already_present,
+        "trades_unusable": report.unusable.len(),
+        "positions_refreshed": report.positions_refreshed.len(),
+        "rows_priced": report.rows_priced.len(),
+        "tables_analyzed": report.tables_analyzed,
+    });
+    if let Some(error) = error {
+        let text = match error {
+            ReconcileError::Db(e) => crate::db::error_text(e),
+            other => other.to_string(),
+        };
+        data["error"] = serde_json::Value::from(text);
+    }
+    let record =
+        crate::telemetry::PerformanceLog::new("reconcile_run", report.took, error.is_none())
+            .rows(rows as u64)
+            .data(data);
+    crate::telemetry::record_performance(record);
 }
 
 async fn lock(

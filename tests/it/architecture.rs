@@ -9,7 +9,8 @@ use std::path::Path;
 /// `main → cli → daemon → {ingest, apply, reconcile, indicators, maintenance} → {events, db,
 /// config} → core`. reconcile sits above apply: it heals through apply's own fold and store,
 /// so a trade counts once whichever path brought it. db reads its settings from config;
-/// telemetry reads config's log format.
+/// telemetry reads config's log format and captures centralized logs without a database;
+/// logship, their sink, writes them through db.
 const RANKS: &[(&str, u8)] = &[
     ("core", 0),
     ("config", 1),
@@ -20,6 +21,7 @@ const RANKS: &[(&str, u8)] = &[
     ("apply", 3),
     ("maintenance", 3),
     ("indicators", 3),
+    ("logship", 3),
     ("reconcile", 4),
     ("daemon", 5),
     ("cli", 6),

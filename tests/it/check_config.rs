@@ -262,6 +262,8 @@ fn bad_values_are_rejected_with_their_key() {
         ("[http]\nlisten = \"localhost\"\n", "http.listen"),
         ("[sync]\nbatch_max_events = \"many\"\n", "batch_max_events"),
         ("[log]\nformat = \"xml\"\n", "format"),
+        ("[log]\ndatabase_level = \"debug\"\n", "log.database_level"),
+        ("[log]\ndatabase = \"yes\"\n", "database"),
         ("[journal]\nappend_batch = 0\n", "journal.append_batch"),
         ("[journal]\ntrim_interval_ms = 0\n", "journal.trim_interval_ms"),
         ("[journal]\nbuffer_max_bytes = 100\n", "journal.buffer_max_bytes"),

@@ -14,6 +14,7 @@ mod indicator_replica;
 mod indicators;
 mod journal;
 mod loadgen_oracle;
+mod logs;
 mod maintenance;
 mod migrate;
 mod oversized;

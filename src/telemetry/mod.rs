@@ -1,7 +1,13 @@
-//! Logging: human text on a terminal, JSON lines when asked, journald-native fields under systemd.
+//! Logging: human text on a terminal, JSON lines when asked, journald-native fields under systemd;
+//! and, with `[log] database`, the capture of the daemon's own warnings and performance records
+//! for `logging.*` ([`central`]; the sink that writes them is `src/logship`).
 //!
 //! Owns the global subscriber and nothing else; the rest of the crate only emits `tracing` events
 //! with fields (channel, event_type, trade_id, symbol…) so that `journalctl -o json | jq` can filter.
+
+pub mod central;
+
+pub use central::{log_buffer, record_performance, shipping, LogBuffer, PerformanceLog};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::io::IsTerminal;
@@ -24,7 +30,13 @@ fn env_filter() -> Option<String> {
 }
 
 /// Installs the global subscriber. `RUST_LOG` wins over the config's filter; `info` otherwise.
-pub fn init(format: LogFormat, configured_filter: Option<&str>) -> anyhow::Result<()> {
+/// With `database` (`[log] database_level`), events of that level and above are also captured
+/// for `logging.system_logs`, whatever the filter of the process log says.
+pub fn init(
+    format: LogFormat,
+    configured_filter: Option<&str>,
+    database: Option<tracing::Level>,
+) -> anyhow::Result<()> {
     let filter = match env_filter() {
         Some(from_env) => EnvFilter::try_new(from_env)?,
         None => EnvFilter::try_new(configured_filter.unwrap_or("info"))?,
@@ -52,10 +64,21 @@ pub fn init(format: LogFormat, configured_filter: Option<&str>) -> anyhow::Resul
         },
         LogFormat::Text | LogFormat::Auto => text_layer(),
     };
+    let captured = database.map(|level| {
+        let buffer = std::sync::Arc::new(LogBuffer::new(central::DEFAULT_CAPACITY));
+        let layer = central::DatabaseLayer::new(buffer.clone())
+            .with_filter(central::DatabaseLayer::filter(level));
+        (buffer, layer)
+    });
+    let (buffer, database_layer) = captured.unzip();
     tracing_subscriber::registry()
         .with(layer.with_filter(filter))
+        .with(database_layer)
         .try_init()?;
     let _ = FILTER.set(handle);
+    if let Some(buffer) = buffer {
+        central::install_buffer(buffer);
+    }
     Ok(())
 }
 
