@@ -17,9 +17,10 @@ async fn main() -> ExitCode {
         1
     };
     match run(cli).await {
-        Ok(true) => ExitCode::SUCCESS,
-        // `verify` found differences: it printed them; no error line.
-        Ok(false) => ExitCode::from(1),
+        Ok(0) => ExitCode::SUCCESS,
+        // `verify` found differences, `status` found the daemon not ready: they printed why;
+        // no error line.
+        Ok(code) => ExitCode::from(code),
         Err(error) => {
             // One line with the whole cause chain: what journald and a terminal both show well.
             // Masked: a cause may quote a URL or a connection string.
@@ -53,27 +54,36 @@ fn without_repeats(chain: &str) -> String {
     parts.join(": ")
 }
 
-/// Ok(false): the command ran and its answer is "no" (`verify`'s books differ).
-async fn run(cli: Cli) -> anyhow::Result<bool> {
+/// Ok(non-zero): the command ran and its answer is "no" (`verify`'s books differ: 1; `status`:
+/// the daemon is not ready, not running or cannot be asked).
+async fn run(cli: Cli) -> anyhow::Result<u8> {
     let config = Config::load(&cli.config_source()).context("while loading the configuration")?;
     trading_sync::telemetry::init(
         cli.log_format.unwrap_or(config.log.format),
         config.log.filter.as_deref(),
     )
     .context("while setting up logging")?;
+    let every = cli.progress_every;
+    let done = |()| 0;
     match cli.command {
-        Command::Migrate => cli::migrate(&config).await.map(|()| true),
-        Command::Run => cli::run(&config, cli.config_source()).await.map(|()| true),
-        Command::Indicators { symbols, full } => {
-            cli::indicators(&config, symbols, full).await.map(|()| true)
-        }
-        Command::Reconcile { since, dry_run } => {
-            cli::reconcile(&config, since, dry_run).await.map(|()| true)
-        }
-        Command::Verify { account, strategy } => cli::verify(&config, account, strategy).await,
+        Command::Migrate => cli::migrate(&config).await.map(done),
+        Command::Run => cli::run(&config, cli.config_source()).await.map(done),
+        Command::Indicators { symbols, full } => cli::indicators(&config, symbols, full, every)
+            .await
+            .map(done),
+        Command::Reconcile { since, dry_run } => cli::reconcile(&config, since, dry_run, every)
+            .await
+            .map(done),
+        Command::Verify { account, strategy } => cli::verify(&config, account, strategy)
+            .await
+            .map(|clean| if clean { 0 } else { 1 }),
+        Command::DeadLetters { command } => cli::dead_letters::run(&config, command, every)
+            .await
+            .map(done),
+        Command::Status { json } => cli::status::status(&config, json).await,
         Command::CheckConfig => {
             cli::check_config(&config);
-            Ok(true)
+            Ok(0)
         }
     }
 }
