@@ -23,8 +23,9 @@
 -- enabled on it (V23 enabled it on the execution tables and portfolio_summary only), and no
 -- application role (trading_app) has any grant on it: the payloads are any account's messages.
 
+-- reason defaults to 'unclassified' for a row inserted by hand; the daemon always sets it.
 ALTER TABLE analytics.dead_letters
-    ADD COLUMN reason         TEXT,
+    ADD COLUMN reason         TEXT NOT NULL DEFAULT 'unclassified',
     ADD COLUMN replayed_at    TIMESTAMPTZ,
     ADD COLUMN replay_result  TEXT;
 
@@ -48,7 +49,6 @@ UPDATE analytics.dead_letters SET reason = CASE
 END;
 
 ALTER TABLE analytics.dead_letters
-    ALTER COLUMN reason SET NOT NULL,
     ADD CONSTRAINT dead_letters_reason_not_blank CHECK (reason <> ''),
     ADD CONSTRAINT dead_letters_replay_result_check CHECK (
         replay_result IN ('applied', 'duplicate', 'still_invalid')),
@@ -69,7 +69,7 @@ COMMENT ON COLUMN analytics.dead_letters.channel IS
 COMMENT ON COLUMN analytics.dead_letters.error IS
     'Why it could not be applied, for a person; after a replay that refused it again, the new refusal.';
 COMMENT ON COLUMN analytics.dead_letters.reason IS
-    'Stable label of the refusal (not_json, missing_field, oversized, database, stream_entry …), as in the metric''s reason label; unclassified for some rows written before V28.';
+    'Stable label of the refusal (not_json, missing_field, oversized, database, stream_entry …), as in the metric''s reason label; unclassified for some rows written before V28 and rows inserted by hand.';
 COMMENT ON COLUMN analytics.dead_letters.replayed_at IS 'When `dead-letters replay` last decided this row; NULL if never replayed.';
 COMMENT ON COLUMN analytics.dead_letters.replay_result IS
     'applied (now in the books), duplicate (the ledger had the trade) or still_invalid (refused again: see reason, error).';

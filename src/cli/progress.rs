@@ -146,6 +146,11 @@ impl Progress for CliProgress {
         let Ok(mut state) = self.state.lock() else {
             return;
         };
+        if total == Some(0) {
+            // Nothing to do: no bar, no line; finish() stays silent too.
+            state.active = false;
+            return;
+        }
         let now = Instant::now();
         state.what = what.to_owned();
         state.total = total;
@@ -159,8 +164,8 @@ impl Progress for CliProgress {
                 None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
             };
             let template = match total {
-                Some(_) => "{prefix} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} {msg} ({per_sec}, ETA {eta})",
-                None => "{prefix} [{elapsed_precise}] {spinner} {human_pos} {msg} ({per_sec})",
+                Some(_) => "{prefix} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} {msg} ({per_sec:1}, ETA {eta})",
+                None => "{prefix} [{elapsed_precise}] {spinner} {human_pos} {msg} ({per_sec:1})",
             };
             if let Ok(style) = ProgressStyle::with_template(template) {
                 bar.set_style(style);
