@@ -16,6 +16,8 @@ fn dead_letters_only() -> MaintenanceConfig {
         log_retention_days: 0,
         dead_letter_retention_days: 30,
         ledger_retention_days: 0,
+        // ANALYZE (V26) runs after retention: off, or it would be the last task.
+        analyze: false,
         ..Default::default()
     }
 }
