@@ -8,7 +8,7 @@ use crate::common;
 use std::time::Duration;
 
 use common::process::command;
-use common::{eventually, spawn_app, App};
+use common::{eventually, spawn_app, App, LoginRole};
 
 /// Over the daemon's 256-byte limit below, under the default 64 KiB: replayable.
 fn padded_trade(id: &str) -> String {
@@ -403,9 +403,12 @@ async fn show_escapes_control_bytes_and_purge_removes_what_it_says() {
 #[tokio::test]
 async fn replay_progress_off_a_terminal_is_plain_periodic_lines() {
     let app = refused_messages().await;
+    // As the daemon's own role, not the owner: V28's grants cover every command.
+    let role = LoginRole::create("trading_sync").await;
+    let url = role.url(&app.db.url);
     // stdout and stderr are pipes here: no bar, a line per step with --progress-every 0.
     let (code, out, err) = command(
-        &app.db.url,
+        &url,
         &["dead-letters", "replay", "--all", "--progress-every", "0"],
         &[],
     );
@@ -440,12 +443,30 @@ async fn replay_progress_off_a_terminal_is_plain_periodic_lines() {
         "no carriage return or escape sequence off a terminal: {err:?}"
     );
     // The default: a line at the start and at the end only, for a run this short.
-    let (code, out, err) = command(&app.db.url, &["dead-letters", "replay", "--all"], &[]);
+    let (code, out, err) = command(&url, &["dead-letters", "replay", "--all"], &[]);
     assert_eq!(code, 0, "{out}{err}");
     let lines = err
         .lines()
         .filter(|l| l.contains("dead-letters replay: "))
         .count();
     assert_eq!(lines, 2, "{err}");
-    app.stop().await.unwrap();
+    let listed = ok(command(&url, &["dead-letters", "list"], &[]));
+    assert_eq!(listed.lines().count(), total, "{listed}");
+    let first = app
+        .scalar_i64("SELECT min(id) FROM analytics.dead_letters")
+        .await
+        .to_string();
+    ok(command(&url, &["dead-letters", "show", &first], &[]));
+    let purged = ok(command(&url, &["dead-letters", "purge", &first], &[]));
+    assert!(purged.contains("deleted 1"), "{purged}");
+    let (code, out, err) = command(
+        &url,
+        &["status"],
+        &[("TRADING_SYNC__HTTP__ENABLED", "false")],
+    );
+    assert_eq!(code, 4, "{out}{err}");
+    assert!(out.contains("schema        V28 (current)"), "{out}");
+    let (stopped, db) = app.stop_keeping_db().await;
+    stopped.unwrap();
+    role.drop(&db).await;
 }
