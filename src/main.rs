@@ -17,9 +17,10 @@ async fn main() -> ExitCode {
         1
     };
     match run(cli).await {
-        Ok(true) => ExitCode::SUCCESS,
-        // `verify` found differences: it printed them; no error line.
-        Ok(false) => ExitCode::from(1),
+        Ok(0) => ExitCode::SUCCESS,
+        // `verify` found differences, `status` found the daemon not ready: they printed why;
+        // no error line.
+        Ok(code) => ExitCode::from(code),
         Err(error) => {
             // One line with the whole cause chain: what journald and a terminal both show well.
             // Masked: a cause may quote a URL or a connection string.
@@ -53,8 +54,9 @@ fn without_repeats(chain: &str) -> String {
     parts.join(": ")
 }
 
-/// Ok(false): the command ran and its answer is "no" (`verify`'s books differ).
-async fn run(cli: Cli) -> anyhow::Result<bool> {
+/// Ok(non-zero): the command ran and its answer is "no" (`verify`'s books differ: 1; `status`:
+/// the daemon is not ready, not running or cannot be asked).
+async fn run(cli: Cli) -> anyhow::Result<u8> {
     let config = Config::load(&cli.config_source()).context("while loading the configuration")?;
     // Centralized logs for the commands that work on a migrated database: `migrate` may run
     // before the logging tables exist, and check-config touches no database.
@@ -62,8 +64,9 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Run
         | Command::Indicators { .. }
         | Command::Reconcile { .. }
-        | Command::Verify { .. } => config.log.database_capture(),
-        Command::Migrate | Command::CheckConfig => None,
+        | Command::Verify { .. }
+        | Command::DeadLetters { .. } => config.log.database_capture(),
+        Command::Migrate | Command::CheckConfig | Command::Status { .. } => None,
     };
     trading_sync::telemetry::init(
         cli.log_format.unwrap_or(config.log.format),
@@ -71,27 +74,38 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         database_log,
     )
     .context("while setting up logging")?;
+    let every = cli.progress_every;
+    let done = |()| 0;
     match cli.command {
-        Command::Migrate => cli::migrate(&config).await.map(|()| true),
+        Command::Migrate => cli::migrate(&config).await.map(done),
         Command::Run => cli::shipped(&config, cli::run(&config, cli.config_source()))
             .await
-            .map(|()| true),
+            .map(done),
         Command::Indicators { symbols, full } => {
-            cli::shipped(&config, cli::indicators(&config, symbols, full))
+            cli::shipped(&config, cli::indicators(&config, symbols, full, every))
                 .await
-                .map(|()| true)
+                .map(done)
         }
         Command::Reconcile { since, dry_run } => {
-            cli::shipped(&config, cli::reconcile(&config, since, dry_run))
+            cli::shipped(&config, cli::reconcile(&config, since, dry_run, every))
                 .await
-                .map(|()| true)
+                .map(done)
         }
         Command::Verify { account, strategy } => {
-            cli::shipped(&config, cli::verify(&config, account, strategy)).await
+            cli::shipped(&config, cli::verify(&config, account, strategy))
+                .await
+                .map(|clean| if clean { 0 } else { 1 })
         }
+        Command::DeadLetters { command } => {
+            cli::shipped(&config, cli::dead_letters::run(&config, command, every))
+                .await
+                .map(done)
+        }
+        // A person's look at the daemon writes nothing to the logging tables.
+        Command::Status { json } => cli::status::status(&config, json).await,
         Command::CheckConfig => {
             cli::check_config(&config);
-            Ok(true)
+            Ok(0)
         }
     }
 }

@@ -12,6 +12,7 @@
 //!
 //! It must not read Redis or decode outside [`fold::plan`].
 
+pub mod dead_letters;
 pub mod fold;
 pub mod store;
 
@@ -53,6 +54,8 @@ pub(crate) struct WriterSettings {
     /// a retry instead of a silent stall that would stop the watchdog's pings.
     pub statement_timeout: Duration,
     pub lock_timeout: Duration,
+    /// `redis.channel_prefix`: dead letters record the channel name as received.
+    pub channel_prefix: String,
 }
 
 /// The server a new writer session reached: with several hosts in `database.url`, the log then
@@ -543,7 +546,9 @@ impl Writer {
                 )),
                 _ => None,
             });
-            let statements = store::Statements::prepare(&client).await?;
+            let statements = store::Statements::prepare(&client)
+                .await?
+                .with_channel_prefix(&self.settings.channel_prefix);
             tracing::info!(
                 server = server.as_deref().unwrap_or("?"),
                 "the writer is connected to PostgreSQL"

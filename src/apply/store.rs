@@ -11,6 +11,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 
 use super::fold::{fold, BatchPlan, DeadLetter};
+use crate::core::{ChannelKind, PerChannel};
 
 /// Records trade ids with each trade's contribution to the aggregates (what `verify` recomputes
 /// them from); returns the ids not seen before (conflicts are duplicates).
@@ -77,13 +78,15 @@ WHERE ps.symbol = u.symbol AND (ps.last_price_at IS NULL OR ps.last_price_at < u
 const INSERT_DEAD_LETTERS: &str = "\
 INSERT INTO analytics.dead_letters
     (channel, payload, error, event_type, trade_id, stream_id, delivery_count, payload_bytes,
-     payload_sha256, replayable)
+     payload_sha256, replayable, reason)
 SELECT * FROM unnest($1::text[], $2::bytea[], $3::text[], $4::text[], $5::text[], $6::text[],
-                     $7::int4[], $8::int8[], $9::bytea[], $10::bool[])";
+                     $7::int4[], $8::int8[], $9::bytea[], $10::bool[], $11::text[])";
 
 /// The batch statements, prepared once per connection: a batch then costs one round trip per
 /// statement instead of two.
 pub struct Statements {
+    /// The channel names dead letters record (V28: as received, prefix included).
+    channels: PerChannel<String>,
     ledger: tokio_postgres::Statement,
     portfolio: tokio_postgres::Statement,
     metrics: tokio_postgres::Statement,
@@ -95,6 +98,7 @@ pub struct Statements {
 impl Statements {
     pub async fn prepare(client: &tokio_postgres::Client) -> Result<Self, tokio_postgres::Error> {
         Ok(Statements {
+            channels: PerChannel::from_fn(|kind| kind.suffix().to_owned()),
             ledger: client.prepare(INSERT_LEDGER).await?,
             portfolio: client.prepare(UPSERT_PORTFOLIO).await?,
             metrics: client.prepare(UPSERT_METRICS).await?,
@@ -102,6 +106,14 @@ impl Statements {
             mark: client.prepare(MARK_TO_MARKET).await?,
             dead_letters: client.prepare(INSERT_DEAD_LETTERS).await?,
         })
+    }
+
+    /// Dead letters record their channel as `<prefix>:<suffix>`, the name it was received
+    /// under (the pub/sub channel and the stream key are the same name). Without this, only
+    /// the suffix: what reconcile and the tests, which never dead-letter, get.
+    pub fn with_channel_prefix(mut self, prefix: &str) -> Self {
+        self.channels = ChannelKind::names(prefix);
+        self
     }
 }
 
@@ -305,7 +317,7 @@ async fn insert_dead_letters(
         &[
             &letters
                 .iter()
-                .map(|d| d.channel.suffix())
+                .map(|d| stmts.channels[d.channel].as_str())
                 .collect::<Vec<_>>(),
             &letters
                 .iter()
@@ -337,6 +349,7 @@ async fn insert_dead_letters(
                 .iter()
                 .map(DeadLetter::replayable)
                 .collect::<Vec<_>>(),
+            &letters.iter().map(|d| d.kind).collect::<Vec<_>>(),
         ],
     )
     .await?;

@@ -6,12 +6,14 @@
 //! - [`heartbeat`]: progress marks the watchdog and /readyz read;
 //! - [`health`]: each stage's liveness and lag counters;
 //! - [`Backoff`]: capped exponential backoff;
+//! - [`progress`]: how a long job reports how far it is, without knowing who watches;
 //! - [`tls`]: TLS failures said plainly, for PostgreSQL and Redis alike.
 
 mod backoff;
 mod channel;
 pub mod health;
 pub mod heartbeat;
+pub mod progress;
 pub mod queue;
 pub mod tls;
 

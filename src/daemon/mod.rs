@@ -284,6 +284,7 @@ impl Daemon {
                 slow_query: Duration::from_millis(config.database.slow_query_ms),
                 statement_timeout: Duration::from_millis(config.database.statement_timeout_ms),
                 lock_timeout: Duration::from_millis(config.database.lock_timeout_ms),
+                channel_prefix: config.redis.channel_prefix.clone(),
             },
             indicator_tx,
             stops.writer.clone(),

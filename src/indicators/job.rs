@@ -29,6 +29,7 @@ use super::store::{
     self, bar_date, BarChange, ListedSymbol, Overflow, RawBar, RowEncoder, StateToSave,
 };
 use super::IndicatorError;
+use crate::core::progress::Progress;
 use crate::db::Connector;
 
 /// A run that wrote at least this many rows, and at least a tenth of technical_indicators'
@@ -62,6 +63,9 @@ pub struct JobSettings {
     pub progress_every: Duration,
     /// Where bars are read, if not on the primary.
     pub replica: Option<ReplicaSettings>,
+    /// Told how many symbols are done of how many (the command line's bar); the daemon's runs
+    /// have none and log their progress line every `progress_every`.
+    pub progress: Option<Arc<dyn Progress>>,
 }
 
 impl Default for JobSettings {
@@ -73,6 +77,7 @@ impl Default for JobSettings {
             full_chunk: 64,
             progress_every: Duration::from_secs(5),
             replica: None,
+            progress: None,
         }
     }
 }
@@ -164,6 +169,9 @@ pub async fn run_once(
 ) -> Result<RunSummary, IndicatorError> {
     let started = Instant::now();
     let result = run_inner(pg, settings, selection, mode, cancel, started).await;
+    if let Some(progress) = &settings.progress {
+        progress.finish();
+    }
     let elapsed = started.elapsed();
     let outcome = match &result {
         Ok(s) if s.cancelled => "cancelled",
@@ -273,8 +281,9 @@ fn record_run(summary: &RunSummary, mode: Mode) {
     crate::telemetry::record_performance(record);
 }
 
+/// What the workers have done so far, for the progress log line.
 #[derive(Default)]
-struct Progress {
+struct Done {
     symbols_done: AtomicU64,
     rows_written: AtomicU64,
 }
@@ -315,12 +324,16 @@ async fn run_inner(
         return Ok(summary);
     }
     let queue = Arc::new(Mutex::new(chunks.into_iter().collect::<VecDeque<_>>()));
-    let progress = Arc::new(Progress::default());
+    let progress = Arc::new(Done::default());
+    if let Some(watcher) = &settings.progress {
+        watcher.start("symbols", Some(total));
+    }
     let ctx = Arc::new(Ctx {
         pg: pg.clone(),
         tz: settings.bar_timezone,
         mode,
         replica: settings.replica.clone(),
+        watcher: settings.progress.clone(),
     });
     let workers = settings
         .connections
@@ -397,12 +410,13 @@ struct Ctx {
     tz: Tz,
     mode: Mode,
     replica: Option<ReplicaSettings>,
+    watcher: Option<Arc<dyn Progress>>,
 }
 
 async fn worker(
     client: Option<Client>,
     queue: Arc<Mutex<VecDeque<Vec<String>>>>,
-    progress: Arc<Progress>,
+    progress: Arc<Done>,
     ctx: Arc<Ctx>,
     cancel: CancellationToken,
 ) -> Result<RunSummary, IndicatorError> {
@@ -440,6 +454,9 @@ async fn worker(
         progress
             .rows_written
             .fetch_add(part.rows_written, Ordering::Relaxed);
+        if let Some(watcher) = &ctx.watcher {
+            watcher.advance(chunk.len() as u64);
+        }
         summary.merge(part);
     }
     Ok(summary)

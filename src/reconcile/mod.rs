@@ -26,6 +26,7 @@ use tokio_postgres::Client;
 
 use crate::apply::fold::BatchPlan;
 use crate::apply::store::{self, Statements, TradeSource};
+use crate::core::progress::Progress;
 use crate::events::trade::{Fill, FillError};
 use crate::events::{Side, TradeExecuted};
 
@@ -87,6 +88,18 @@ SELECT t.trade_id, t.account_id, t.symbol, COALESCE(t.strategy, o.strategy),
   LEFT JOIN execution.orders o ON o.order_id = t.order_id
   LEFT JOIN analytics.applied_trades a ON a.trade_id = t.trade_id
  ORDER BY t.trade_id";
+
+/// The trades a run will take from the change log (and, with $2, from `--since`'s scan): the
+/// size of the job for a person watching its progress. Only counted when someone watches.
+const COUNT_WORK: &str = "\
+SELECT (SELECT count(DISTINCT trade_id) FROM analytics.trade_changes
+         WHERE recorded_at < now() - make_interval(secs => $1::float8 / 1000))
+     + CASE WHEN $2::timestamptz IS NULL THEN 0 ELSE
+       (SELECT count(*) FROM execution.trades t
+         WHERE t.executed_at >= $2
+           AND t.created_at < now() - make_interval(secs => $1::float8 / 1000)
+           AND NOT EXISTS (SELECT 1 FROM analytics.applied_trades a
+                            WHERE a.trade_id = t.trade_id)) END";
 
 /// Counts what CONSUME_CHANGES would see, to know whether another chunk is needed.
 const CHANGES_LEFT: &str = "\
@@ -344,12 +357,33 @@ pub async fn run_once(
     run_prepared(client, &prepared, settings, request).await
 }
 
+/// As [`run_once`], telling `progress` how many trades are done of how many (counted first).
+pub async fn run_once_reporting(
+    client: &mut Client,
+    settings: &Settings,
+    request: &Request,
+    progress: &dyn Progress,
+) -> Result<Outcome, ReconcileError> {
+    let prepared = Prepared::prepare(client).await?;
+    run_reporting(client, &prepared, settings, request, Some(progress)).await
+}
+
 /// Runs one reconcile with statements [`Prepared`] on this `client`.
 pub async fn run_prepared(
     client: &mut Client,
     prepared: &Prepared,
     settings: &Settings,
     request: &Request,
+) -> Result<Outcome, ReconcileError> {
+    run_reporting(client, prepared, settings, request, None).await
+}
+
+async fn run_reporting(
+    client: &mut Client,
+    prepared: &Prepared,
+    settings: &Settings,
+    request: &Request,
+    progress: Option<&dyn Progress>,
 ) -> Result<Outcome, ReconcileError> {
     let started = Instant::now();
     if !lock(client, &prepared.try_lock, request.lock_wait).await? {
@@ -362,7 +396,10 @@ pub async fn run_prepared(
         dry_run: request.dry_run,
         ..Report::default()
     };
-    let ran = locked_run(client, prepared, settings, request, &mut report).await;
+    let ran = locked_run(client, prepared, settings, request, &mut report, progress).await;
+    if let Some(progress) = progress {
+        progress.finish();
+    }
     // A failed unlock leaves the lock to the session's end; the caller drops a connection that
     // failed.
     let _ = client
@@ -459,6 +496,7 @@ async fn locked_run(
     settings: &Settings,
     request: &Request,
     report: &mut Report,
+    progress: Option<&dyn Progress>,
 ) -> Result<bool, ReconcileError> {
     if let Some(within) = request.skip_if_ran_within {
         let ms = within.as_millis() as f64;
@@ -485,6 +523,18 @@ async fn locked_run(
     }
     let stmts = &prepared.writer;
     let grace_ms = settings.grace.as_millis() as f64;
+    if let Some(progress) = progress {
+        let work: i64 = client
+            .query_one(COUNT_WORK, &[&grace_ms, &request.since])
+            .await?
+            .get(0);
+        progress.start("trades", Some(work.max(0) as u64));
+    }
+    let advance = |n: usize| {
+        if let Some(progress) = progress {
+            progress.advance(n as u64);
+        }
+    };
     let mut tx = client.transaction().await?;
     loop {
         let horizon: Option<DateTime<Utc>> =
@@ -494,6 +544,7 @@ async fn locked_run(
             break;
         }
         apply_fills(&mut tx, stmts, settings, horizon, &rows, report).await?;
+        advance(rows.len());
         if !request.dry_run {
             tx.commit().await?;
             tx = client.transaction().await?;
@@ -519,6 +570,7 @@ async fn locked_run(
             let Some(last) = rows.last() else { break };
             after = last.get(11);
             apply_fills(&mut tx, stmts, settings, horizon, &rows, report).await?;
+            advance(rows.len());
             if !request.dry_run {
                 tx.commit().await?;
                 tx = client.transaction().await?;

@@ -359,7 +359,8 @@ async fn bad_messages_are_dead_lettered_and_the_good_ones_around_them_applied() 
             } else {
                 &p[..]
             };
-            (c.to_string(), kept.to_vec(), p.len() as i64)
+            // V28: the channel as received, prefix included.
+            (app.channel(c), kept.to_vec(), p.len() as i64)
         })
         .collect();
     stored.sort();
@@ -377,8 +378,9 @@ async fn bad_messages_are_dead_lettered_and_the_good_ones_around_them_applied() 
         .db
         .client
         .query_one(
-            "SELECT error FROM analytics.dead_letters WHERE channel = 'positions' AND error LIKE 'refused by the database%'",
-            &[],
+            "SELECT error FROM analytics.dead_letters
+              WHERE channel = $1 AND reason = 'database' AND error LIKE 'refused by the database%'",
+            &[&app.channel("positions")],
         )
         .await
         .unwrap()

@@ -1,6 +1,12 @@
 //! Command-line surface: global options and one small function per subcommand.
 
+pub mod dead_letters;
+pub mod progress;
+pub mod status;
+
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -21,6 +27,13 @@ pub struct Cli {
     /// Log output format; overrides log.format.
     #[arg(long, global = true, value_enum)]
     pub log_format: Option<LogFormat>,
+
+    /// When the output is not a terminal, a progress line of `indicators`, `reconcile` and
+    /// `dead-letters replay` at most this often (seconds; 0: after every step). A terminal gets
+    /// a live bar instead.
+    #[arg(long, global = true, value_name = "SECONDS", default_value = "5",
+          value_parser = parse_seconds)]
+    pub progress_every: Duration,
 
     #[command(subcommand)]
     pub command: Command,
@@ -56,6 +69,20 @@ pub enum Command {
         /// Only this strategy's performance rows and trades.
         #[arg(long, value_name = "S")]
         strategy: Option<String>,
+    },
+    /// Dead letters: list, show, replay with the current configuration, purge.
+    DeadLetters {
+        #[command(subcommand)]
+        command: dead_letters::DeadLettersCommand,
+    },
+    /// One screen on the daemon and the database: ready, queue, stream lag, last commit, last
+    /// indicator and reconcile runs, dead letters of the last 24 h, schema. Exit 0 when the
+    /// daemon is up and ready; 1 up but not ready; 3 not running; 4 unknown (http.enabled =
+    /// false).
+    Status {
+        /// One JSON object on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Compute technical indicators once (backfill or repair), then exit.
     Indicators {
@@ -174,13 +201,22 @@ fn reload(running: &Config, source: &ConfigSource) {
     }
 }
 
-pub async fn indicators(config: &Config, symbols: Vec<String>, full: bool) -> anyhow::Result<()> {
+pub async fn indicators(
+    config: &Config,
+    symbols: Vec<String>,
+    full: bool,
+    progress_every: Duration,
+) -> anyhow::Result<()> {
     use crate::indicators::job::{run_once, JobSettings, Mode, Selection};
     let shutdown = tokio_util::sync::CancellationToken::new();
     crate::daemon::cancel_on_signals(shutdown.clone())?;
     let settings = JobSettings {
         bar_timezone: config.exchange_tz()?,
         replica: crate::indicators::replica::ReplicaSettings::from_config(config)?,
+        progress: Some(Arc::new(progress::CliProgress::new(
+            "indicators",
+            progress_every,
+        ))),
         ..JobSettings::default()
     };
     let selection = if symbols.is_empty() {
@@ -207,6 +243,15 @@ pub async fn indicators(config: &Config, symbols: Vec<String>, full: bool) -> an
     Ok(())
 }
 
+/// `--progress-every`: seconds, fractions allowed.
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0 && *s <= 86_400.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("`{text}` is not a number of seconds between 0 and 86400"))
+}
+
 /// `--since`: RFC 3339, `YYYY-MM-DDTHH:MM:SS` (UTC) or `YYYY-MM-DD` (midnight UTC).
 fn parse_since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
@@ -229,8 +274,9 @@ pub async fn reconcile(
     config: &Config,
     since: Option<chrono::DateTime<chrono::Utc>>,
     dry_run: bool,
+    progress_every: Duration,
 ) -> anyhow::Result<()> {
-    use crate::reconcile::{run_once, Outcome, Request, Trigger};
+    use crate::reconcile::{run_once_reporting, Outcome, Request, Trigger};
     let settings = crate::reconcile::Settings::from_config(config)?;
     let mut client = crate::db::Connector::primary(&config.database)?
         .connect()
@@ -243,7 +289,8 @@ pub async fn reconcile(
         skip_if_ran_within: None,
         lock_wait: std::time::Duration::from_secs(60),
     };
-    let outcome = run_once(&mut client, &settings, &request)
+    let progress = progress::CliProgress::new("reconcile", progress_every);
+    let outcome = run_once_reporting(&mut client, &settings, &request, &progress)
         .await
         .context("while reconciling")?;
     let Outcome::Ran(report) = outcome else {
