@@ -27,6 +27,13 @@ const LAST_RECONCILE: &str = "\
 SELECT finished_at, trigger, trades_applied, trades_unusable, positions_refreshed, rows_priced
   FROM analytics.reconcile_runs ORDER BY started_at DESC LIMIT 1";
 const LAST_INDICATOR_STATE: &str = "SELECT max(updated_at) FROM analytics.indicator_state";
+/// The last indicator run a daemon or `trading-sync indicators` recorded (centralized logs):
+/// when it finished, whether it succeeded, how long it took and what it wrote.
+const LAST_INDICATOR_RUN: &str = "\
+SELECT \"timestamp\", success, duration_ms, coalesce(rows_affected, 0), coalesce(data->>'mode', '')
+  FROM logging.performance_logs
+ WHERE service = 'trading-sync' AND operation = 'indicator_run'
+ ORDER BY \"timestamp\" DESC LIMIT 1";
 const DEAD_LETTERS_24H: &str = "\
 SELECT reason, count(*) FROM analytics.dead_letters
  WHERE received_at > now() - interval '24 hours'
@@ -78,6 +85,16 @@ pub struct LastReconcile {
     pub rows_priced: i64,
 }
 
+/// The newest `indicator_run` row of `logging.performance_logs`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastIndicatorRun {
+    pub finished_at: DateTime<Utc>,
+    pub success: bool,
+    pub duration_ms: f64,
+    pub rows_written: i64,
+    pub mode: String,
+}
+
 /// What the database says; each part is an error of its own if it could not be read.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DatabaseView {
@@ -85,6 +102,8 @@ pub struct DatabaseView {
     pub last_trade_applied_at: Option<DateTime<Utc>>,
     pub last_reconcile: Option<LastReconcile>,
     pub last_indicator_state_at: Option<DateTime<Utc>>,
+    /// None when no run was recorded (centralized logs off, or none yet).
+    pub last_indicator_run: Option<LastIndicatorRun>,
     pub dead_letters_24h: Vec<(String, i64)>,
     pub schema_version: Option<i32>,
     /// Migrations this binary has that the database lacks.
@@ -313,6 +332,17 @@ async fn read_database(config: &Config) -> anyhow::Result<DatabaseView> {
             rows_priced: r.get(5),
         });
     let last_indicator = client.query_one(LAST_INDICATOR_STATE, &[]).await?.get(0);
+    let last_indicator_run =
+        client
+            .query_opt(LAST_INDICATOR_RUN, &[])
+            .await?
+            .map(|r| LastIndicatorRun {
+                finished_at: r.get(0),
+                success: r.get(1),
+                duration_ms: r.get(2),
+                rows_written: r.get(3),
+                mode: r.get(4),
+            });
     let dead_letters = client
         .query(DEAD_LETTERS_24H, &[])
         .await?
@@ -326,6 +356,7 @@ async fn read_database(config: &Config) -> anyhow::Result<DatabaseView> {
         last_trade_applied_at: last_trade,
         last_reconcile,
         last_indicator_state_at: last_indicator,
+        last_indicator_run,
         dead_letters_24h: dead_letters,
         schema_version,
         pending_migrations,
@@ -428,11 +459,27 @@ pub fn render(status: &Status, now: DateTime<Utc>) -> String {
             "last commit   {} (last trade applied)",
             when(db.last_trade_applied_at)
         );
-        let _ = writeln!(
-            out,
-            "indicators    last state written {}",
-            when(db.last_indicator_state_at)
-        );
+        match &db.last_indicator_run {
+            Some(run) => {
+                let _ = writeln!(
+                    out,
+                    "indicators    last run {} ({}, {}): {:.1} s, {} rows written; last state written {}",
+                    ago(run.finished_at, now),
+                    if run.mode.is_empty() { "?" } else { run.mode.as_str() },
+                    if run.success { "ok" } else { "FAILED" },
+                    run.duration_ms / 1000.0,
+                    run.rows_written,
+                    when(db.last_indicator_state_at)
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "indicators    no run recorded; last state written {}",
+                    when(db.last_indicator_state_at)
+                );
+            }
+        }
         match &db.last_reconcile {
             Some(r) => {
                 let _ = writeln!(

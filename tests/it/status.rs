@@ -58,6 +58,10 @@ async fn status_tells_a_running_daemon_from_a_stopped_one() {
     assert!(out.contains("schema        V28 (current)"), "{out}");
     assert!(out.contains("\nreconcile     "), "{out}");
 
+    // The last indicator run comes from the run's own performance_logs row.
+    let (code, out, err) = command(&db.url, &["indicators", "--full"], &[]);
+    assert_eq!(code, 0, "indicators: {out}{err}");
+
     // With HTTP off, status says so and reports from the database alone.
     let (code, out, err) = command(
         &db.url,
@@ -66,6 +70,8 @@ async fn status_tells_a_running_daemon_from_a_stopped_one() {
     );
     assert_eq!(code, 4, "{out}{err}");
     assert!(out.contains("http.enabled = false"), "{out}");
+    assert!(out.contains("indicators    last run "), "{out}");
+    assert!(out.contains("(Full, ok)"), "{out}");
     assert!(out.contains("schema        V28 (current)"), "{out}");
 
     // A database that cannot be reached is said too; the verdict is the daemon's.
