@@ -16,6 +16,7 @@ mod journal;
 mod loadgen_oracle;
 mod maintenance;
 mod migrate;
+mod observability;
 mod oversized;
 mod reconcile;
 mod refusals;
