@@ -48,7 +48,10 @@ pub async fn serve(
         .await
 }
 
-async fn metrics_text() -> impl IntoResponse {
+/// Readiness is evaluated at each scrape too (`trading_sync_ready`), so that an alert can see
+/// how long the daemon has not been ready: Prometheus reads /metrics, never /readyz.
+async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
+    readiness(&state).await;
     (
         [("content-type", "text/plain; version=0.0.4")],
         crate::telemetry::prometheus().render(),
@@ -78,6 +81,17 @@ struct Readiness {
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let body = readiness(&state).await;
+    let status = if body.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body))
+}
+
+/// What `/readyz` answers; also sets the `trading_sync_ready` gauge (1 ready, 0 not).
+async fn readiness(state: &AppState) -> Readiness {
     let database = tokio::time::timeout(Duration::from_secs(2), async {
         let client = state.pool.get().await.ok()?;
         client.simple_query("SELECT 1").await.ok()
@@ -109,10 +123,6 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         journal_buffer_bytes: d.journal.buffer.bytes.load(Ordering::Relaxed),
         journal_bypassed: d.journal.bypassed.load(Ordering::Relaxed),
     };
-    let status = if body.ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(body))
+    metrics::gauge!("trading_sync_ready").set(f64::from(u8::from(body.ready)));
+    body
 }

@@ -509,8 +509,10 @@ pub(crate) async fn run(
 /// a silent /metrics.
 async fn bind_http(config: &Config) -> anyhow::Result<tokio::net::TcpListener> {
     let listen = config.http_listen()?;
-    // The recorder is installed before any task records a metric.
+    // The recorder is installed before any task records a metric, and every series the
+    // dashboard and the alerting rules query exists from the first scrape.
     crate::telemetry::prometheus();
+    crate::telemetry::register_series(config);
     if !listen.ip().is_loopback() {
         tracing::warn!(
             listen = %listen,

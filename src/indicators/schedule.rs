@@ -173,6 +173,7 @@ async fn drive(
     let mut rerun: Option<Instant> = None;
     let mut rerun_backoff = Backoff::new(RERUN_FIRST, MAX_RETRY_WAIT);
     if settings.run_at_start {
+        record_next_run(Utc::now());
         let Some(outcome) = runs.scheduled("start").await else {
             tracing::info!("indicator scheduler stopped");
             return Ok(());
@@ -180,6 +181,7 @@ async fn drive(
         rerun = after_scheduled(&mut pending, &mut rerun_backoff, outcome, "start");
     }
     let mut next = next_occurrence(settings, Utc::now())?;
+    record_next_run(next);
     tracing::info!(next = %next.with_timezone(&settings.timezone), "next scheduled indicator run");
     let mut channel_open = true;
     loop {
@@ -211,6 +213,7 @@ async fn drive(
                 }
                 if scheduled {
                     next = next_occurrence(settings, Utc::now())?;
+                    record_next_run(next);
                     tracing::info!(
                         next = %next.with_timezone(&settings.timezone),
                         "next scheduled indicator run"
@@ -240,6 +243,13 @@ async fn drive(
     }
     tracing::info!("indicator scheduler stopped");
     Ok(())
+}
+
+/// When the scheduled run is due; it moves on only once the run due has ended. A time well in
+/// the past is a run that is late or stuck (the "indicator run late" alert), whatever the
+/// schedule: the rule needs no copy of the cron expression.
+fn record_next_run(at: DateTime<Utc>) {
+    metrics::gauge!("trading_sync_indicator_next_run_timestamp_seconds").set(at.timestamp() as f64);
 }
 
 /// Takes in a scheduled run's outcome, logs it, and returns when to run it again, if ever

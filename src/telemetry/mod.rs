@@ -136,3 +136,110 @@ pub fn prometheus() -> &'static PrometheusHandle {
             .expect("the metrics recorder is installed once")
     })
 }
+
+/// Registers, at start, every series the dashboard (`observability/grafana/trading-sync.json`)
+/// and the alerting rules (`observability/prometheus/alerts.yml`) query, and sets the gauges
+/// that carry the configured limits.
+///
+/// A labelled counter is rendered only once it exists: without this, a panel stays empty and a
+/// rule cannot fire until the first event of its kind, and `increase()` misses that first event
+/// (a series that appears at 1 has no earlier sample to rise from). Registering adds zero and
+/// leaves a gauge as it is, so a second daemon in the same process (the tests) changes nothing
+/// another one counted. The label values are the ones the code records; a new one belongs here
+/// too.
+pub(crate) fn register_series(config: &crate::config::Config) {
+    use crate::core::ChannelKind;
+    use metrics::{counter, gauge, histogram};
+
+    for channel in ChannelKind::ALL.map(ChannelKind::suffix) {
+        counter!("trading_sync_events_received_total", "channel" => channel).increment(0);
+        counter!("trading_sync_events_applied_total", "channel" => channel).increment(0);
+        counter!("trading_sync_queue_refused_total", "channel" => channel).increment(0);
+        // Decoding errors, a stream entry refused as read (apply::fold) and a row the database
+        // refused with a data error (apply).
+        let reasons = crate::events::DecodeError::KINDS
+            .into_iter()
+            .chain(["stream_entry", "database"]);
+        for reason in reasons {
+            counter!(
+                "trading_sync_events_dead_lettered_total",
+                "channel" => channel,
+                "reason" => reason
+            )
+            .increment(0);
+        }
+    }
+    // Only a trade can be a duplicate (the ledger knows trade ids).
+    counter!("trading_sync_events_duplicate_total", "channel" => "trades").increment(0);
+    for server in ["redis", "redis-streams", "postgres"] {
+        counter!("trading_sync_reconnects_total", "server" => server).increment(0);
+    }
+    for task in ["http", "maintenance", "indicators", "reconcile", "monitor"] {
+        counter!("trading_sync_task_restarts_total", "task" => task).increment(0);
+    }
+    for outcome in ["ok", "partial", "cancelled", "error"] {
+        counter!("trading_sync_indicator_runs_total", "outcome" => outcome).increment(0);
+    }
+    for result in [
+        "computed",
+        "up_to_date",
+        "skipped_locked",
+        "skipped_unknown",
+        "recomputed",
+        "failed",
+    ] {
+        counter!("trading_sync_indicator_symbols_total", "result" => result).increment(0);
+    }
+    for kind in [
+        "trades_applied",
+        "trades_present",
+        "trades_unusable",
+        "positions_refreshed",
+        "rows_priced",
+    ] {
+        counter!("trading_sync_reconciled_total", "kind" => kind).increment(0);
+    }
+    for name in [
+        "trading_sync_redis_unsubscribed_milliseconds_total",
+        "trading_sync_db_retries_total",
+        "trading_sync_maintenance_runs_total",
+        "trading_sync_reconcile_failures_total",
+        "trading_sync_journal_appended_total",
+        "trading_sync_journal_bypassed_total",
+    ] {
+        counter!(name).increment(0);
+    }
+    // Gauges a transport sets only when it is used (streams, the journal) or a job sets only
+    // when it has run: zero until then. A timestamp at zero means "never" (the rules say so).
+    for name in [
+        "trading_sync_ready",
+        "trading_sync_writer_blocked",
+        "trading_sync_redis_subscribed",
+        "trading_sync_queue_depth",
+        "trading_sync_queue_bytes",
+        "trading_sync_journal_buffer_bytes",
+        "trading_sync_journal_length",
+        "trading_sync_stream_pending",
+        "trading_sync_stream_oldest_pending_seconds",
+        "trading_sync_stream_length",
+        "trading_sync_pool_in_use",
+        "trading_sync_pool_waiting",
+        "trading_sync_indicator_next_run_timestamp_seconds",
+        "trading_sync_reconcile_last_run_timestamp_seconds",
+        "trading_sync_reconcile_last_run_duration_seconds",
+    ] {
+        gauge!(name).increment(0.0);
+    }
+    // An empty histogram renders its buckets at zero: the quantile panels have a series.
+    for name in [
+        "trading_sync_receive_to_commit_seconds",
+        "trading_sync_commit_seconds",
+        "trading_sync_batch_events",
+        "trading_sync_indicator_run_seconds",
+    ] {
+        let _ = histogram!(name);
+    }
+    // The limits, so that "near full" is a ratio a rule can compute without knowing the config.
+    gauge!("trading_sync_queue_max_bytes").set(config.sync.queue_max_bytes as f64);
+    gauge!("trading_sync_journal_buffer_max_bytes").set(config.journal.buffer_max_bytes as f64);
+}

@@ -190,6 +190,9 @@ async fn readyz_follows_redis_and_metrics_count_applied_events() {
     let detail: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(detail["redis_subscribed"], false);
     assert_eq!(detail["database"], true);
+    // Readiness is a metric too, evaluated at each scrape (the "not ready" alert reads it).
+    let (_, text) = http_get(dport, "/metrics").await.unwrap();
+    assert_eq!(metric(&text, "trading_sync_ready "), 0.0, "{text}");
 
     redis = PrivateRedis::start(port);
     redis.wait_up().await;
@@ -204,6 +207,7 @@ async fn readyz_follows_redis_and_metrics_count_applied_events() {
         metric(&text, "trading_sync_reconnects_total{server=\"redis\"}") >= 1.0,
         "{text}"
     );
+    assert_eq!(metric(&text, "trading_sync_ready "), 1.0, "{text}");
     drop(redis);
 }
 

@@ -18,6 +18,7 @@ mod loadgen_oracle;
 mod logs;
 mod maintenance;
 mod migrate;
+mod observability;
 mod oversized;
 mod reconcile;
 mod refusals;
