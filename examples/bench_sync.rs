@@ -18,16 +18,28 @@
 //! 4. ceiling: the burst's batches, decoded and planned up front, applied in-process with
 //!    `store::apply` to another fresh database: what the SQL alone allows.
 //!
+//! 5. the key-space matrix (`--key-spaces`, default 10x10, 50x200, 500x200 accounts×symbols:
+//!    ~80, ~8,000 and ~80,000 portfolio rows): for each, one seeded workload of `--case-trades`
+//!    trades, run through four transports — a pub/sub burst, a stream drain (entries XADDed
+//!    before the daemon starts), streams while publishing, and the pub/sub journal — each
+//!    followed by its ceiling (the same workload's batches through `store::apply`, on a fresh
+//!    database), so that a case and its ceiling see the same machine load. Every run gets its
+//!    own database, cloned from one migrated template.
+//!
 //! CPU time of the daemon, PostgreSQL, Redis and this process is sampled around the burst and
-//! the ceiling (from /proc), which is usually enough to tell what limits throughput.
+//! the ceiling (from /proc), which is usually enough to tell what limits throughput. With
+//! `--pg-stat-statements` (a cluster with the module in `shared_preload_libraries`) each matrix
+//! run also prints the statements its database spent the most time in.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::str::FromStr;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use loadgen::{Expected, Generator, Message, MessageKind, Report, Spec};
 use trading_sync::apply::fold;
 use trading_sync::apply::store::{self, Statements};
@@ -81,44 +93,212 @@ struct Args {
     /// Write "<ms since first paced publish> <publish-to-commit ms>" per paced trade here.
     #[arg(long)]
     latency_out: Option<PathBuf>,
+    /// Skip the default key space's burst, paced latency and ceiling (phases 1–4).
+    #[arg(long)]
+    matrix_only: bool,
+    /// Key spaces of the matrix, ACCOUNTSxSYMBOLS; about 4 in 5 pairs are traded. Given with no
+    /// value: no matrix.
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "10x10,50x200,500x200")]
+    key_spaces: Vec<KeySpace>,
+    /// Strategies of the matrix's workloads (performance_metrics rows: strategies × 8 days).
+    #[arg(long, default_value_t = 6)]
+    strategies: usize,
+    /// Distinct trades of each matrix run (plus republished and position events).
+    #[arg(long, default_value_t = 300_000)]
+    case_trades: u64,
+    /// The matrix's transports, in the order run.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "pubsub,drain,stream,journal"
+    )]
+    cases: Vec<Case>,
+    /// sync.queue_max_bytes and journal.buffer_max_bytes of the matrix's daemons, in MiB. Above
+    /// the 80 MiB default so that a pub/sub burst published faster than it is applied is
+    /// measured, not refused (the default phase keeps the defaults and reports its loss).
+    #[arg(long, default_value_t = 512)]
+    queue_mib: u64,
+    /// Reset pg_stat_statements before each matrix run and print its database's top statements
+    /// after it (needs pg_stat_statements in shared_preload_libraries).
+    #[arg(long)]
+    pg_stat_statements: bool,
 }
+
+/// One key space of the matrix: `accounts` × `symbols`.
+#[derive(Debug, Clone, Copy)]
+struct KeySpace {
+    accounts: usize,
+    symbols: usize,
+}
+
+impl FromStr for KeySpace {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, b) = s
+            .trim()
+            .split_once(['x', 'X', '×'])
+            .ok_or_else(|| format!("{s:?}: expected ACCOUNTSxSYMBOLS, e.g. 50x200"))?;
+        let parse = |v: &str| v.trim().parse::<usize>().ok().filter(|n| *n > 0);
+        match (parse(a), parse(b)) {
+            (Some(accounts), Some(symbols)) => Ok(KeySpace { accounts, symbols }),
+            _ => Err(format!(
+                "{s:?}: accounts and symbols must be whole numbers ≥ 1"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for KeySpace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}×{}", self.accounts, self.symbols)
+    }
+}
+
+/// How the matrix's events reach the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Case {
+    /// PUBLISH as fast as Redis takes it.
+    #[value(name = "pubsub")]
+    PubSub,
+    /// XADDed before the daemon starts; timed from its consumer group's creation.
+    Drain,
+    /// XADD as fast as Redis takes it, the daemon reading.
+    Stream,
+    /// PUBLISH with transport.journal = true.
+    Journal,
+}
+
+impl Case {
+    fn label(self) -> &'static str {
+        match self {
+            Case::PubSub => "pub/sub burst",
+            Case::Drain => "stream drain",
+            Case::Stream => "stream while publishing",
+            Case::Journal => "pub/sub + journal",
+        }
+    }
+}
+
+/// The streams' entry field, as the daemon's default `streams.field`.
+const STREAM_FIELD: &str = "event";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let pid = std::process::id();
-    let names = Names {
-        daemon_db: format!("bench_sync_{pid}"),
-        ceiling_db: format!("bench_sync_{pid}_ceiling"),
-    };
-    let mut daemon: Option<tokio::process::Child> = None;
-    let result = bench(&args, &names, &mut daemon).await;
-    // Whatever happened, leave no daemon and no database behind.
-    if let Some(mut child) = daemon {
-        if child.try_wait()?.is_none() {
-            let _ = child.kill().await;
+    let databases = Databases::new(&args);
+    let result = run(&args, &databases).await;
+    // Whatever happened, leave no database behind (a daemon still running was killed when its
+    // Child was dropped: kill_on_drop).
+    let cleanup = databases.drop_all().await;
+    result.and(cleanup)
+}
+
+async fn run(args: &Args, databases: &Databases) -> anyhow::Result<()> {
+    let binary = daemon_binary(args)?;
+    let started = Instant::now();
+    databases.make_template().await?;
+    find_postmaster(&args.database_url).await?;
+    if args.pg_stat_statements {
+        pg_stat::setup(&args.database_url).await?;
+    }
+    if !args.matrix_only {
+        bench(args, databases, &binary).await?;
+    }
+    if !args.key_spaces.is_empty() && !args.cases.is_empty() {
+        matrix(args, databases, &binary).await?;
+    }
+    println!("\nwhole run: {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The bench's databases: a migrated template, and clones of it made and dropped per run.
+struct Databases {
+    admin_url: String,
+    template: String,
+    prefix: String,
+    /// Every database made and not dropped yet.
+    made: Mutex<Vec<String>>,
+}
+
+impl Databases {
+    fn new(args: &Args) -> Self {
+        let prefix = format!("bench_sync_{}", std::process::id());
+        Databases {
+            admin_url: args.database_url.clone(),
+            template: format!("{prefix}_tpl"),
+            prefix,
+            made: Mutex::new(Vec::new()),
         }
     }
-    let admin = connect(&args.database_url).await?;
-    for db in [&names.daemon_db, &names.ceiling_db] {
+
+    fn url(&self, db: &str) -> anyhow::Result<String> {
+        database_url(&self.admin_url, db)
+    }
+
+    /// Migrating once and cloning costs ~0.1 s a run instead of the migrations' seconds.
+    async fn make_template(&self) -> anyhow::Result<()> {
+        self.made
+            .lock()
+            .expect("unpoisoned")
+            .push(self.template.clone());
+        trading_sync::db::migrate::migrate(&DatabaseConfig {
+            url: self.url(&self.template)?,
+            ..DatabaseConfig::default()
+        })
+        .await
+        .context("while creating the bench's template database")?;
+        Ok(())
+    }
+
+    /// A fresh migrated database `<prefix>_<name>`; returns its name.
+    async fn create(&self, name: &str) -> anyhow::Result<String> {
+        let db = format!("{}_{name}", self.prefix);
+        self.made.lock().expect("unpoisoned").push(db.clone());
+        let admin = connect(&self.admin_url).await?;
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+            .await?;
+        // The template's last session may still be closing: CREATE … TEMPLATE refuses then.
+        let mut tries = 0;
+        loop {
+            match admin
+                .batch_execute(&format!(
+                    "CREATE DATABASE \"{db}\" TEMPLATE \"{}\"",
+                    self.template
+                ))
+                .await
+            {
+                Ok(()) => return Ok(db),
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e).with_context(|| format!("while creating {db}")),
+            }
+        }
+    }
+
+    async fn drop(&self, db: &str) -> anyhow::Result<()> {
+        let admin = connect(&self.admin_url).await?;
         admin
             .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
             .await
             .with_context(|| format!("while dropping {db}"))?;
+        self.made.lock().expect("unpoisoned").retain(|d| d != db);
+        Ok(())
     }
-    result
+
+    async fn drop_all(&self) -> anyhow::Result<()> {
+        let made = self.made.lock().expect("unpoisoned").clone();
+        for db in made.iter().rev() {
+            self.drop(db).await?;
+        }
+        Ok(())
+    }
 }
 
-struct Names {
-    daemon_db: String,
-    ceiling_db: String,
-}
-
-async fn bench(
-    args: &Args,
-    names: &Names,
-    daemon_slot: &mut Option<tokio::process::Child>,
-) -> anyhow::Result<()> {
+fn daemon_binary(args: &Args) -> anyhow::Result<PathBuf> {
     let binary = match &args.binary {
         Some(b) => b.clone(),
         None => std::env::current_exe()?
@@ -134,44 +314,28 @@ async fn bench(
         );
     }
     // The daemon runs in another directory.
-    let binary = binary.canonicalize()?;
+    Ok(binary.canonicalize()?)
+}
 
-    // The workload, generated before anything is timed.
-    let mut generator = Generator::new(Spec {
-        seed: args.seed,
-        id_prefix: "BS".into(),
-        duplicate_fraction: args.duplicate_fraction,
-        position_every: 1_000,
-        bar_every: 500,
-    });
-    let burst = generator.generate(args.burst_trades);
-    let burst_expected = generator.expected();
-    // Paced trades so that all its messages (with republished and side events) last paced_secs.
-    let per_trade = 1.0 + args.duplicate_fraction + 1.0 / 1_000.0 + 1.0 / 500.0;
-    let paced_trades = (args.paced_rate * args.paced_secs / per_trade) as u64;
-    let paced = generator.generate(paced_trades);
-    let all_expected = generator.expected();
-    let burst_counts = loadgen::published(&burst);
+/// `trading-sync run` with the bench's settings: an empty working directory (a ./config.toml
+/// of the checkout must not change the figures, nor stop a binary older than it), defaults plus
+/// the variables below and `extra`.
+struct Daemon {
+    child: tokio::process::Child,
+    pid: u32,
+    workdir: PathBuf,
+}
 
-    let daemon_url = database_url(&args.database_url, &names.daemon_db)?;
-    let ceiling_url = database_url(&args.database_url, &names.ceiling_db)?;
-    for url in [&daemon_url, &ceiling_url] {
-        trading_sync::db::migrate::migrate(&DatabaseConfig {
-            url: url.clone(),
-            ..DatabaseConfig::default()
-        })
-        .await
-        .context("while creating a bench database")?;
-    }
-    let client = connect(&daemon_url).await?;
-    let environment = environment(&client, args).await?;
-
-    let prefix = format!("bench_sync_{}", std::process::id());
-    // An empty working directory: a ./config.toml of the checkout must not change the figures
-    // (nor stop a binary older than it); defaults plus the variables below are the setup.
-    let workdir = std::env::temp_dir().join(&prefix);
+fn spawn_daemon(
+    binary: &Path,
+    args: &Args,
+    prefix: &str,
+    database_url: &str,
+    extra: &[(&str, String)],
+) -> anyhow::Result<Daemon> {
+    let workdir = std::env::temp_dir().join(prefix);
     std::fs::create_dir_all(&workdir)?;
-    let mut command = tokio::process::Command::new(&binary);
+    let mut command = tokio::process::Command::new(binary);
     for (variable, file) in [
         ("TRADING_SYNC__REDIS__TLS_CA_FILE", &args.redis_tls_ca_file),
         (
@@ -187,24 +351,75 @@ async fn bench(
             command.env(variable, file.canonicalize()?);
         }
     }
-    let daemon = daemon_slot.insert(
-        command
-            .arg("run")
-            .current_dir(&workdir)
-            .env("DATABASE_URL", &daemon_url)
-            .env("REDIS_URL", &args.redis_url)
-            .env("TRADING_SYNC__REDIS__CHANNEL_PREFIX", &prefix)
-            .env("TRADING_SYNC__INDICATORS__ENABLED", "false")
-            .env("TRADING_SYNC__HTTP__ENABLED", "false")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("while starting {}", binary.display()))?,
-    );
-    let daemon_pid = daemon.id().context("the daemon has no pid")?;
+    for (variable, value) in extra {
+        command.env(variable, value);
+    }
+    let child = command
+        .arg("run")
+        .current_dir(&workdir)
+        .env("DATABASE_URL", database_url)
+        .env("REDIS_URL", &args.redis_url)
+        .env("TRADING_SYNC__REDIS__CHANNEL_PREFIX", prefix)
+        .env("TRADING_SYNC__INDICATORS__ENABLED", "false")
+        .env("TRADING_SYNC__HTTP__ENABLED", "false")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("while starting {}", binary.display()))?;
+    let pid = child.id().context("the daemon has no pid")?;
+    Ok(Daemon {
+        child,
+        pid,
+        workdir,
+    })
+}
+
+/// SIGTERM, expecting an exit within 30 s.
+async fn stop_daemon(mut daemon: Daemon) -> anyhow::Result<ExitStatus> {
+    let pid = daemon.pid;
+    let stopped = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await?;
+    anyhow::ensure!(stopped.success(), "kill -TERM {pid} failed");
+    let exit = tokio::time::timeout(Duration::from_secs(30), daemon.child.wait())
+        .await
+        .context("the daemon did not exit within 30 s of SIGTERM")??;
+    let _ = std::fs::remove_dir(&daemon.workdir);
+    Ok(exit)
+}
+
+/// Phases 1–4: the default key space's burst, paced latency and ceiling.
+async fn bench(args: &Args, databases: &Databases, binary: &Path) -> anyhow::Result<()> {
+    // The workload, generated before anything is timed.
+    let mut generator = Generator::new(Spec {
+        seed: args.seed,
+        id_prefix: "BS".into(),
+        duplicate_fraction: args.duplicate_fraction,
+        position_every: 1_000,
+        bar_every: 500,
+        ..Spec::default()
+    });
+    let burst = generator.generate(args.burst_trades);
+    let burst_expected = generator.expected();
+    // Paced trades so that all its messages (with republished and side events) last paced_secs.
+    let per_trade = 1.0 + args.duplicate_fraction + 1.0 / 1_000.0 + 1.0 / 500.0;
+    let paced_trades = (args.paced_rate * args.paced_secs / per_trade) as u64;
+    let paced = generator.generate(paced_trades);
+    let all_expected = generator.expected();
+    let burst_counts = loadgen::published(&burst);
+
+    let daemon_db = databases.create("default").await?;
+    let daemon_url = databases.url(&daemon_db)?;
+    let client = connect(&daemon_url).await?;
+    let environment = environment(&client, args).await?;
+
+    let prefix = format!("{}_default", databases.prefix);
+    let mut daemon = spawn_daemon(binary, args, &prefix, &daemon_url, &[])?;
+    let daemon_pid = daemon.pid;
     let mut redis = connect_redis(args).await?;
-    wait_subscribed(&mut redis, &prefix, daemon).await?;
+    wait_subscribed(&mut redis, &prefix, &mut daemon.child).await?;
 
     // 1. Burst.
     let idle_rss = memory(daemon_pid)?;
@@ -250,21 +465,23 @@ async fn bench(
     let final_rss = memory(daemon_pid)?;
 
     // 3. Stop.
-    let stopped = tokio::process::Command::new("kill")
-        .args(["-TERM", &daemon_pid.to_string()])
-        .status()
-        .await?;
-    anyhow::ensure!(stopped.success(), "kill -TERM {daemon_pid} failed");
-    let exit = tokio::time::timeout(Duration::from_secs(30), daemon.wait())
-        .await
-        .context("the daemon did not exit within 30 s of SIGTERM")??;
+    let exit = stop_daemon(daemon).await?;
     drop(client);
-    let _ = std::fs::remove_dir(&workdir);
+    databases.drop(&daemon_db).await?;
 
     // 4. Ceiling.
     // Small batches of paced trades on top, after the ceiling's own check.
     let small = &paced[..paced.len().min(5_000)];
-    let ceiling = ceiling(&ceiling_url, &burst, args.batch, &burst_expected, small).await?;
+    let ceiling_db = databases.create("default_ceiling").await?;
+    let ceiling = ceiling(
+        &databases.url(&ceiling_db)?,
+        &burst,
+        args.batch,
+        &burst_expected,
+        small,
+    )
+    .await?;
+    databases.drop(&ceiling_db).await?;
 
     // Report.
     let burst_rate = burst_report.trades_in_ledger as f64 / burst_secs;
@@ -556,7 +773,11 @@ async fn watch_growth(
         if now.duration_since(growth.last_growth) > stall {
             return Ok(growth);
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        // Every 10 ms, not faster: while a batch is in flight its uncommitted index entries sit
+        // at the top of the ledger's key, and each max(trade_id) walks past them (measured at
+        // 2 ms: ~3.7 ms and ~275 buffers a call, a visible share of PostgreSQL's CPU). 10 ms is
+        // 0.2% of a 5 s run.
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -672,6 +893,39 @@ fn channel_kind(channel: loadgen::Channel) -> ChannelKind {
     ChannelKind::from_suffix(channel.suffix()).expect("the generator's channels are the daemon's")
 }
 
+fn inbound(chunk: &[Message]) -> Vec<Inbound> {
+    chunk
+        .iter()
+        .map(|m| Inbound::new(channel_kind(m.channel), m.payload.clone()))
+        .collect()
+}
+
+/// The messages cut into batches of `batch` and each decoded and planned, as the writer does;
+/// and how long that took on one thread.
+fn plan_batches(messages: &[Message], batch: usize) -> (Vec<fold::BatchPlan>, f64) {
+    let limits = DecodeLimits::default();
+    let batches: Vec<Vec<Inbound>> = messages.chunks(batch.max(1)).map(inbound).collect();
+    let planning = Instant::now();
+    let plans = batches.iter().map(|b| fold::plan(b, &limits)).collect();
+    (plans, planning.elapsed().as_secs_f64())
+}
+
+/// The ceiling's loop: `store::apply` of each plan, back to back on one connection, as the
+/// writer does with nothing else to wait for. Seconds and CPU used.
+async fn apply_plans(
+    client: &mut tokio_postgres::Client,
+    stmts: &Statements,
+    plans: &[fold::BatchPlan],
+) -> anyhow::Result<(f64, CpuSample)> {
+    let before = cpu_seconds(std::process::id());
+    let started = Instant::now();
+    for plan in plans {
+        store::apply(client, stmts, plan).await?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok((secs, cpu_seconds(std::process::id()).since(&before)))
+}
+
 /// The burst's batches, planned up front, applied back to back with the daemon's own SQL.
 async fn ceiling(
     url: &str,
@@ -681,25 +935,10 @@ async fn ceiling(
     small: &[Message],
 ) -> anyhow::Result<Ceiling> {
     let limits = DecodeLimits::default();
-    let inbound = |chunk: &[Message]| -> Vec<Inbound> {
-        chunk
-            .iter()
-            .map(|m| Inbound::new(channel_kind(m.channel), m.payload.clone()))
-            .collect()
-    };
-    let batches: Vec<Vec<Inbound>> = messages.chunks(batch.max(1)).map(inbound).collect();
-    let planning = Instant::now();
-    let plans: Vec<fold::BatchPlan> = batches.iter().map(|b| fold::plan(b, &limits)).collect();
-    let plan_secs = planning.elapsed().as_secs_f64();
+    let (plans, plan_secs) = plan_batches(messages, batch);
     let mut client = connect(url).await?;
     let stmts = Statements::prepare(&client).await?;
-    let before = cpu_seconds(std::process::id());
-    let started = Instant::now();
-    for plan in &plans {
-        store::apply(&mut client, &stmts, plan).await?;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(std::process::id()).since(&before);
+    let (secs, cpu) = apply_plans(&mut client, &stmts, &plans).await?;
     let report = loadgen::verify(&client, expected).await?;
 
     let small_size = 25;
@@ -743,8 +982,31 @@ fn memory(pid: u32) -> anyhow::Result<Memory> {
     })
 }
 
-/// CPU seconds (user + system) by process group: the daemon (`main`), every postgres process,
-/// redis-server, this bench, and everything else.
+/// The bench's PostgreSQL server process, when it runs on this machine: only it and its
+/// children count as "postgres"; another cluster's processes (other work sharing the machine)
+/// count as "other".
+static POSTMASTER: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+async fn find_postmaster(url: &str) -> anyhow::Result<()> {
+    let client = connect(url).await?;
+    let backend: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await?
+        .get(0);
+    // A remote server's pid means nothing here: then every postgres process counts.
+    let stat = std::fs::read_to_string(format!("/proc/{backend}/stat")).unwrap_or_default();
+    let ppid = stat.rsplit_once(')').and_then(|(head, tail)| {
+        head.ends_with("(postgres")
+            .then(|| tail.split_whitespace().nth(1)?.parse::<u32>().ok())?
+    });
+    if let Some(ppid) = ppid {
+        let _ = POSTMASTER.set(ppid);
+    }
+    Ok(())
+}
+
+/// CPU seconds (user + system) by process group: the daemon (`main`), the bench's PostgreSQL
+/// server, redis-server, this bench, and everything else.
 #[derive(Debug, Clone, Default)]
 struct CpuSample(BTreeMap<&'static str, f64>);
 
@@ -774,19 +1036,18 @@ fn cpu_seconds(main: u32) -> CpuSample {
         };
         let comm = head.split_once('(').map_or("", |(_, c)| c);
         let fields: Vec<&str> = tail.split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        // utime and stime are fields 14 and 15 of stat; tail starts at field 3.
+        let ticks = |i: usize| ticks_field(&fields, i);
+        // utime and stime are fields 14 and 15 of stat; tail starts at field 3 (ppid: 4).
         let secs = (ticks(11) + ticks(12)) / TICKS_PER_SECOND;
         let group = if pid == main && main != me {
             "daemon"
         } else if pid == me {
             "bench"
-        } else if comm == "postgres" {
+        } else if comm == "postgres"
+            && POSTMASTER
+                .get()
+                .is_none_or(|pm| pid == *pm || ticks_field(&fields, 1) == f64::from(*pm))
+        {
             "postgres"
         } else if comm.starts_with("redis-server") {
             "redis"
@@ -797,6 +1058,13 @@ fn cpu_seconds(main: u32) -> CpuSample {
         *sample.0.entry(group).or_default() += secs;
     }
     sample
+}
+
+fn ticks_field(fields: &[&str], i: usize) -> f64 {
+    fields
+        .get(i)
+        .and_then(|f| f.parse::<f64>().ok())
+        .unwrap_or(0.0)
 }
 
 impl CpuSample {
@@ -819,5 +1087,383 @@ impl std::fmt::Display for CpuSample {
             .filter_map(|k| self.0.get(k).map(|v| format!("{k} {v:.1}")))
             .collect();
         f.write_str(&parts.join(", "))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The key-space matrix
+
+/// One transport run of the matrix.
+struct CaseRun {
+    /// Distinct trades in the ledger / first publish (or the group's creation) → ledger complete.
+    rate: f64,
+    secs: f64,
+    completed: bool,
+    /// Messages/s of the publisher alone (0 for the drain: published before the start).
+    publisher_rate: f64,
+    report: Report,
+    cpu: CpuSample,
+    peak_rss_mib: f64,
+    exit: ExitStatus,
+    statements: Vec<String>,
+}
+
+/// One ceiling run of the matrix.
+struct CeilingRun {
+    rate: f64,
+    cpu: CpuSample,
+    report: Report,
+    statements: Vec<String>,
+}
+
+/// Phase 5: every key space × every transport, each beside its ceiling.
+async fn matrix(args: &Args, databases: &Databases, binary: &Path) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut lines = Vec::new();
+    let mut details = Vec::new();
+    let mut n = 0;
+    for key_space in &args.key_spaces {
+        // Trades only and position snapshots: no bars. The streams case reads each channel's
+        // key on its own, so a bar could be applied before the trades that create the rows it
+        // marks; which rows it marks would then depend on the transport, not the daemon.
+        let mut generator = Generator::new(Spec {
+            seed: args.seed,
+            id_prefix: "KS".into(),
+            duplicate_fraction: args.duplicate_fraction,
+            position_every: 1_000,
+            bar_every: 0,
+            accounts: key_space.accounts,
+            symbols: key_space.symbols,
+            strategies: args.strategies,
+        });
+        let universe = generator.universe_rows();
+        let messages = generator.generate(args.case_trades);
+        let expected = generator.expected();
+        let (plans, plan_secs) = plan_batches(&messages, args.batch);
+        let rows_per_batch = plans
+            .iter()
+            .map(|p| fold::fold(p.trades.iter()).portfolio.len())
+            .sum::<usize>() as f64
+            / plans.len().max(1) as f64;
+        let label = format!(
+            "{key_space} ({universe} rows, {} touched; {rows_per_batch:.0} per batch)",
+            expected.portfolio.len()
+        );
+        eprintln!(
+            "bench_sync: key space {label}: {} messages ({:.1} MB), planned in {plan_secs:.2} s",
+            messages.len(),
+            messages.iter().map(|m| m.payload.len()).sum::<usize>() as f64 / 1e6
+        );
+        for &case in &args.cases {
+            n += 1;
+            let run = run_case(args, databases, binary, case, n, &messages, &expected).await?;
+            let ceiling = run_ceiling(args, databases, n, &plans, &expected).await?;
+            let ratio = 100.0 * run.rate / ceiling.rate;
+            let line = format!(
+                "| {label} | {} | {:.0}{} | {:.0} | {ratio:.0}% | {} / {} | {} | {} |",
+                case.label(),
+                run.rate,
+                if run.completed { "" } else { " (INCOMPLETE)" },
+                ceiling.rate,
+                run.report.lost,
+                run.report.duplicated,
+                cpu_columns(&run.cpu, &["daemon", "postgres", "redis", "other"]),
+                cpu_columns(&ceiling.cpu, &["bench", "postgres", "other"]),
+            );
+            eprintln!(
+                "bench_sync: {line} {:.2} s, publisher {:.0} msg/s, peak RSS {:.1} MiB, {}",
+                run.secs, run.publisher_rate, run.peak_rss_mib, run.exit
+            );
+            lines.push(line);
+            for (name, report) in [("run", &run.report), ("ceiling", &ceiling.report)] {
+                if !report.is_exact() {
+                    details.push(format!("{key_space} {} {name}: {report}", case.label()));
+                }
+            }
+            if !run.exit.success() {
+                details.push(format!(
+                    "{key_space} {}: the daemon exited with {} after SIGTERM",
+                    case.label(),
+                    run.exit
+                ));
+            }
+            for (name, statements) in [
+                ("daemon", &run.statements),
+                ("ceiling", &ceiling.statements),
+            ] {
+                if !statements.is_empty() {
+                    details.push(format!(
+                        "{key_space} {} {name}, pg_stat_statements (ms total, calls, rows, \
+                         ms/call; statement):\n  {}",
+                        case.label(),
+                        statements.join("\n  ")
+                    ));
+                }
+            }
+        }
+    }
+    println!();
+    println!(
+        "key-space matrix: {} trades per run (+{:.0}% republished, 1 position per 1,000), \
+         batches of {}, queue {} MiB; {:.0} s",
+        args.case_trades,
+        args.duplicate_fraction * 100.0,
+        args.batch,
+        args.queue_mib,
+        started.elapsed().as_secs_f64()
+    );
+    println!();
+    println!(
+        "| accounts×symbols | transport | trades/s | ceiling trades/s | run / ceiling | \
+         lost / dup | run CPU s: daemon / pg / redis / other | ceiling CPU s: bench / pg / other |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for line in &lines {
+        println!("{line}");
+    }
+    for detail in &details {
+        println!("\n{detail}");
+    }
+    Ok(())
+}
+
+fn cpu_columns(cpu: &CpuSample, groups: &[&str]) -> String {
+    groups
+        .iter()
+        .map(|g| format!("{:.1}", cpu.0.get(g).copied().unwrap_or(0.0)))
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+/// The daemon through one transport: from the first publish (for the drain, from the moment
+/// its consumer group exists, i.e. it starts reading) until the ledger holds the last trade.
+async fn run_case(
+    args: &Args,
+    databases: &Databases,
+    binary: &Path,
+    case: Case,
+    n: usize,
+    messages: &[Message],
+    expected: &Expected,
+) -> anyhow::Result<CaseRun> {
+    let db = databases.create(&format!("run{n}")).await?;
+    let url = databases.url(&db)?;
+    let prefix = format!("{}_run{n}", databases.prefix);
+    let room = (args.queue_mib * 1024 * 1024).to_string();
+    let mut env = vec![("TRADING_SYNC__SYNC__QUEUE_MAX_BYTES", room.clone())];
+    match case {
+        Case::PubSub => {}
+        Case::Drain | Case::Stream => {
+            for channel in ["TRADES", "POSITIONS", "MARKET_DATA"] {
+                env.push((transport_variable(channel), "stream".into()));
+            }
+        }
+        Case::Journal => {
+            env.push(("TRADING_SYNC__TRANSPORT__JOURNAL", "true".into()));
+            env.push(("TRADING_SYNC__JOURNAL__BUFFER_MAX_BYTES", room));
+        }
+    }
+    let mut redis = connect_redis(args).await?;
+    if case == Case::Drain {
+        loadgen::xadd_burst(&mut redis, &prefix, STREAM_FIELD, messages, 256).await?;
+    }
+    let client = connect(&url).await?;
+    if args.pg_stat_statements {
+        pg_stat::reset(&client).await?;
+    }
+    let mut daemon = spawn_daemon(binary, args, &prefix, &url, &env)?;
+    match case {
+        Case::PubSub | Case::Journal => {
+            wait_subscribed(&mut redis, &prefix, &mut daemon.child).await?;
+        }
+        Case::Drain | Case::Stream => wait_groups(&mut redis, &prefix, &mut daemon.child).await?,
+    }
+    let cpu_before = cpu_seconds(daemon.pid);
+    let watcher = {
+        let client = connect(&url).await?;
+        let (last, pid) = (expected.last_seq, daemon.pid);
+        tokio::spawn(
+            async move { watch_growth(&client, "KS", last, Duration::from_secs(5), pid).await },
+        )
+    };
+    let started = Instant::now();
+    match case {
+        Case::PubSub | Case::Journal => {
+            loadgen::publish_burst(&mut redis, &prefix, messages, 256).await?;
+        }
+        Case::Stream => {
+            loadgen::xadd_burst(&mut redis, &prefix, STREAM_FIELD, messages, 256).await?;
+        }
+        Case::Drain => {}
+    }
+    let published_in = started.elapsed().as_secs_f64();
+    let growth = watcher.await??;
+    let rss = memory(daemon.pid)?;
+    let cpu = growth.cpu_at_last_growth.since(&cpu_before);
+    let secs = growth.last_growth.duration_since(started).as_secs_f64();
+    // Republications published after the last new trade are still owed a (no-op) commit.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = loadgen::verify(&client, expected).await?;
+    let statements = if args.pg_stat_statements {
+        pg_stat::top(&client).await?
+    } else {
+        Vec::new()
+    };
+    let exit = stop_daemon(daemon).await?;
+    let mut keys: Vec<String> = ["trades", "positions", "market_data", "journal"]
+        .iter()
+        .map(|k| format!("{prefix}:{k}"))
+        .collect();
+    keys.dedup();
+    let () = redis::cmd("DEL").arg(&keys).query_async(&mut redis).await?;
+    drop(client);
+    databases.drop(&db).await?;
+    Ok(CaseRun {
+        rate: report.trades_in_ledger as f64 / secs,
+        secs,
+        completed: growth.completed.is_some(),
+        publisher_rate: if case == Case::Drain {
+            0.0
+        } else {
+            messages.len() as f64 / published_in
+        },
+        report,
+        cpu,
+        peak_rss_mib: rss.hwm_kib as f64 / 1024.0,
+        exit,
+        statements,
+    })
+}
+
+fn transport_variable(channel: &str) -> &'static str {
+    match channel {
+        "TRADES" => "TRADING_SYNC__TRANSPORT__TRADES",
+        "POSITIONS" => "TRADING_SYNC__TRANSPORT__POSITIONS",
+        _ => "TRADING_SYNC__TRANSPORT__MARKET_DATA",
+    }
+}
+
+/// The ceiling of a matrix run: its workload's plans through `store::apply` on a fresh database.
+async fn run_ceiling(
+    args: &Args,
+    databases: &Databases,
+    n: usize,
+    plans: &[fold::BatchPlan],
+    expected: &Expected,
+) -> anyhow::Result<CeilingRun> {
+    let db = databases.create(&format!("ceiling{n}")).await?;
+    let mut client = connect(&databases.url(&db)?).await?;
+    let stmts = Statements::prepare(&client).await?;
+    if args.pg_stat_statements {
+        pg_stat::reset(&client).await?;
+    }
+    let (secs, cpu) = apply_plans(&mut client, &stmts, plans).await?;
+    let statements = if args.pg_stat_statements {
+        pg_stat::top(&client).await?
+    } else {
+        Vec::new()
+    };
+    let report = loadgen::verify(&client, expected).await?;
+    drop(client);
+    databases.drop(&db).await?;
+    Ok(CeilingRun {
+        rate: expected.trades as f64 / secs,
+        cpu,
+        report,
+        statements,
+    })
+}
+
+/// Until the daemon's consumer group exists on each channel's stream: it creates them
+/// (MKSTREAM) just before its first read.
+async fn wait_groups(
+    redis: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    daemon: &mut tokio::process::Child,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut ready = 0;
+        for suffix in ["trades", "positions", "market_data"] {
+            // An error (no such key yet) counts as not ready.
+            let groups: redis::RedisResult<Vec<redis::Value>> = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(format!("{prefix}:{suffix}"))
+                .query_async(redis)
+                .await;
+            ready += usize::from(groups.is_ok_and(|g| !g.is_empty()));
+        }
+        if ready == 3 {
+            return Ok(());
+        }
+        if let Some(status) = daemon.try_wait()? {
+            bail!("the daemon exited before reading its streams: {status}");
+        }
+        if Instant::now() > deadline {
+            bail!("the daemon did not create its consumer groups within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// pg_stat_statements, per bench database: reset before a run, its top statements after.
+mod pg_stat {
+    use anyhow::Context;
+
+    pub async fn setup(admin_url: &str) -> anyhow::Result<()> {
+        let client = super::connect(admin_url).await?;
+        client
+            .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            .await
+            .context("pg_stat_statements is not available")?;
+        client
+            .query_one("SELECT count(*) FROM pg_stat_statements", &[])
+            .await
+            .context("pg_stat_statements is not in shared_preload_libraries")?;
+        Ok(())
+    }
+
+    /// The extension lives in the admin database; its figures are cluster-wide, filtered by
+    /// database here, so any connection to the cluster can read and reset them.
+    pub async fn reset(client: &tokio_postgres::Client) -> anyhow::Result<()> {
+        client
+            .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            .await?;
+        client
+            .batch_execute("SELECT pg_stat_statements_reset()")
+            .await?;
+        Ok(())
+    }
+
+    pub async fn top(client: &tokio_postgres::Client) -> anyhow::Result<Vec<String>> {
+        let rows = client
+            .query(
+                "SELECT round(total_exec_time::numeric, 0)::text, calls, rows, \
+                        round((total_exec_time / greatest(calls, 1))::numeric, 2)::text, \
+                        shared_blks_hit + shared_blks_read, shared_blks_dirtied, wal_bytes::text, \
+                        left(regexp_replace(query, '\\s+', ' ', 'g'), 70) \
+                 FROM pg_stat_statements \
+                 WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                 ORDER BY total_exec_time DESC LIMIT 8",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "{:>7} ms {:>6} calls {:>8} rows {:>8} ms/call; blocks {} dirtied {} \
+                     WAL {} B; {}",
+                    r.get::<_, String>(0),
+                    r.get::<_, i64>(1),
+                    r.get::<_, i64>(2),
+                    r.get::<_, String>(3),
+                    r.get::<_, i64>(4),
+                    r.get::<_, i64>(5),
+                    r.get::<_, String>(6),
+                    r.get::<_, String>(7),
+                )
+            })
+            .collect())
     }
 }

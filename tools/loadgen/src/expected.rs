@@ -145,7 +145,7 @@ impl Tally {
         row.realized_pnl += t.realized_pnl;
         row.commission += t.commission;
         row.last_trade_at = row.last_trade_at.max(executed);
-        if let Some(strategy) = t.strategy {
+        if let Some(strategy) = &t.strategy {
             let date = executed
                 .with_timezone(&chrono_tz::America::New_York)
                 .date_naive();

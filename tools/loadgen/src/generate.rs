@@ -17,6 +17,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Timelike, Utc};
 use rust_decimal::{Decimal, RoundingStrategy};
@@ -98,6 +99,7 @@ enum Kind {
     Penny,
 }
 
+/// The default key space: what every workload had before it became a parameter.
 const ACCOUNTS: usize = 12;
 const STRATEGIES: &[&str] = &[
     "momentum",
@@ -123,6 +125,45 @@ fn account_id(a: usize) -> String {
     format!("ACC-{}", 1001 + a)
 }
 
+/// One tradable symbol of a workload's key space.
+#[derive(Debug, Clone)]
+struct Instrument {
+    name: Arc<str>,
+    reference: &'static str,
+    kind: Kind,
+}
+
+/// Symbols `0..n`: the [`INSTRUMENTS`] table first, then copies of it named `<base>.<round>`
+/// (`AAPL.1`, `BTC-USD.3`) with the base's price and kind, so a larger key space keeps the
+/// same mix of stocks, crypto and penny stocks. Earlier symbols still trade more.
+fn instruments(n: usize) -> Vec<Instrument> {
+    (0..n)
+        .map(|i| {
+            let (base, reference, kind) = INSTRUMENTS[i % INSTRUMENTS.len()];
+            let round = i / INSTRUMENTS.len();
+            Instrument {
+                name: if round == 0 {
+                    base.into()
+                } else {
+                    format!("{base}.{round}").into()
+                },
+                reference,
+                kind,
+            }
+        })
+        .collect()
+}
+
+/// Strategies `0..n`: [`STRATEGIES`] first, then `strategy_<i>`.
+fn strategies(n: usize) -> Vec<Arc<str>> {
+    (0..n)
+        .map(|i| match STRATEGIES.get(i) {
+            Some(s) => (*s).into(),
+            None => format!("strategy_{i}").into(),
+        })
+        .collect()
+}
+
 /// What the generator makes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Spec {
@@ -135,6 +176,13 @@ pub struct Spec {
     pub position_every: u64,
     /// About one market-data bar per this many trades (0: none).
     pub bar_every: u64,
+    /// The key space: accounts `ACC-1001…`; about four (account, symbol) pairs in five are
+    /// traded (a fixed mandate), so portfolio rows ≈ 0.8 × accounts × symbols.
+    pub accounts: usize,
+    /// Symbols beyond the 24 of the built-in table are its copies (`AAPL.1`, …).
+    pub symbols: usize,
+    /// Strategies (80% of trades name one); performance_metrics rows are strategies × 8 days.
+    pub strategies: usize,
 }
 
 impl Default for Spec {
@@ -145,6 +193,9 @@ impl Default for Spec {
             duplicate_fraction: 0.0,
             position_every: 1_000,
             bar_every: 500,
+            accounts: ACCOUNTS,
+            symbols: INSTRUMENTS.len(),
+            strategies: STRATEGIES.len(),
         }
     }
 }
@@ -246,8 +297,10 @@ fn units(units: i64, scale: u32) -> Decimal {
 pub(crate) struct Trade {
     pub(crate) seq: u64,
     account: usize,
+    /// Index into the generator's instruments, and its name (for the sums).
     symbol: usize,
-    pub(crate) strategy: Option<&'static str>,
+    symbol_name: Arc<str>,
+    pub(crate) strategy: Option<Arc<str>>,
     side_sent: bool,
     sell: bool,
     pub(crate) quantity: Decimal,
@@ -268,8 +321,8 @@ impl Trade {
         account_id(self.account)
     }
 
-    pub(crate) fn symbol(&self) -> &'static str {
-        INSTRUMENTS[self.symbol].0
+    pub(crate) fn symbol(&self) -> &str {
+        &self.symbol_name
     }
 
     pub(crate) fn side_sign(&self, d: Decimal) -> Decimal {
@@ -303,6 +356,8 @@ type Due = BinaryHeap<Reverse<(usize, u64, Vec<u8>)>>;
 /// more.
 pub struct Generator {
     spec: Spec,
+    instruments: Vec<Instrument>,
+    strategies: Vec<Arc<str>>,
     rng: Rng,
     next_seq: u64,
     /// Messages generated so far (originals only): drives the publisher's clock.
@@ -317,26 +372,47 @@ pub struct Generator {
 }
 
 impl Generator {
+    /// # Panics
+    ///
+    /// With an empty key space (no account or no symbol).
     pub fn new(spec: Spec) -> Self {
-        let rows_missing = (0..INSTRUMENTS.len())
-            .map(|s| (0..ACCOUNTS).filter(|&a| in_universe(a, s)).count())
+        assert!(
+            spec.accounts > 0 && spec.symbols > 0,
+            "a workload needs at least one account and one symbol"
+        );
+        let (accounts, symbols) = (spec.accounts, spec.symbols);
+        let rows_missing = (0..symbols)
+            .map(|s| (0..accounts).filter(|&a| in_universe(a, s)).count())
             .collect();
         Generator {
             rng: Rng::new(spec.seed),
             tally: Tally::new(&spec.id_prefix),
+            instruments: instruments(symbols),
+            strategies: strategies(spec.strategies),
             spec,
             next_seq: 1,
             clock_ticks: 0,
-            first_seen: vec![vec![false; INSTRUMENTS.len()]; ACCOUNTS],
+            first_seen: vec![vec![false; symbols]; accounts],
             rows_missing,
             appeared: Vec::new(),
-            last_bar_at: vec![None; INSTRUMENTS.len()],
+            last_bar_at: vec![None; symbols],
             last_snapshot_at: BTreeMap::new(),
         }
     }
 
     pub fn spec(&self) -> &Spec {
         &self.spec
+    }
+
+    /// The (account, symbol) pairs this key space trades: the most portfolio rows it can make.
+    pub fn universe_rows(&self) -> usize {
+        (0..self.spec.accounts)
+            .map(|a| {
+                (0..self.spec.symbols)
+                    .filter(|&s| in_universe(a, s))
+                    .count()
+            })
+            .sum()
     }
 
     /// The next `trades` trades in publish order, with the side events and republications that
@@ -410,17 +486,20 @@ impl Generator {
 
     fn trade(&mut self) -> Trade {
         let rng = &mut self.rng;
-        let account = rng.below(ACCOUNTS as u64) as usize;
+        let symbols = self.instruments.len() as u64;
+        let account = rng.below(self.spec.accounts as u64) as usize;
         let symbol = loop {
             // The smaller of two draws: popular instruments trade more.
-            let s = rng
-                .below(INSTRUMENTS.len() as u64)
-                .min(rng.below(INSTRUMENTS.len() as u64)) as usize;
+            let s = rng.below(symbols).min(rng.below(symbols)) as usize;
             if in_universe(account, s) {
                 break s;
             }
         };
-        let (_, reference, kind) = INSTRUMENTS[symbol];
+        let Instrument {
+            name: symbol_name,
+            reference,
+            kind,
+        } = self.instruments[symbol].clone();
         // ±3% around the reference, on the instrument's tick.
         let drift = Decimal::new(rng.range(-300, 301), 4);
         let (price, quantity) = match kind {
@@ -461,8 +540,11 @@ impl Generator {
             Kind::Crypto => round4(notional * dec("0.001")),
             _ => (quantity * dec("0.005")).round_dp(2).max(Decimal::ONE),
         };
+        // With no strategies, no trade names one (performance_metrics stays empty).
         let strategy = match rng.below(100) {
-            0..=79 => Some(STRATEGIES[rng.below(STRATEGIES.len() as u64) as usize]),
+            0..=79 if !self.strategies.is_empty() => {
+                Some(self.strategies[rng.below(self.strategies.len() as u64) as usize].clone())
+            }
             _ => None,
         };
         let total_value = rng
@@ -489,6 +571,7 @@ impl Generator {
             seq,
             account,
             symbol,
+            symbol_name,
             strategy,
             side_sent,
             sell,
@@ -519,14 +602,14 @@ impl Generator {
     fn trade_payload(&mut self, t: &Trade) -> String {
         let style = self.style();
         let id = self.trade_id(t.seq);
-        let (symbol, _, kind) = INSTRUMENTS[t.symbol];
+        let kind = self.instruments[t.symbol].kind;
         let mut data: Vec<(String, Py)> = vec![
             ("trade_id".into(), Py::str(&id)),
             ("account_id".into(), Py::str(account_id(t.account))),
-            ("symbol".into(), Py::str(symbol)),
+            ("symbol".into(), Py::str(t.symbol())),
         ];
-        match (t.strategy, self.rng.below(4)) {
-            (Some(s), _) => data.push(("strategy".into(), Py::str(s))),
+        match (&t.strategy, self.rng.below(4)) {
+            (Some(s), _) => data.push(("strategy".into(), Py::str(&**s))),
             // "No strategy" is written three ways by different publishers.
             (None, 0) => data.push(("strategy".into(), Py::None)),
             (None, 1) => data.push(("strategy".into(), Py::str(""))),
@@ -591,7 +674,11 @@ impl Generator {
         if previous.is_none_or(|p| as_of > p) {
             self.last_snapshot_at.insert((account, symbol), as_of);
         }
-        let (name, reference, kind) = INSTRUMENTS[symbol];
+        let Instrument {
+            name,
+            reference,
+            kind,
+        } = self.instruments[symbol].clone();
         let places = if kind == Kind::Stock { 2 } else { 4 };
         let quantity = match kind {
             Kind::Crypto => units(self.rng.range(0, 50_000), 4),
@@ -607,7 +694,7 @@ impl Generator {
         let realized = Decimal::new(self.rng.range(-5_000_000, 5_000_001), 2);
         let row = PositionRow {
             account_id: account_id(account),
-            symbol: name.into(),
+            symbol: name.to_string(),
             quantity,
             avg_price,
             realized_pnl: realized,
@@ -623,7 +710,7 @@ impl Generator {
                 "data".into(),
                 Py::Dict(vec![
                     ("account_id".into(), Py::str(&row.account_id)),
-                    ("symbol".into(), Py::str(name)),
+                    ("symbol".into(), Py::str(&*name)),
                     ("quantity".into(), money(style, quantity)),
                     ("avg_price".into(), money(style, avg_price)),
                     ("market_value".into(), money(style, market_value)),
@@ -644,7 +731,7 @@ impl Generator {
     }
 
     fn bar(&mut self) -> Option<Message> {
-        let ready: Vec<usize> = (0..INSTRUMENTS.len())
+        let ready: Vec<usize> = (0..self.instruments.len())
             .filter(|&s| self.rows_missing[s] == 0)
             .collect();
         if ready.is_empty() {
@@ -664,7 +751,11 @@ impl Generator {
         if last.is_none_or(|l| at > l) {
             self.last_bar_at[symbol] = Some(at);
         }
-        let (name, reference, kind) = INSTRUMENTS[symbol];
+        let Instrument {
+            name,
+            reference,
+            kind,
+        } = self.instruments[symbol].clone();
         let places = if kind == Kind::Stock { 2 } else { 4 };
         let price = |rng: &mut Rng| {
             (dec(reference) * (Decimal::ONE + Decimal::new(rng.range(-300, 301), 4)))
@@ -688,7 +779,7 @@ impl Generator {
         };
         let stored_close = round4(dec(close_text));
         let mut data = vec![
-            ("symbol".into(), Py::str(name)),
+            ("symbol".into(), Py::str(&*name)),
             ("timestamp".into(), Py::str(at.to_rfc3339())),
             ("open".into(), wire(open)),
             ("high".into(), wire(high.max(open).max(close))),
@@ -709,7 +800,7 @@ impl Generator {
         ])
         .dumps();
         self.tally.add_bar(MarkRow {
-            symbol: name.into(),
+            symbol: name.to_string(),
             close: stored_close,
             at,
         });
@@ -739,6 +830,11 @@ pub fn workload(seed: u64, trades: u64, dup: f64) -> (Vec<Message>, Expected) {
 mod tests {
     use super::*;
     use crate::expected::published;
+
+    /// Fingerprints of two default-key-space workloads, taken before the key space became a
+    /// parameter.
+    const GOLDEN_WORKLOAD: u64 = 0x7fb6_0b6e_c569_1698;
+    const GOLDEN_BENCH: u64 = 0x9028_d952_bb79_22a2;
 
     #[test]
     fn same_seed_same_bytes_and_continuation() {
@@ -810,6 +906,92 @@ mod tests {
         for (i, c) in Channel::ALL.into_iter().enumerate() {
             assert_eq!(c.index(), i);
         }
+    }
+
+    /// FNV-1a over every message (channel, kind, bytes) and the expected sums: a change to the
+    /// generator that moves a single byte of an existing workload changes this.
+    fn fingerprint(messages: &[Message], expected: &Expected) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: &[u8]| {
+            for b in bytes {
+                h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        for m in messages {
+            eat(&[m.channel.index() as u8]);
+            eat(format!("{:?}", m.kind).as_bytes());
+            eat(&m.payload);
+        }
+        eat(format!("{expected:?}").as_bytes());
+        h
+    }
+
+    #[test]
+    fn default_key_space_is_byte_stable() {
+        // Workloads the tests and benches already use (Spec::default()'s key space) must keep
+        // every byte when the key space becomes a parameter: the figures and the oracle tests
+        // compare against them.
+        let (messages, expected) = workload(9, 5_000, 0.05);
+        assert_eq!(fingerprint(&messages, &expected), GOLDEN_WORKLOAD);
+        let mut g = Generator::new(Spec {
+            seed: 42,
+            id_prefix: "BS".into(),
+            duplicate_fraction: 0.01,
+            ..Spec::default()
+        });
+        let messages = g.generate(20_000);
+        assert_eq!(fingerprint(&messages, &g.expected()), GOLDEN_BENCH);
+    }
+
+    #[test]
+    fn key_space_is_a_parameter() {
+        let mut g = Generator::new(Spec {
+            seed: 3,
+            position_every: 0,
+            bar_every: 50,
+            accounts: 50,
+            symbols: 200,
+            strategies: 9,
+            ..Spec::default()
+        });
+        assert_eq!(g.universe_rows(), 8_000);
+        let messages = g.generate(20_000);
+        let expected = g.expected();
+        // Most of the 8,000 rows and names beyond the built-in tables.
+        assert!(
+            expected.portfolio.len() > 4_000,
+            "{}",
+            expected.portfolio.len()
+        );
+        let symbols: std::collections::BTreeSet<&str> = expected
+            .portfolio
+            .iter()
+            .map(|r| r.symbol.as_str())
+            .collect();
+        assert!(
+            symbols.len() > 150 && symbols.contains("AAPL.1"),
+            "{symbols:?}"
+        );
+        assert!(symbols.iter().all(|s| s.len() <= 20), "symbol VARCHAR(20)");
+        assert!(expected
+            .portfolio
+            .iter()
+            .any(|r| r.account_id == "ACC-1050"));
+        let strategies: std::collections::BTreeSet<&str> = expected
+            .metrics
+            .iter()
+            .map(|m| m.strategy.as_str())
+            .collect();
+        assert_eq!(strategies.len(), 9, "{strategies:?}");
+        assert!(strategies.contains("strategy_8"));
+        // A bar waits for every row of its symbol, as in the default key space.
+        assert!(messages.iter().any(|m| m.kind == MessageKind::Bar));
+        let mut none = Generator::new(Spec {
+            strategies: 0,
+            ..Spec::default()
+        });
+        none.generate(500);
+        assert!(none.expected().metrics.is_empty());
     }
 
     #[test]

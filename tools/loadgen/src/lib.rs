@@ -28,5 +28,5 @@ pub use expected::{
     Report, Stored, StoredPortfolio,
 };
 pub use generate::{workload, Channel, Generator, Message, MessageKind, Rng, Spec};
-pub use publish::{connect_client, connect_redis, publish_burst, publish_paced};
+pub use publish::{connect_client, connect_redis, publish_burst, publish_paced, xadd_burst};
 pub use pyjson::{python_dumps, Py, PyDict};

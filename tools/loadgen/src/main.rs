@@ -47,6 +47,15 @@ struct Args {
     /// About one market-data bar per this many trades (0: none).
     #[arg(long, default_value_t = 500)]
     bar_every: u64,
+    /// Accounts of the key space (ACC-1001…); about 4 in 5 (account, symbol) pairs trade.
+    #[arg(long, default_value_t = Spec::default().accounts)]
+    accounts: usize,
+    /// Symbols of the key space: the 24 built-in ones, then copies named AAPL.1, …
+    #[arg(long, default_value_t = Spec::default().symbols)]
+    symbols: usize,
+    /// Strategies named by trades (0: none).
+    #[arg(long, default_value_t = Spec::default().strategies)]
+    strategies: usize,
     /// PUBLISH commands per round trip when unpaced.
     #[arg(long, default_value_t = 256)]
     pipeline: usize,
@@ -81,12 +90,19 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         "--duplicate-fraction must be within 0..=1"
     );
     anyhow::ensure!(args.rate >= 0.0, "--rate must be >= 0");
+    anyhow::ensure!(
+        args.accounts > 0 && args.symbols > 0,
+        "--accounts and --symbols must be at least 1"
+    );
     let mut generator = Generator::new(Spec {
         seed: args.seed,
         id_prefix: args.id_prefix.clone(),
         duplicate_fraction: args.duplicate_fraction,
         position_every: args.position_every,
         bar_every: args.bar_every,
+        accounts: args.accounts,
+        symbols: args.symbols,
+        strategies: args.strategies,
     });
     let messages = generator.generate(args.trades);
     let expected = generator.expected();

@@ -38,6 +38,32 @@ pub async fn publish_burst(
     Ok(())
 }
 
+/// Appends every message to its channel's stream (`<prefix>:<suffix>`, as a daemon with
+/// `transport.* = "stream"` reads them) as fast as Redis takes them: pipelines of `pipeline`
+/// `XADD <key> * <field> <payload>`, one round trip each, in order.
+pub async fn xadd_burst(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    field: &str,
+    messages: &[Message],
+    pipeline: usize,
+) -> redis::RedisResult<()> {
+    let names = channels(prefix);
+    for chunk in messages.chunks(pipeline.max(1)) {
+        let mut pipe = redis::pipe();
+        for m in chunk {
+            pipe.cmd("XADD")
+                .arg(channel_name(&names, m.channel))
+                .arg("*")
+                .arg(field)
+                .arg(&m.payload)
+                .ignore();
+        }
+        pipe.exec_async(conn).await?;
+    }
+    Ok(())
+}
+
 /// Publishes at `rate` messages/s: every millisecond, whatever is due by then goes out as one
 /// pipeline, so a late tick catches up instead of lowering the rate. Returns the instant each
 /// message was handed to Redis.
