@@ -68,7 +68,7 @@
 --      the composite one it is the only constraint vouching that the existing trades name an
 --      existing order. Once trades_account_order_fkey is validated it is redundant (it implies
 --      it) and costs one more index probe per trade insert; an operator may drop it then.
---      analytics.strategy_signals' FK to orders(order_id) (V8, ON DELETE SET NULL) is unaffected:
+--      strategy_engine.strategy_signals' FK to orders(order_id) (V8, ON DELETE SET NULL) is unaffected:
 --      orders keeps its UNIQUE (order_id).
 --
 -- 4. strategy_engine.strategies.version changed meaning in V25 (no schema change here). V8 said
