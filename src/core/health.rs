@@ -97,7 +97,10 @@ impl WriterStats {
 }
 
 /// Durations recorded since the last [`DurationSample::drain`], as counts in log-spaced buckets
-/// (four per power of two of microseconds: a percentile is within 19% of the true value).
+/// (four linear sub-buckets per power of two of microseconds). A percentile is reported as its
+/// bucket's upper bound: never below the true value, and at most 25% above it (the widest
+/// sub-bucket, the first of each octave, spans [2^o, 1.25·2^o); from 4 µs up, where bounds are
+/// whole microseconds).
 /// Recording is one relaxed atomic add and one atomic max: the writer's hot path takes no lock
 /// and keeps no list, whatever the commit rate.
 #[derive(Debug)]
@@ -148,7 +151,16 @@ impl DurationSample {
         if count == 0 {
             return DurationSummary::default();
         }
-        let max_ms = max_us as f64 / 1_000.0;
+        // A record whose bucket add landed before the buckets' swap but whose max landed after
+        // the max's swap is counted here with its max in the next interval: max_us may then read
+        // less than a counted duration, 0 if it was the only one. The highest non-empty
+        // bucket's lower bound is a duration this interval did reach; without this floor, p50,
+        // p99 and max (which the percentiles are capped at) would read 0.
+        let reached_us = counts
+            .iter()
+            .rposition(|&n| n > 0)
+            .map_or(0, bucket_lower_us);
+        let max_ms = max_us.max(reached_us) as f64 / 1_000.0;
         let percentile = |q: f64| {
             let rank = ((count as f64 * q).ceil() as u64).max(1);
             let mut seen = 0;
@@ -183,6 +195,14 @@ fn bucket_of(us: u64) -> usize {
     (octave * 4 + sub).min(SAMPLE_BUCKETS - 1)
 }
 
+/// The smallest whole µs a bucket holds (0 for bucket 0).
+fn bucket_lower_us(bucket: usize) -> u64 {
+    match bucket {
+        0 => 0,
+        b => bucket_upper_us(b - 1),
+    }
+}
+
 /// The exclusive upper bound of a bucket, in whole µs (rounded up: the lowest octaves' buckets
 /// are narrower than a microsecond).
 fn bucket_upper_us(bucket: usize) -> u64 {
@@ -201,7 +221,37 @@ mod tests {
             let b = bucket_of(us);
             assert!(us < bucket_upper_us(b), "{us} in {b}");
             assert!(b == 0 || us >= bucket_upper_us(b - 1), "{us} in {b}");
+            assert!(us >= bucket_lower_us(b), "{us} in {b}");
         }
+    }
+
+    /// The documented error: an upper bound at most 25% above the value, from 4 µs up.
+    #[test]
+    fn a_buckets_bound_is_at_most_25_percent_above_its_values() {
+        let worst = (4u64..200_000)
+            .map(|us| bucket_upper_us(bucket_of(us)) as f64 / us as f64)
+            .fold(0.0, f64::max);
+        assert!(worst <= 1.25 + 1e-9, "{worst}");
+        assert!(worst > 1.24, "{worst}: the bound is tight");
+    }
+
+    /// A record counted in this interval whose max landed in the next one: the summary falls
+    /// back to its bucket instead of reporting 0.
+    #[test]
+    fn a_count_without_its_max_still_reports_its_bucket() {
+        let sample = DurationSample::default();
+        // What `record` does, its atomic max not yet landed when the drain swaps.
+        sample.buckets[bucket_of(2_000)].fetch_add(1, Ordering::Relaxed);
+        let s = sample.drain();
+        let lower = bucket_lower_us(bucket_of(2_000)) as f64 / 1_000.0;
+        assert_eq!(s.count, 1);
+        assert_eq!((s.p50_ms, s.p99_ms, s.max_ms), (lower, lower, lower));
+        assert!((1.6..=2.0).contains(&lower), "{lower}");
+        // A lower max than a counted duration is lifted the same way.
+        sample.record(Duration::from_micros(100));
+        sample.buckets[bucket_of(50_000)].fetch_add(1, Ordering::Relaxed);
+        let s = sample.drain();
+        assert!(s.max_ms >= 40.0 && s.p99_ms == s.max_ms, "{s:?}");
     }
 
     #[test]

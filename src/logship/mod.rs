@@ -14,8 +14,14 @@
 //! [`crate::telemetry::shipping`], so the layer ignores its events — and those of whatever it
 //! calls — whatever their target. An outage is logged once when it starts and once when it
 //! ends, to the process log (journald) only.
+//!
+//! Bounded at stop: a write in flight when `stop` fires is given the flush deadline, not its
+//! own `write_limit`, and the flush after it shares that deadline; whatever is still buffered
+//! or in hand when the sink ends — or when [`Shipping::finish`] stops waiting for it — is
+//! counted as dropped (`shutdown`).
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,13 +65,21 @@ pub struct SinkSettings {
     pub max_backoff: Duration,
     /// One batch's write, on our side: a silent connection is given up, not waited on.
     pub write_limit: Duration,
+    /// The sessions' `statement_timeout` and `lock_timeout`, below `write_limit`: a write given
+    /// up on our side leaves its backend running on the server (the connection is only
+    /// dropped), and these end it there — a sink stuck behind a lock on the logging tables
+    /// must not hold that backend, and its locks, for ever.
+    pub statement_timeout: Duration,
+    pub lock_timeout: Duration,
     /// At stop, how long the last entries may take to be written.
     pub flush_deadline: Duration,
 }
 
 impl SinkSettings {
     /// From the configuration: `database.url`, the writer's backoff cap
-    /// (`redis.reconnect_max_backoff_ms`) and twice `database.statement_timeout_ms`.
+    /// (`redis.reconnect_max_backoff_ms`), its `statement_timeout_ms` and `lock_timeout_ms`
+    /// (the latter at most the former), and twice `database.statement_timeout_ms` as the
+    /// write limit.
     pub fn from_config(config: &Config) -> Result<SinkSettings, DbError> {
         let mut pg = Connector::primary(&config.database)?;
         // Its sessions told apart from the writer's in pg_stat_activity: "<name> logs".
@@ -74,13 +88,16 @@ impl SinkSettings {
             _ => APPLICATION_NAME.to_owned(),
         };
         pg.config_mut().application_name(&name);
+        let statement_timeout = Duration::from_millis(config.database.statement_timeout_ms);
         Ok(SinkSettings {
             pg,
             batch_max: 1_000,
             poll: Duration::from_millis(250),
             max_backoff: Duration::from_millis(config.redis.reconnect_max_backoff_ms),
-            write_limit: Duration::from_millis(config.database.statement_timeout_ms * 2)
-                .max(Duration::from_secs(1)),
+            write_limit: (statement_timeout * 2).max(Duration::from_secs(1)),
+            statement_timeout,
+            lock_timeout: Duration::from_millis(config.database.lock_timeout_ms)
+                .min(statement_timeout),
             flush_deadline: FLUSH_DEADLINE,
         })
     }
@@ -114,6 +131,15 @@ enum WriteError {
     Timeout(Duration),
 }
 
+/// The session's limits, set once per connection (milliseconds).
+fn session_limits_sql(statement_timeout: Duration, lock_timeout: Duration) -> String {
+    format!(
+        "SET statement_timeout = {}; SET lock_timeout = {}",
+        statement_timeout.as_millis().max(1),
+        lock_timeout.as_millis().max(1)
+    )
+}
+
 /// A connection and its statements, prepared once.
 struct Session {
     client: Client,
@@ -129,6 +155,54 @@ struct Sink {
     /// Entries taken from the buffer, not yet committed, oldest first.
     hand: VecDeque<LogEntry>,
     report: SinkReport,
+    /// When the last entries must be written by: set when `stop` is first seen.
+    flush_by: Option<Instant>,
+    /// The flush ran and counted what it left; until then, dropping the sink (its task aborted
+    /// by [`Shipping::finish`]) counts what it holds ([`Drop`]).
+    flushed: bool,
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if self.flushed {
+            return;
+        }
+        let mut rest = VecDeque::new();
+        self.buffer.take_into(&mut rest);
+        let left = (self.hand.len() + rest.len()) as u64;
+        if left > 0 {
+            self.buffer.count_dropped("shutdown", left);
+        }
+    }
+}
+
+/// Runs `work` within `write_limit`, or, once `stop` fires (now or while it runs), by the flush
+/// deadline `flush_by` (set from `flush_deadline` then), whichever comes first.
+async fn bounded<T>(
+    work: impl Future<Output = Result<T, WriteError>>,
+    stop: &CancellationToken,
+    flush_by: &mut Option<Instant>,
+    flush_deadline: Duration,
+    write_limit: Duration,
+) -> Result<T, WriteError> {
+    let started = Instant::now();
+    let give_up = started + write_limit;
+    let mut work = std::pin::pin!(work);
+    if flush_by.is_none() {
+        tokio::select! {
+            biased;
+            out = tokio::time::timeout_at(give_up, &mut work) => {
+                return out.unwrap_or(Err(WriteError::Timeout(write_limit)));
+            }
+            () = stop.cancelled() => {
+                *flush_by = Some(Instant::now() + flush_deadline);
+            }
+        }
+    }
+    let at = give_up.min(flush_by.expect("set above or before"));
+    tokio::time::timeout_at(at, work)
+        .await
+        .unwrap_or_else(|_| Err(WriteError::Timeout(at.saturating_duration_since(started))))
 }
 
 /// Runs until `stop`, then writes what is left within `flush_deadline`. Nothing it logs, nor
@@ -144,6 +218,8 @@ pub async fn run(
         session: None,
         hand: VecDeque::new(),
         report: SinkReport::default(),
+        flush_by: None,
+        flushed: false,
     };
     crate::telemetry::shipping(sink.run(stop)).await
 }
@@ -161,7 +237,7 @@ impl Sink {
                 _ = ticker.tick() => {}
             }
             metrics::gauge!("trading_sync_log_buffer_entries").set(self.buffer.len() as f64);
-            match self.write_all(None).await {
+            match self.write_all(&stop).await {
                 Ok(()) => {
                     backoff.reset();
                     if let Some((since, dropped)) = outage.take() {
@@ -194,22 +270,25 @@ impl Sink {
                 }
             }
         }
-        self.flush().await;
-        self.report
+        self.flush(&stop).await;
+        std::mem::take(&mut self.report)
     }
 
     /// The last entries, within the flush deadline and a few attempts (a command run while the
     /// database is down must not hang on its logs); what is left then is counted as dropped.
-    async fn flush(&mut self) {
+    async fn flush(&mut self, stop: &CancellationToken) {
         const ATTEMPTS: u32 = 3;
-        let deadline = Instant::now() + self.settings.flush_deadline;
+        // A write in flight when `stop` fired already started the deadline: the flush shares it.
+        let deadline = *self
+            .flush_by
+            .get_or_insert_with(|| Instant::now() + self.settings.flush_deadline);
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
         let mut failed = 0;
         while !(self.hand.is_empty() && self.buffer.is_empty())
             && Instant::now() < deadline
             && failed < ATTEMPTS
         {
-            if self.write_all(Some(deadline)).await.is_err() {
+            if self.write_all(stop).await.is_err() {
                 self.session = None;
                 failed += 1;
                 let wait = backoff.fail().min(deadline - Instant::now());
@@ -228,22 +307,28 @@ impl Sink {
                 "log entries not written to the database before exit"
             );
         }
+        self.flushed = true;
     }
 
     /// Writes what is in hand, then everything the buffer holds, batch by batch. Takes from the
-    /// buffer only once connected.
-    async fn write_all(&mut self, deadline: Option<Instant>) -> Result<(), WriteError> {
+    /// buffer only once connected. Each connection and batch is given `write_limit`, or the
+    /// flush deadline once `stop` has fired ([`bounded`]).
+    async fn write_all(&mut self, stop: &CancellationToken) -> Result<(), WriteError> {
+        let (flush_deadline, write_limit) =
+            (self.settings.flush_deadline, self.settings.write_limit);
+        let limits =
+            session_limits_sql(self.settings.statement_timeout, self.settings.lock_timeout);
         loop {
             if self.hand.is_empty() && self.buffer.is_empty() {
                 return Ok(());
             }
-            let limit = match deadline {
-                Some(at) => at.saturating_duration_since(Instant::now()),
-                None => self.settings.write_limit,
-            };
             if self.session.as_ref().is_none_or(|s| s.client.is_closed()) {
                 let connect = async {
                     let client = self.settings.pg.connect().await?;
+                    client
+                        .batch_execute(&limits)
+                        .await
+                        .map_err(WriteError::Db)?;
                     let system = client
                         .prepare(INSERT_SYSTEM_LOGS)
                         .await
@@ -258,9 +343,14 @@ impl Sink {
                         performance,
                     })
                 };
-                let session = tokio::time::timeout(limit, connect)
-                    .await
-                    .map_err(|_| WriteError::Timeout(limit))??;
+                let session = bounded(
+                    connect,
+                    stop,
+                    &mut self.flush_by,
+                    flush_deadline,
+                    write_limit,
+                )
+                .await?;
                 self.session = Some(session);
             }
             if self.hand.is_empty() {
@@ -270,16 +360,16 @@ impl Sink {
                 let n = self.hand.len().min(self.settings.batch_max.max(1));
                 let session = self.session.as_mut().expect("connected above");
                 let batch = Batch::of(self.hand.range(..n));
-                let write = tokio::time::timeout(limit, batch.write(session));
-                match write.await {
-                    Ok(Ok(())) => {
+                let write = async { batch.write(session).await.map_err(WriteError::Db) };
+                match bounded(write, stop, &mut self.flush_by, flush_deadline, write_limit).await {
+                    Ok(()) => {
                         self.report.system_rows += batch.system_rows();
                         self.report.performance_rows += batch.performance_rows();
                         metrics::counter!("trading_sync_log_entries_written_total")
                             .increment(n as u64);
                         self.hand.drain(..n);
                     }
-                    Ok(Err(e)) if ErrorClass::of(&e) == ErrorClass::Data => {
+                    Err(WriteError::Db(e)) if ErrorClass::of(&e) == ErrorClass::Data => {
                         // Retrying would be refused again, and would hold up every later entry.
                         self.buffer.count_dropped("refused", n as u64);
                         self.report.refused += n as u64;
@@ -291,8 +381,7 @@ impl Sink {
                         );
                         self.hand.drain(..n);
                     }
-                    Ok(Err(e)) => return Err(WriteError::Db(e)),
-                    Err(_) => return Err(WriteError::Timeout(limit)),
+                    Err(e) => return Err(e),
                 }
             }
         }
@@ -430,13 +519,48 @@ impl Shipping {
         Some(Shipping { stop, task })
     }
 
-    /// Stops the sink and waits for its flush (bounded by its own deadline).
-    pub async fn finish(self) -> Option<SinkReport> {
+    /// Stops the sink and waits for its flush (bounded by its own deadline). Should the sink
+    /// still run past that deadline and a margin, it is aborted, and what it still held is
+    /// counted as dropped (`shutdown`) as it is dropped: nothing is lost uncounted.
+    pub async fn finish(mut self) -> Option<SinkReport> {
         self.stop.cancel();
-        // The flush deadline bounds the sink; the margin covers its last write in flight.
-        tokio::time::timeout(FLUSH_DEADLINE + Duration::from_secs(1), self.task)
-            .await
-            .ok()?
-            .ok()
+        match tokio::time::timeout(FLUSH_DEADLINE + Duration::from_secs(1), &mut self.task).await {
+            Ok(report) => report.ok(),
+            Err(_) => {
+                self.task.abort();
+                // Resolves once the sink's future, and with it the sink, has been dropped.
+                let _ = (&mut self.task).await;
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::central::PerformanceLog;
+
+    /// A sink dropped before its flush (its task aborted by `Shipping::finish`) counts what it
+    /// held, in hand and still buffered, as dropped; one that flushed counts nothing more.
+    #[test]
+    fn a_sink_dropped_before_its_flush_counts_what_it_held() {
+        let entry = || LogEntry::Performance(PerformanceLog::new("op", Duration::ZERO, true));
+        let sink = |buffer: &Arc<LogBuffer>, flushed: bool| Sink {
+            buffer: buffer.clone(),
+            settings: SinkSettings::from_config(&Config::default()).unwrap(),
+            session: None,
+            hand: VecDeque::from([entry(), entry()]),
+            report: SinkReport::default(),
+            flush_by: None,
+            flushed,
+        };
+        let buffer = Arc::new(LogBuffer::new(10));
+        buffer.push(entry());
+        drop(sink(&buffer, false));
+        assert_eq!((buffer.dropped(), buffer.len()), (3, 0));
+        buffer.push(entry());
+        drop(sink(&buffer, true));
+        assert_eq!((buffer.dropped(), buffer.len()), (3, 1));
     }
 }

@@ -30,6 +30,8 @@ use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::Layer;
 
+use crate::config::mask_secrets;
+
 /// `logging.*.service` of every row this process writes.
 pub const SERVICE: &str = "trading-sync";
 
@@ -106,9 +108,11 @@ impl PerformanceLog {
         self
     }
 
-    /// The report, a JSON object (anything else is kept under `value`).
+    /// The report, a JSON object (anything else is kept under `value`). Its strings are
+    /// cleaned like an event's fields ([`clean`]): a run's `"error"` may quote a connection
+    /// string, and one NUL would make PostgreSQL refuse the whole batch (22P05).
     pub fn data(mut self, data: Value) -> Self {
-        self.data = match data {
+        self.data = match clean_value(data) {
             Value::Object(map) => map,
             Value::Null => Map::new(),
             other => Map::from_iter([("value".to_owned(), other)]),
@@ -313,6 +317,7 @@ impl<S: Subscriber> Layer<S> for DatabaseLayer {
         let entry = SystemLog {
             timestamp: Utc::now(),
             level: level_name(*meta.level()),
+            // Already cleaned: the message is visited like every other field.
             message: visitor.message.unwrap_or_default(),
             event_type: visitor.event_type.map(|t| truncate(&t, EVENT_TYPE_CHARS)),
             correlation_id: visitor.correlation.map(|c| truncate(&c, CORRELATION_CHARS)),
@@ -392,13 +397,31 @@ impl Visit for Fields {
     }
 }
 
-/// Cut to MAX_TEXT_CHARS; NUL replaced (PostgreSQL's text and jsonb refuse it).
+/// Secrets masked ([`mask_secrets`]: an error may quote a connection string, and
+/// `logging.system_logs` is read by more people than the daemon's config); then cut to
+/// MAX_TEXT_CHARS; NUL replaced (PostgreSQL's text and jsonb refuse it). Masked before the cut,
+/// so a cut cannot leave a password without the '@' that marks it as one.
 fn clean(text: &str) -> String {
-    let text = truncate(text, MAX_TEXT_CHARS);
+    let text = truncate(&mask_secrets(text), MAX_TEXT_CHARS);
     if text.contains('\0') {
         text.replace('\0', "\u{FFFD}")
     } else {
         text
+    }
+}
+
+/// [`clean`] over every string of a JSON value, object keys included (a NUL in a key is refused
+/// the same way).
+fn clean_value(value: Value) -> Value {
+    match value {
+        Value::String(s) => Value::String(clean(&s)),
+        Value::Array(items) => Value::Array(items.into_iter().map(clean_value).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (clean(&k), clean_value(v)))
+                .collect(),
+        ),
+        other => other,
     }
 }
 
@@ -531,6 +554,53 @@ mod tests {
             .collect();
         assert_eq!(kept, ["op2", "op3", "op4"]);
         assert!(buffer.is_empty());
+    }
+
+    #[test]
+    fn secrets_are_masked_before_they_are_stored() {
+        let url = "postgres://u:s3cret@h/db";
+        let buffer = Arc::new(LogBuffer::new(10));
+        tracing::subscriber::with_default(capture(Level::WARN, &buffer), || {
+            tracing::warn!(
+                target: "trading_sync::db",
+                target_url = url,
+                error = %format!("connect to {url} failed"),
+                detail = ?url,
+                "cannot reach {url}"
+            );
+        });
+        let entries = taken(&buffer);
+        let row = system(&entries[0]);
+        assert_eq!(row.message, "cannot reach postgres://u:********@h/db");
+        let data = Value::Object(row.data.clone()).to_string();
+        assert!(!data.contains("s3cret"), "{data}");
+        assert_eq!(row.data["target_url"], "postgres://u:********@h/db");
+        assert_eq!(
+            row.data["error"],
+            "connect to postgres://u:********@h/db failed"
+        );
+
+        // A run's report: strings anywhere in it, NUL included.
+        let record = PerformanceLog::new("indicators", Duration::from_millis(1), false).data(
+            serde_json::json!({
+                "error": format!("db error at {url}\0"),
+                "nested": {"urls": [url, "password=hunter2"]},
+                "rows": 3,
+            }),
+        );
+        assert_eq!(
+            Value::Object(record.data),
+            serde_json::json!({
+                "error": "db error at postgres://u:********@h/db\u{FFFD}",
+                "nested": {"urls": ["postgres://u:********@h/db", "password=********"]},
+                "rows": 3,
+            })
+        );
+        let bare = PerformanceLog::new("x", Duration::ZERO, true).data(Value::from("a\0b"));
+        assert_eq!(
+            Value::Object(bare.data),
+            serde_json::json!({"value": "a\u{FFFD}b"})
+        );
     }
 
     #[test]

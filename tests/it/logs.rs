@@ -312,6 +312,8 @@ async fn while_the_database_is_away_the_oldest_entries_are_dropped_and_the_emitt
         poll: Duration::from_millis(20),
         max_backoff: Duration::from_millis(100),
         write_limit: Duration::from_secs(5),
+        statement_timeout: Duration::from_millis(2_500),
+        lock_timeout: Duration::from_millis(2_500),
         flush_deadline: Duration::from_secs(5),
     };
     let stop = CancellationToken::new();
@@ -419,4 +421,80 @@ async fn while_the_database_is_away_the_oldest_entries_are_dropped_and_the_emitt
     let total = count(&db, "SELECT count(*) FROM logging.system_logs").await;
     assert_eq!(report.system_rows, total as u64);
     assert_eq!(report.left_at_exit, 0);
+}
+
+/// A write stuck when `stop` fires is given the flush deadline, not its own write limit, and
+/// what is left then is counted as dropped (`shutdown`): the sink ends within the deadline
+/// whatever the database does.
+#[tokio::test]
+async fn a_write_stuck_at_stop_ends_by_the_flush_deadline_and_is_counted() {
+    let db = TestDb::new().await;
+    let buffer = Arc::new(LogBuffer::new(100));
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(
+        DatabaseLayer::new(buffer.clone()).with_filter(DatabaseLayer::filter(tracing::Level::WARN)),
+    ));
+    let flush_deadline = Duration::from_millis(800);
+    let settings = SinkSettings {
+        pg: {
+            let mut pg = trading_sync::db::Connector::primary(&db.config()).unwrap();
+            pg.config_mut().application_name(logship::APPLICATION_NAME);
+            pg
+        },
+        batch_max: 100,
+        poll: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(100),
+        // Far longer than the test: only the flush deadline can end the stuck write.
+        write_limit: Duration::from_secs(120),
+        statement_timeout: Duration::from_secs(60),
+        lock_timeout: Duration::from_secs(50),
+        flush_deadline,
+    };
+    // The table locked: the sink's INSERT waits on it.
+    let mut locker = common::connect(&db.url).await;
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE logging.system_logs IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let sink = tokio::spawn(
+        logship::run(buffer.clone(), settings, stop.clone()).with_subscriber(dispatch.clone()),
+    );
+    tracing::dispatcher::with_default(&dispatch, || {
+        for seq in 0..3 {
+            tracing::warn!(target: "trading_sync::apply", seq, "stuck");
+        }
+    });
+    eventually(
+        "the sink waiting on the lock",
+        Duration::from_secs(20),
+        || async {
+            let row = db
+                .client
+                .query_opt(
+                    "SELECT a.pid FROM pg_stat_activity a \
+                      WHERE a.application_name = $1 AND a.wait_event_type = 'Lock'",
+                    &[&logship::APPLICATION_NAME],
+                )
+                .await
+                .unwrap()?;
+            Some(row.get::<_, i32>(0))
+        },
+    )
+    .await;
+    let dropped_before = buffer.dropped();
+    let stopped = Instant::now();
+    stop.cancel();
+    let report = tokio::time::timeout(Duration::from_secs(10), sink)
+        .await
+        .expect("the sink ends by its flush deadline, not its write limit")
+        .unwrap();
+    let took = stopped.elapsed();
+    assert!(
+        took < flush_deadline + Duration::from_millis(1_500),
+        "ended {took:?} after stop"
+    );
+    assert_eq!(report.left_at_exit, 3);
+    assert_eq!(buffer.dropped() - dropped_before, 3);
+    assert_eq!(report.system_rows, 0);
+    lock.rollback().await.unwrap();
 }

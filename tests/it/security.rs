@@ -773,26 +773,47 @@ async fn the_audit_log_is_append_only() {
         2
     );
 
-    // Retention: the owner's procedure deletes, records itself, and the fence is back.
+    // Retention: the owner's procedure refuses a `before` less than a day ago (V29: a slip of
+    // the sign must not erase the trail), deletes what is older, records itself, and the fence
+    // is back.
     db.client
-        .batch_execute("CALL shared.purge_audit_log(now() + interval '1 day')")
+        .batch_execute(OLD_AUDIT_ROWS.replace("{n}", "2").as_str())
         .await
         .unwrap();
-    let row = db
+    let err = db
         .client
-        .query_one(
-            "SELECT count(*), min(table_name), min(new_values->>'rows') FROM shared.audit_log",
+        .batch_execute("CALL shared.purge_audit_log(now() + interval '1 day')")
+        .await
+        .expect_err("a before in the future");
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::INVALID_PARAMETER_VALUE),
+        "{err:?}"
+    );
+    assert_eq!(
+        scalar(&db.client, "SELECT count(*) FROM shared.audit_log").await,
+        4
+    );
+    db.client
+        .batch_execute("CALL shared.purge_audit_log(now() - interval '1 day')")
+        .await
+        .unwrap();
+    let rows = db
+        .client
+        .query(
+            "SELECT table_name, new_values->>'rows' FROM shared.audit_log ORDER BY id",
             &[],
         )
         .await
         .unwrap();
+    let rows: Vec<(String, Option<String>)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(
-        (
-            row.get::<_, i64>(0),
-            row.get::<_, Option<String>>(1),
-            row.get::<_, Option<String>>(2)
-        ),
-        (1, Some("shared.audit_log".into()), Some("2".into()))
+        rows,
+        vec![
+            ("shared.system_config".into(), None),
+            ("shared.system_config".into(), None),
+            ("shared.audit_log".into(), Some("2".into())),
+        ]
     );
     let err = db
         .client
@@ -800,6 +821,278 @@ async fn the_audit_log_is_append_only() {
         .await
         .expect_err("the trigger is enabled again");
     assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE));
+}
+
+/// `{n}` audit rows two days old, inserted by the owner (INSERT is all it may do).
+const OLD_AUDIT_ROWS: &str = "\
+INSERT INTO shared.audit_log (\"timestamp\", table_name, operation, record_id)
+SELECT now() - interval '2 days', 'test.old', 'INSERT', g::text FROM generate_series(1, {n}) g";
+
+/// V29: the purge takes no lock an audited write waits for. V24's ALTER TABLE … DISABLE TRIGGER
+/// took SHARE ROW EXCLUSIVE on audit_log, which waits for (and then blocks) every transaction
+/// that wrote an audited table: here one is left open across the purge, and the purge, with a
+/// 2 s lock_timeout, still finishes — in batches, committed between them.
+#[tokio::test]
+async fn the_audit_purge_runs_beside_open_audited_writes() {
+    let db = TestDb::new().await;
+    let source: (String, Option<Vec<String>>) = {
+        let row = db
+            .client
+            .query_one(
+                "SELECT prosrc, proconfig FROM pg_proc WHERE oid = 'shared.purge_audit_log'::regproc",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    let upper = source.0.to_uppercase();
+    assert!(
+        !upper.contains("ALTER TABLE") && !upper.contains("DISABLE TRIGGER"),
+        "no DDL in the purge: {}",
+        source.0
+    );
+    // A procedure with a SET clause may not COMMIT between batches.
+    assert_eq!(source.1, None);
+    db.client
+        .batch_execute(&OLD_AUDIT_ROWS.replace("{n}", "25000"))
+        .await
+        .unwrap();
+
+    let owner_url = db.url.clone();
+    let (purged, audit_rows_meanwhile) = as_login(&db, "trading_app", "", move |url, _| async move {
+        let mut app = common::connect(&url).await;
+        let owner = common::connect(&owner_url).await;
+        let tx = app.transaction().await.unwrap();
+        tx.batch_execute(
+            "SET LOCAL app.current_account_id = 'A';
+             INSERT INTO execution.orders (order_id, account_id, symbol, side, order_type, quantity)
+             VALUES ('PURGE-1', 'A', 'AAPL', 'buy', 'market', 1);",
+        )
+        .await
+        .unwrap();
+
+        // Inside a transaction block the procedure cannot commit: refused before any DELETE.
+        let err = owner
+            .batch_execute(
+                "BEGIN; CALL shared.purge_audit_log(now() - interval '1 day'); COMMIT;",
+            )
+            .await
+            .expect_err("a purge inside a transaction block");
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::INVALID_TRANSACTION_TERMINATION),
+            "{err:?}"
+        );
+        owner.batch_execute("ROLLBACK").await.unwrap();
+        assert_eq!(
+            scalar(&owner, "SELECT count(*) FROM shared.audit_log WHERE table_name = 'test.old'")
+                .await,
+            25_000
+        );
+
+        // The app's transaction holds ROW EXCLUSIVE on audit_log (its trigger's INSERT) and
+        // stays open through the purge.
+        // Two round trips: a CALL in a multi-statement string runs in an implicit
+        // transaction block, where it could not commit either.
+        owner.batch_execute("SET lock_timeout = '2s'").await.unwrap();
+        owner
+            .batch_execute("CALL shared.purge_audit_log(now() - interval '1 day')")
+            .await
+            .expect("the purge does not wait for an open audited write");
+        // And an audited write after the purge's batches is not blocked either.
+        tx.batch_execute(
+            "INSERT INTO execution.orders (order_id, account_id, symbol, side, order_type, quantity)
+             VALUES ('PURGE-2', 'A', 'AAPL', 'buy', 'market', 1);",
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        let purged: Option<String> = owner
+            .query_one(
+                "SELECT new_values->>'rows' FROM shared.audit_log WHERE table_name = 'shared.audit_log'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let kept = scalar(
+            &owner,
+            "SELECT count(*) FROM shared.audit_log WHERE table_name = 'execution.orders'",
+        )
+        .await;
+        (purged, kept)
+    })
+    .await;
+    assert_eq!(purged.as_deref(), Some("25000"));
+    assert_eq!(audit_rows_meanwhile, 2);
+    assert_eq!(
+        scalar(
+            &db.client,
+            "SELECT count(*) FROM shared.audit_log WHERE table_name = 'test.old'"
+        )
+        .await,
+        0
+    );
+    // The flag was transaction-local: this session, never having set it, is refused.
+    assert_refused(
+        db.client.execute("DELETE FROM shared.audit_log", &[]).await,
+        "a DELETE outside the purge",
+    );
+}
+
+/// V29: a TRUNCATE of an audited table leaves one 'TRUNCATE' row, with who did it.
+#[tokio::test]
+async fn a_truncate_of_an_audited_table_leaves_an_audit_row() {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute("INSERT INTO shared.system_config (key, value) VALUES ('t.k', '1')")
+        .await
+        .unwrap();
+    // As a login granted TRUNCATE on one table (no service role has it by default).
+    let login = as_login(
+        &db,
+        "trading_app",
+        "GRANT USAGE ON SCHEMA shared TO {login}; GRANT TRUNCATE ON shared.system_config TO {login};",
+        |url, name| async move {
+            let c = common::connect(&url).await;
+            c.batch_execute(
+                "SET app.user_id = 'bob'; SET app.correlation_id = 'req-7'; \
+                 TRUNCATE shared.system_config",
+            )
+            .await
+            .unwrap();
+            name
+        },
+    )
+    .await;
+    let row = db
+        .client
+        .query_one(
+            "SELECT db_user, user_id, correlation_id, record_id, old_values, new_values \
+               FROM shared.audit_log WHERE operation = 'TRUNCATE'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            row.get::<_, Option<String>>(0),
+            row.get::<_, Option<String>>(1),
+            row.get::<_, Option<String>>(2),
+            row.get::<_, Option<String>>(3),
+            row.get::<_, Option<serde_json::Value>>(4),
+            row.get::<_, Option<serde_json::Value>>(5),
+        ),
+        (
+            Some(login),
+            Some("bob".into()),
+            Some("req-7".into()),
+            None,
+            None,
+            None
+        )
+    );
+
+    // The owner, every audited table at once: one row each.
+    db.client
+        .batch_execute(
+            "TRUNCATE execution.orders, execution.trades, execution.positions,
+                      strategy_engine.strategies, risk_management.risk_limits,
+                      shared.system_config, notification.notification_configs CASCADE",
+        )
+        .await
+        .unwrap();
+    let tables: Vec<String> = db
+        .client
+        .query(
+            "SELECT table_name FROM shared.audit_log WHERE operation = 'TRUNCATE' \
+              AND db_user = session_user ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        tables,
+        [
+            "execution.orders",
+            "execution.positions",
+            "execution.trades",
+            "notification.notification_configs",
+            "risk_management.risk_limits",
+            "shared.system_config",
+            "strategy_engine.strategies",
+        ]
+    );
+}
+
+/// V29: a trade names an order of its own account. The foreign-key check bypasses RLS, so
+/// before V29 a trading_app session of A could attach its trade to B's order.
+#[tokio::test]
+async fn a_trade_cannot_name_another_accounts_order() {
+    let db = TestDb::new().await;
+    seed_two_accounts(&db).await;
+    as_login(&db, "trading_app", "", |url, _| async move {
+        let c = common::connect(&url).await;
+        c.batch_execute("SET app.current_account_id = 'A'").await.unwrap();
+        let err = c
+            .execute(
+                "INSERT INTO execution.trades (trade_id, order_id, account_id, symbol, side, quantity, price, executed_at) \
+                 VALUES ('TX-B', 'OB', 'A', 'AAPL', 'buy', 1, 10, now())",
+                &[],
+            )
+            .await
+            .expect_err("a trade of A naming B's order");
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::FOREIGN_KEY_VIOLATION),
+            "{err:?}"
+        );
+        c.execute(
+            "INSERT INTO execution.trades (trade_id, order_id, account_id, symbol, side, quantity, price, executed_at) \
+             VALUES ('TX-A', 'OA', 'A', 'AAPL', 'buy', 1, 10, now())",
+            &[],
+        )
+        .await
+        .expect("a trade of A naming A's order");
+        // Without an order, as before.
+        c.execute(
+            "INSERT INTO execution.trades (trade_id, account_id, symbol, side, quantity, price, executed_at) \
+             VALUES ('TX-N', 'A', 'AAPL', 'buy', 1, 10, now())",
+            &[],
+        )
+        .await
+        .expect("a trade without an order");
+    })
+    .await;
+    // An order's account cannot move away from its trades, whoever asks.
+    let err = db
+        .client
+        .execute(
+            "UPDATE execution.orders SET account_id = 'B' WHERE order_id = 'OA'",
+            &[],
+        )
+        .await
+        .expect_err("moving an order away from its trades");
+    assert_eq!(err.code(), Some(&SqlState::FOREIGN_KEY_VIOLATION));
+    // NOT VALID for rows older than V29; an operator validates it once the data is clean.
+    let validated: bool = db
+        .client
+        .query_one(
+            "SELECT convalidated FROM pg_constraint WHERE conname = 'trades_account_order_fkey'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!validated);
+    db.client
+        .batch_execute("ALTER TABLE execution.trades VALIDATE CONSTRAINT trades_account_order_fkey")
+        .await
+        .unwrap();
 }
 
 async fn version_of(c: &Client, sql: &str, key: &str) -> i32 {
