@@ -419,7 +419,10 @@ pub fn render(status: &Status, now: DateTime<Utc>) -> String {
                 number(r, "queue_bytes"),
                 number(r, "writer_busy_ms")
             );
-            match metrics.stream_pending {
+            // Every series is registered at zero at start, so /metrics cannot tell whether the
+            // daemon reads streams; its /readyz says.
+            let reads_streams = r.get("uses_streams").and_then(|v| v.as_bool()) != Some(false);
+            match metrics.stream_pending.filter(|_| reads_streams) {
                 Some(pending) => {
                     let _ = writeln!(
                         out,

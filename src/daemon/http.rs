@@ -69,6 +69,10 @@ struct Readiness {
     /// How long the writer has held its current batch uncommitted (0 when idle).
     writer_busy_ms: u64,
     redis_subscribed: bool,
+    /// Which transports this daemon reads: a series registered at zero does not say so.
+    uses_pubsub: bool,
+    uses_streams: bool,
+    uses_journal: bool,
     queue_depth: usize,
     queue_bytes: usize,
     redis_disconnects: u64,
@@ -113,6 +117,9 @@ async fn readiness(state: &AppState) -> Readiness {
         writer_blocked: d.writer.blocked.load(Ordering::Acquire),
         writer_busy_ms: busy.as_millis() as u64,
         redis_subscribed,
+        uses_pubsub: d.uses_pubsub.load(Ordering::Relaxed),
+        uses_streams: d.uses_streams.load(Ordering::Relaxed),
+        uses_journal: d.uses_journal.load(Ordering::Relaxed),
         queue_depth: d.queue.depth.load(Ordering::Relaxed),
         queue_bytes: d.queue.bytes.load(Ordering::Relaxed),
         redis_disconnects: d.subscription.disconnects.load(Ordering::Relaxed),

@@ -31,7 +31,7 @@ async fn status_tells_a_running_daemon_from_a_stopped_one() {
     assert!(out.contains("queue         0 messages"), "{out}");
     assert!(out.contains("streams       not used"), "{out}");
     assert!(out.contains("dead letters  none in the last 24 h"), "{out}");
-    assert!(out.contains("schema        V28 (current)"), "{out}");
+    assert!(out.contains(&common::current_schema_line()), "{out}");
 
     let (code, out, _) = command(&db.url, &["status", "--json"], &env);
     assert_eq!(code, 0);
@@ -55,7 +55,7 @@ async fn status_tells_a_running_daemon_from_a_stopped_one() {
         "the reason is said: {out}"
     );
     // What the database knows is still there.
-    assert!(out.contains("schema        V28 (current)"), "{out}");
+    assert!(out.contains(&common::current_schema_line()), "{out}");
     assert!(out.contains("\nreconcile     "), "{out}");
 
     // The last indicator run comes from the run's own performance_logs row.
@@ -72,7 +72,7 @@ async fn status_tells_a_running_daemon_from_a_stopped_one() {
     assert!(out.contains("http.enabled = false"), "{out}");
     assert!(out.contains("indicators    last run "), "{out}");
     assert!(out.contains("(Full, ok)"), "{out}");
-    assert!(out.contains("schema        V28 (current)"), "{out}");
+    assert!(out.contains(&common::current_schema_line()), "{out}");
 
     // A database that cannot be reached is said too; the verdict is the daemon's.
     let (code, out, _) = command(

@@ -540,3 +540,21 @@ impl LoginRole {
             .unwrap();
     }
 }
+
+/// `status`'s schema line for a database migrated to this checkout's newest migration, read
+/// from `migrations/` so that a new migration does not break the tests that check it.
+pub fn current_schema_line() -> String {
+    let newest = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().ok()?;
+            name.strip_prefix('V')?
+                .split("__")
+                .next()?
+                .parse::<u32>()
+                .ok()
+        })
+        .max()
+        .unwrap();
+    format!("schema        V{newest} (current)")
+}
