@@ -170,19 +170,12 @@ async fn raised_limit_replays_each_refused_trade_exactly_once() {
     assert_eq!(after.2, format!("{}.0000", 2 * PADDED));
 
     // Replaying again changes nothing: applied and duplicate rows are decided for good.
-    let decided_at: Vec<String> = app
-        .db
-        .client
-        .query(
-            "SELECT replayed_at::text FROM analytics.dead_letters
+    let decided_at: Vec<String> = common::first_column(
+        &app.db.client,
+        "SELECT replayed_at::text FROM analytics.dead_letters
               WHERE replay_result IN ('applied', 'duplicate') ORDER BY id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    )
+    .await;
     let again = ok(command(&url, &["dead-letters", "replay", "--all"], &[]));
     assert!(
         again.contains("applied: 0, duplicate: 0, still invalid: 2"),
@@ -205,19 +198,12 @@ async fn raised_limit_replays_each_refused_trade_exactly_once() {
     ));
     assert!(named.contains("already replayed (applied)"), "{named}");
     assert_eq!(books(&app).await, after);
-    let decided_again: Vec<String> = app
-        .db
-        .client
-        .query(
-            "SELECT replayed_at::text FROM analytics.dead_letters
+    let decided_again: Vec<String> = common::first_column(
+        &app.db.client,
+        "SELECT replayed_at::text FROM analytics.dead_letters
               WHERE replay_result IN ('applied', 'duplicate') ORDER BY id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    )
+    .await;
     assert_eq!(decided_again, decided_at);
 
     // `list --json` parses and shows each row's outcome; a still-invalid row keeps its reason.

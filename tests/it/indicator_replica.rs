@@ -125,9 +125,9 @@ async fn write_changes(client: &Client) {
 
 /// Everything the job writes, as text: rows, latest rows, states, and change rows left.
 async fn dump(client: &Client) -> Vec<String> {
-    client
-        .query(
-            "SELECT 'row ' || (to_jsonb(t) - 'id' - 'created_at' - 'updated_at')::text
+    common::first_column(
+        client,
+        "SELECT 'row ' || (to_jsonb(t) - 'id' - 'created_at' - 'updated_at')::text
                FROM analytics.technical_indicators t
              UNION ALL
              SELECT 'latest ' || (to_jsonb(l) - 'updated_at')::text
@@ -137,13 +137,8 @@ async fn dump(client: &Client) -> Vec<String> {
              UNION ALL
              SELECT 'change ' || symbol FROM analytics.indicator_bar_changes
              ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
+    )
+    .await
 }
 
 /// The dump's real content, not only its equality with another: a row per bar, no change row

@@ -390,18 +390,12 @@ async fn while_the_database_is_away_the_oldest_entries_are_dropped_and_the_emitt
     .await;
     assert!(recorded.saw(SINK_TARGET, "writing logs to the database again"));
     // The newest were kept: the last CAPACITY of the burst, in order.
-    let seqs: Vec<i64> = db
-        .client
-        .query(
-            "SELECT (data->>'seq')::bigint FROM logging.system_logs \
+    let seqs: Vec<i64> = common::first_column(
+        &db.client,
+        "SELECT (data->>'seq')::bigint FROM logging.system_logs \
               WHERE (data->>'seq')::bigint >= 1000000 ORDER BY id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    )
+    .await;
     let expected: Vec<i64> = (1_000_000 + BURST - CAPACITY..1_000_000 + BURST)
         .map(|s| s as i64)
         .collect();

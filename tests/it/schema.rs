@@ -197,19 +197,13 @@ async fn every_table_and_enum_exists() {
         .get(0);
     assert_eq!(kind as u8, b'p', "market_data must be partitioned");
 
-    let enums: Vec<String> = db
-        .client
-        .query(
-            "SELECT t.typname::text FROM pg_catalog.pg_type t \
+    let enums: Vec<String> = common::first_column(
+        &db.client,
+        "SELECT t.typname::text FROM pg_catalog.pg_type t \
              JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
              WHERE n.nspname = 'execution' AND t.typtype = 'e' ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    )
+    .await;
     assert_eq!(
         enums,
         ["order_side", "order_status", "order_type", "time_in_force"]
@@ -420,16 +414,11 @@ async fn duplicate_bar_refused_per_data_source() {
     let other = bar.source("polygon").insert(c).await.unwrap();
     assert_eq!(other, "data_ingestion.market_data_y2024");
 
-    let sources: Vec<String> = c
-        .query(
-            "SELECT data_source FROM data_ingestion.market_data WHERE symbol = 'MSFT' ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let sources: Vec<String> = common::first_column(
+        c,
+        "SELECT data_source FROM data_ingestion.market_data WHERE symbol = 'MSFT' ORDER BY 1",
+    )
+    .await;
     assert_eq!(sources, ["polygon", "yahoo"]);
 }
 

@@ -1003,18 +1003,12 @@ async fn a_truncate_of_an_audited_table_leaves_an_audit_row() {
         )
         .await
         .unwrap();
-    let tables: Vec<String> = db
-        .client
-        .query(
-            "SELECT table_name FROM shared.audit_log WHERE operation = 'TRUNCATE' \
+    let tables: Vec<String> = common::first_column(
+        &db.client,
+        "SELECT table_name FROM shared.audit_log WHERE operation = 'TRUNCATE' \
               AND db_user = session_user ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    )
+    .await;
     assert_eq!(
         tables,
         [

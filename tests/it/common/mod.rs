@@ -558,3 +558,17 @@ pub fn current_schema_line() -> String {
         .unwrap();
     format!("schema        V{newest} (current)")
 }
+
+/// The first column of every row `sql` returns.
+pub async fn first_column<T>(client: &tokio_postgres::Client, sql: &str) -> Vec<T>
+where
+    T: for<'a> tokio_postgres::types::FromSql<'a>,
+{
+    client
+        .query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
