@@ -24,18 +24,10 @@ pub async fn publish_burst(
     messages: &[Message],
     pipeline: usize,
 ) -> redis::RedisResult<()> {
-    let names = channels(prefix);
-    for chunk in messages.chunks(pipeline.max(1)) {
-        let mut pipe = redis::pipe();
-        for m in chunk {
-            pipe.cmd("PUBLISH")
-                .arg(channel_name(&names, m.channel))
-                .arg(&m.payload)
-                .ignore();
-        }
-        pipe.exec_async(conn).await?;
-    }
-    Ok(())
+    burst(conn, prefix, messages, pipeline, |pipe, key, m| {
+        pipe.cmd("PUBLISH").arg(key).arg(&m.payload).ignore();
+    })
+    .await
 }
 
 /// Appends every message to its channel's stream (`<prefix>:<suffix>`, as a daemon with
@@ -48,16 +40,31 @@ pub async fn xadd_burst(
     messages: &[Message],
     pipeline: usize,
 ) -> redis::RedisResult<()> {
+    burst(conn, prefix, messages, pipeline, |pipe, key, m| {
+        pipe.cmd("XADD")
+            .arg(key)
+            .arg("*")
+            .arg(field)
+            .arg(&m.payload)
+            .ignore();
+    })
+    .await
+}
+
+/// Sends one command per message, built by `command` with the message's channel key, in
+/// pipelines of `pipeline`, one round trip each, in order.
+async fn burst(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    messages: &[Message],
+    pipeline: usize,
+    command: impl Fn(&mut redis::Pipeline, &str, &Message),
+) -> redis::RedisResult<()> {
     let names = channels(prefix);
     for chunk in messages.chunks(pipeline.max(1)) {
         let mut pipe = redis::pipe();
         for m in chunk {
-            pipe.cmd("XADD")
-                .arg(channel_name(&names, m.channel))
-                .arg("*")
-                .arg(field)
-                .arg(&m.payload)
-                .ignore();
+            command(&mut pipe, channel_name(&names, m.channel), m);
         }
         pipe.exec_async(conn).await?;
     }
