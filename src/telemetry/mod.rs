@@ -126,10 +126,22 @@ pub fn prometheus() -> &'static PrometheusHandle {
         let sizes = [
             1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
         ];
+        // An indicator run takes from under a second (incremental) to minutes (a full backfill):
+        // the latency buckets' 60 s top would cap the dashboard's slowest-run panel at a minute.
+        // A Full matcher wins over the Suffix one.
+        let runs = [
+            0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+        ];
         PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
             .and_then(|b| {
                 b.set_buckets_for_metric(Matcher::Full("trading_sync_batch_events".into()), &sizes)
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("trading_sync_indicator_run_seconds".into()),
+                    &runs,
+                )
             })
             .expect("static bucket lists are non-empty")
             .install_recorder()
