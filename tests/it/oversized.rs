@@ -227,10 +227,12 @@ async fn a_backlog_of_oversized_stream_entries_is_read_one_at_a_time() {
         BIG >> 20,
         peak as f64 / 1048576.0
     );
-    // The budget, a few entry-sized replies (the adaptive COUNT) and the process's own ~15 MiB;
-    // reading read_count entries at once would have held the whole 80 MiB backlog.
+    // The budget, a few entry-sized replies (the adaptive COUNT) and the process's own ~16 MiB
+    // idle plus the allocator's slack (peaks of 55–65 MiB across runs, with or without the log
+    // sink); reading read_count entries at once would have held the whole 80 MiB backlog on top
+    // of the queue.
     assert!(
-        peak < (QUEUE + 8 * BIG + (16 << 20)) as u64,
+        peak < (QUEUE + 8 * BIG + (24 << 20)) as u64,
         "peak RSS {peak} bytes"
     );
     drop(daemon);
