@@ -150,9 +150,16 @@ pub async fn run(
                 exchange_tz: config.exchange_tz()?,
             };
             let progress = CliProgress::new("dead-letters replay", progress_every);
-            let report = dead_letters::replay(&mut client, &selection, &limits, dry_run, &progress)
-                .await
-                .context("while replaying dead letters")?;
+            let report = dead_letters::replay(
+                &mut client,
+                &selection,
+                &limits,
+                config.maintenance.ledger_retention_days,
+                dry_run,
+                &progress,
+            )
+            .await
+            .context("while replaying dead letters")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -359,6 +366,12 @@ pub fn render_replay(report: &ReplayReport) -> String {
                     "duplicate: the ledger has the trade already; {would}recorded, nothing applied"
                 )
             }
+            Outcome::Stale => format!(
+                "stale: the books hold a newer snapshot or price; {would}recorded, nothing changed"
+            ),
+            Outcome::BeyondRetention => "beyond retention: executed before the ledger's retention \
+                 horizon (its ledger row may be retired); not applied, it could count twice"
+                .to_owned(),
             Outcome::StillInvalid { reason, error } => format!(
                 "still invalid ({}): {}",
                 escape_text(reason, false),
