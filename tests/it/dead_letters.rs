@@ -523,3 +523,52 @@ async fn a_trade_past_the_retention_watermark_is_not_replayed() {
     assert!(again.contains("beyond retention: 1"), "{again}");
     assert_eq!(ledger_and_books().await, (0, 0));
 }
+
+/// A position snapshot older than the one the books hold changes nothing: `stale`, not
+/// `applied`; a newer one is applied.
+#[tokio::test]
+async fn a_snapshot_older_than_the_books_is_stale() {
+    let db = common::TestDb::new().await;
+    let snapshot = |quantity: i64, as_of: &str| {
+        serde_json::json!({
+            "type": "position_updated",
+            "data": {"account_id": "A", "symbol": "S", "quantity": quantity, "as_of": as_of},
+            "timestamp": as_of})
+        .to_string()
+    };
+    db.client
+        .execute(
+            "INSERT INTO analytics.portfolio_summary (account_id, symbol, quantity, position_as_of)
+             VALUES ('A', 'S', 7, '2026-06-01T12:00:00Z')",
+            &[],
+        )
+        .await
+        .unwrap();
+    for payload in [
+        snapshot(3, "2026-05-01T12:00:00Z"),
+        snapshot(9, "2026-07-01T12:00:00Z"),
+    ] {
+        db.client
+            .execute(
+                "INSERT INTO analytics.dead_letters
+                     (channel, payload, error, payload_bytes, replayable, reason)
+                 VALUES ('data_sync:positions', $1, 'x', $2, true, 'database')",
+                &[&payload.as_bytes(), &(payload.len() as i64)],
+            )
+            .await
+            .unwrap();
+    }
+    let out = ok(command(&db.url, &["dead-letters", "replay", "--all"], &[]));
+    assert!(out.contains("applied: 1, duplicate: 0, stale: 1"), "{out}");
+    let recorded: Vec<String> = common::first_column(
+        &db.client,
+        "SELECT replay_result FROM analytics.dead_letters ORDER BY id",
+    )
+    .await;
+    assert_eq!(recorded, ["stale", "applied"]);
+    let again = ok(command(&db.url, &["dead-letters", "replay", "--all"], &[]));
+    assert!(
+        again.contains("applied: 0, duplicate: 0, still invalid: 0"),
+        "{again}"
+    );
+}
