@@ -4,15 +4,21 @@
 //! makes a replay exactly once, whether the daemon, another replay or reconcile got there first.
 //!
 //! A replay decides one row per transaction: the row is locked (`FOR UPDATE SKIP LOCKED`: two
-//! replays at once never decide the same row twice; the daemon only inserts rows and never waits
-//! on these locks), its event applied in a savepoint, its outcome recorded in the row. A row
-//! stays, with `replayed_at` and `replay_result` (V28); a row refused again keeps the new reason.
+//! replays at once never decide the same row twice; the daemon's writer only inserts rows, but
+//! its retention DELETE of old rows waits for a row a replay holds), its event applied in a
+//! savepoint, its outcome recorded in the row. A row stays, with `replayed_at` and
+//! `replay_result` (V28, V30); a row refused again keeps the new reason.
+//!
+//! A trade executed before the ledger-retention horizon ([`super::retention`], read in the
+//! row's transaction) is not applied: its ledger row may have been retired into the baseline,
+//! so the ledger could no longer tell that it was counted. Reconcile refuses the same trades.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_postgres::Client;
 
 use super::fold::plan;
+use super::retention::{self, HORIZON};
 use super::store::{self, Statements, TradeSource};
 use crate::core::progress::Progress;
 use crate::core::queue::Inbound;
@@ -54,13 +60,16 @@ fn show_sql() -> String {
     format!("SELECT {COLUMNS}, payload, payload_sha256 FROM analytics.dead_letters WHERE id = $1")
 }
 
+/// The outcomes that decide a row for good: a replay never takes it again. Not
+/// `beyond_retention`: the configured part of the horizon moves back if the setting is raised.
+const FINAL_RESULTS: &[&str] = &["applied", "duplicate", "stale"];
+
 /// The rows a replay of a filter takes: those not decided for good yet (never replayed, or
-/// still invalid: the configuration may have changed since).
+/// still invalid: the configuration may have changed since). $5: [`FINAL_RESULTS`].
 fn candidates_sql() -> String {
     format!(
         "SELECT id FROM analytics.dead_letters WHERE {FILTER_WHERE}
-            AND replay_result IS DISTINCT FROM 'applied'
-            AND replay_result IS DISTINCT FROM 'duplicate'
+            AND (replay_result IS NULL OR NOT replay_result = ANY($5))
           ORDER BY id"
     )
 }
@@ -222,7 +231,7 @@ pub async fn purge_before(
 pub enum Selection {
     /// These rows, whatever their state (an applied one is reported, not replayed again).
     Ids(Vec<i64>),
-    /// Every row the filter matches that is not decided for good (applied or duplicate).
+    /// Every row the filter matches that is not decided for good (applied, duplicate or stale).
     Matching(Filter),
 }
 
@@ -234,11 +243,17 @@ pub enum Outcome {
     Applied,
     /// The ledger had the trade already (applied by another path since).
     Duplicate,
+    /// A position snapshot or a bar that changed nothing: the books hold a newer one already
+    /// (or no row has the bar's symbol). Not `duplicate`, which says the ledger had the trade.
+    Stale,
+    /// Not applied: a trade executed before the ledger-retention horizon, whose ledger row may
+    /// have been retired (folded into the baseline): applying it could count it twice.
+    BeyondRetention,
     /// Refused again; the row keeps this reason.
     StillInvalid { reason: String, error: String },
     /// Not replayed: the row holds only the message's first bytes.
     NotReplayable,
-    /// Not replayed: an earlier replay decided it (`applied` or `duplicate`).
+    /// Not replayed: an earlier replay decided it (`applied`, `duplicate` or `stale`).
     AlreadyReplayed { replay_result: String },
     /// Not replayed: another replay holds the row right now.
     Busy,
@@ -254,6 +269,8 @@ impl Outcome {
         match self {
             Outcome::Applied => Some("applied"),
             Outcome::Duplicate => Some("duplicate"),
+            Outcome::Stale => Some("stale"),
+            Outcome::BeyondRetention => Some("beyond_retention"),
             Outcome::StillInvalid { .. } => Some("still_invalid"),
             _ => None,
         }
@@ -280,6 +297,8 @@ impl ReplayReport {
         let label = |o: &Outcome| match o {
             Outcome::Applied => "applied",
             Outcome::Duplicate => "duplicate",
+            Outcome::Stale => "stale",
+            Outcome::BeyondRetention => "beyond_retention",
             Outcome::StillInvalid { .. } => "still_invalid",
             Outcome::NotReplayable => "not_replayable",
             Outcome::AlreadyReplayed { .. } => "already_replayed",
@@ -290,6 +309,8 @@ impl ReplayReport {
         [
             "applied",
             "duplicate",
+            "stale",
+            "beyond_retention",
             "still_invalid",
             "not_replayable",
             "already_replayed",
@@ -318,18 +339,29 @@ pub fn channel_kind(channel: &str) -> Option<ChannelKind> {
 }
 
 /// Replays the selected rows, one transaction each, reporting progress per row. With
-/// `dry_run`, each transaction is rolled back: the report says what would happen.
+/// `dry_run`, each transaction is rolled back: the report says what would happen (each row
+/// decided alone: two rows of one trade may both say "would be applied", though one would be a
+/// duplicate of the other). `ledger_retention_days` is `maintenance.ledger_retention_days`.
 pub async fn replay(
     client: &mut Client,
     selection: &Selection,
     limits: &DecodeLimits,
+    ledger_retention_days: u32,
     dry_run: bool,
     progress: &dyn Progress,
 ) -> Result<ReplayReport, DeadLetterError> {
     let stmts = Statements::prepare(client).await?;
-    let lock = client.prepare(LOCK_ROW).await?;
-    let record = client.prepare(RECORD_OUTCOME).await?;
-    let exists = client.prepare(EXISTS).await?;
+    let horizon = client.prepare(HORIZON).await?;
+    let replay = Replay {
+        stmts: &stmts,
+        lock: &client.prepare(LOCK_ROW).await?,
+        record: &client.prepare(RECORD_OUTCOME).await?,
+        exists: &client.prepare(EXISTS).await?,
+        horizon: &horizon,
+        days: retention::horizon_days(ledger_retention_days),
+        limits,
+        dry_run,
+    };
     let mut report = ReplayReport {
         dry_run,
         rows: Vec::new(),
@@ -359,7 +391,7 @@ pub async fn replay(
         Selection::Matching(f) => client
             .query(
                 &candidates_sql(),
-                &[&f.since, &f.channel, &f.reason, &f.trade_id],
+                &[&f.since, &f.channel, &f.reason, &f.trade_id, &FINAL_RESULTS],
             )
             .await?
             .iter()
@@ -368,8 +400,7 @@ pub async fn replay(
     };
     progress.start("dead letters", Some(ids.len() as u64));
     for id in ids {
-        let decided =
-            replay_one(client, &stmts, &lock, &record, &exists, id, limits, dry_run).await;
+        let decided = replay_one(client, &replay, id).await;
         match decided {
             Ok(row) => report.rows.push(row),
             Err(e) => {
@@ -383,17 +414,32 @@ pub async fn replay(
     Ok(report)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What every row's replay uses: the prepared statements and the settings.
+struct Replay<'a> {
+    stmts: &'a Statements,
+    lock: &'a tokio_postgres::Statement,
+    record: &'a tokio_postgres::Statement,
+    exists: &'a tokio_postgres::Statement,
+    horizon: &'a tokio_postgres::Statement,
+    days: i32,
+    limits: &'a DecodeLimits,
+    dry_run: bool,
+}
+
 async fn replay_one(
     client: &mut Client,
-    stmts: &Statements,
-    lock: &tokio_postgres::Statement,
-    record: &tokio_postgres::Statement,
-    exists: &tokio_postgres::Statement,
+    replay: &Replay<'_>,
     id: i64,
-    limits: &DecodeLimits,
-    dry_run: bool,
 ) -> Result<Replayed, DeadLetterError> {
+    let Replay {
+        stmts,
+        lock,
+        record,
+        exists,
+        limits,
+        dry_run,
+        ..
+    } = *replay;
     let mut tx = client.transaction().await?;
     let Some(row) = tx.query_opt(lock, &[&id]).await? else {
         let present: bool = tx.query_one(exists, &[&id]).await?.get(0);
@@ -416,7 +462,7 @@ async fn replay_one(
         trade_id: trade_id.clone(),
         outcome,
     };
-    if let Some(result) = decided.filter(|r| r == "applied" || r == "duplicate") {
+    if let Some(result) = decided.filter(|r| FINAL_RESULTS.contains(&r.as_str())) {
         return Ok(skipped(Outcome::AlreadyReplayed {
             replay_result: result,
         }));
@@ -441,23 +487,20 @@ async fn replay_one(
         if let Some(trade) = planned.trades.first() {
             trade_id = Some(trade.trade_id.clone());
         }
-        let savepoint = tx.savepoint("replay_apply").await?;
-        match store::apply_in(&savepoint, stmts, &planned, TradeSource::Event).await {
-            Ok(applied) => {
-                savepoint.commit().await?;
-                if applied.ledger_duplicates > 0 {
-                    Outcome::Duplicate
-                } else {
-                    Outcome::Applied
-                }
-            }
-            // The database refuses it as data (a constraint of the ledger or the aggregates):
-            // what the writer dead-letters as `database`. The savepoint rolls back on drop.
-            Err(e) if is_data_error(&e) => Outcome::StillInvalid {
-                reason: "database".to_owned(),
-                error: format!("refused by the database: {}", crate::db::error_text(&e)),
-            },
-            Err(e) => return Err(e.into()),
+        // Read in this transaction, FOR SHARE: retention cannot retire the trade's ledger row
+        // between this check and the apply below.
+        let horizon: Option<DateTime<Utc>> = match planned.trades.first() {
+            Some(_) => tx.query_one(replay.horizon, &[&replay.days]).await?.get(1),
+            None => None,
+        };
+        if planned
+            .trades
+            .iter()
+            .any(|t| retention::beyond(t.executed_at, horizon))
+        {
+            Outcome::BeyondRetention
+        } else {
+            apply_planned(&mut tx, stmts, &planned).await?
         }
     };
     let (reason, error) = match &outcome {
@@ -488,6 +531,37 @@ async fn replay_one(
     })
 }
 
+/// Applies a one-message plan in a savepoint and says what it did; a plan the database refuses
+/// as data is still invalid (the savepoint rolls back).
+async fn apply_planned(
+    tx: &mut tokio_postgres::Transaction<'_>,
+    stmts: &Statements,
+    planned: &super::fold::BatchPlan,
+) -> Result<Outcome, DeadLetterError> {
+    let savepoint = tx.savepoint("replay_apply").await?;
+    match store::apply_in(&savepoint, stmts, planned, TradeSource::Event).await {
+        Ok(applied) => {
+            savepoint.commit().await?;
+            Ok(if applied.ledger_duplicates > 0 {
+                Outcome::Duplicate
+            } else if planned.trades.is_empty()
+                && applied.positions_changed + applied.marks_changed == 0
+            {
+                Outcome::Stale
+            } else {
+                Outcome::Applied
+            })
+        }
+        // The database refuses it as data (a constraint of the ledger or the aggregates): what
+        // the writer dead-letters as `database`. The savepoint rolls back on drop.
+        Err(e) if is_data_error(&e) => Ok(Outcome::StillInvalid {
+            reason: "database".to_owned(),
+            error: format!("refused by the database: {}", crate::db::error_text(&e)),
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// SQLSTATE classes 22 (data exception) and 23 (integrity constraint violation).
 fn is_data_error(error: &tokio_postgres::Error) -> bool {
     matches!(
@@ -513,6 +587,14 @@ mod tests {
     fn only_decisions_are_recorded_in_the_row() {
         assert_eq!(Outcome::Applied.recorded(), Some("applied"));
         assert_eq!(Outcome::Duplicate.recorded(), Some("duplicate"));
+        assert_eq!(Outcome::Stale.recorded(), Some("stale"));
+        assert_eq!(
+            Outcome::BeyondRetention.recorded(),
+            Some("beyond_retention")
+        );
+        for outcome in [Outcome::Applied, Outcome::Duplicate, Outcome::Stale] {
+            assert!(FINAL_RESULTS.contains(&outcome.recorded().unwrap()));
+        }
         let invalid = Outcome::StillInvalid {
             reason: "not_json".into(),
             error: "x".into(),

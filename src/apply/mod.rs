@@ -14,6 +14,7 @@
 
 pub mod dead_letters;
 pub mod fold;
+pub mod retention;
 pub mod store;
 
 use std::sync::atomic::Ordering;

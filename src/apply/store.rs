@@ -145,6 +145,10 @@ pub struct Applied {
     pub ledger_duplicates: u64,
     pub positions: u64,
     pub marks: u64,
+    /// Rows the snapshots and the bars changed: 0 when every one was older than what the books
+    /// hold (a snapshot or price newer already), or a bar's symbol has no row.
+    pub positions_changed: u64,
+    pub marks_changed: u64,
     pub dead_letters: u64,
 }
 
@@ -260,37 +264,39 @@ pub(crate) async fn apply_in(
     if !plan.positions.is_empty() {
         let p: Vec<_> = plan.positions.values().collect();
         let stmt = &stmts.positions;
-        tx.execute(
-            stmt,
-            &[
-                &p.iter().map(|p| p.account_id.as_str()).collect::<Vec<_>>(),
-                &p.iter().map(|p| p.symbol.as_str()).collect::<Vec<_>>(),
-                &p.iter()
-                    .map(|p| p.quantity)
-                    .collect::<Vec<Option<Decimal>>>(),
-                &p.iter().map(|p| p.avg_price).collect::<Vec<_>>(),
-                &p.iter().map(|p| p.realized_pnl).collect::<Vec<_>>(),
-                &p.iter().map(|p| p.market_value).collect::<Vec<_>>(),
-                &p.iter().map(|p| p.unrealized_pnl).collect::<Vec<_>>(),
-                &p.iter().map(|p| p.as_of).collect::<Vec<_>>(),
-            ],
-        )
-        .await?;
+        applied.positions_changed = tx
+            .execute(
+                stmt,
+                &[
+                    &p.iter().map(|p| p.account_id.as_str()).collect::<Vec<_>>(),
+                    &p.iter().map(|p| p.symbol.as_str()).collect::<Vec<_>>(),
+                    &p.iter()
+                        .map(|p| p.quantity)
+                        .collect::<Vec<Option<Decimal>>>(),
+                    &p.iter().map(|p| p.avg_price).collect::<Vec<_>>(),
+                    &p.iter().map(|p| p.realized_pnl).collect::<Vec<_>>(),
+                    &p.iter().map(|p| p.market_value).collect::<Vec<_>>(),
+                    &p.iter().map(|p| p.unrealized_pnl).collect::<Vec<_>>(),
+                    &p.iter().map(|p| p.as_of).collect::<Vec<_>>(),
+                ],
+            )
+            .await?;
         applied.positions = p.len() as u64;
     }
 
     if !plan.marks.is_empty() {
         let bars: Vec<_> = plan.marks.values().collect();
         let stmt = &stmts.mark;
-        tx.execute(
-            stmt,
-            &[
-                &bars.iter().map(|b| b.symbol.as_str()).collect::<Vec<_>>(),
-                &bars.iter().map(|b| b.timestamp).collect::<Vec<_>>(),
-                &bars.iter().map(|b| b.close).collect::<Vec<_>>(),
-            ],
-        )
-        .await?;
+        applied.marks_changed = tx
+            .execute(
+                stmt,
+                &[
+                    &bars.iter().map(|b| b.symbol.as_str()).collect::<Vec<_>>(),
+                    &bars.iter().map(|b| b.timestamp).collect::<Vec<_>>(),
+                    &bars.iter().map(|b| b.close).collect::<Vec<_>>(),
+                ],
+            )
+            .await?;
         applied.marks = bars.len() as u64;
     }
     Ok(applied)

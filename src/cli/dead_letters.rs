@@ -117,7 +117,7 @@ pub async fn run(
                 .await
                 .context("while listing dead letters")?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                println!("{}", json_text(&rows)?);
             } else {
                 print!("{}", render_list(&rows, limit));
             }
@@ -128,7 +128,7 @@ pub async fn run(
                 .context("while reading the dead letter")?
                 .with_context(|| format!("no dead letter has id {id}"))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&show_json(&letter))?);
+                println!("{}", json_text(&show_json(&letter))?);
             } else {
                 print!("{}", render_show(&letter));
             }
@@ -150,11 +150,18 @@ pub async fn run(
                 exchange_tz: config.exchange_tz()?,
             };
             let progress = CliProgress::new("dead-letters replay", progress_every);
-            let report = dead_letters::replay(&mut client, &selection, &limits, dry_run, &progress)
-                .await
-                .context("while replaying dead letters")?;
+            let report = dead_letters::replay(
+                &mut client,
+                &selection,
+                &limits,
+                config.maintenance.ledger_retention_days,
+                dry_run,
+                &progress,
+            )
+            .await
+            .context("while replaying dead letters")?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                println!("{}", json_text(&report)?);
             } else {
                 print!("{}", render_replay(&report));
             }
@@ -176,14 +183,46 @@ pub async fn run(
     Ok(())
 }
 
+/// Characters a terminal acts on or that reorder what a reader sees, beyond the C0 controls:
+/// DEL and the C1 controls (CSI, OSC …), and the bidirectional marks, embeddings, overrides and
+/// isolates.
+fn unsafe_on_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}'
+            | '\u{2066}'..='\u{2069}')
+}
+
+/// `--json` output: pretty JSON with every character [`escape_text`] escapes written as a
+/// `\uXXXX` escape. serde_json escapes only U+0000–U+001F; a raw C1 CSI or a bidi override in a
+/// string would reach the terminal of whoever reads the output. Still valid JSON, the same
+/// values once parsed.
+fn json_text<T: serde::Serialize + ?Sized>(value: &T) -> serde_json::Result<String> {
+    let json = serde_json::to_string_pretty(value)?;
+    Ok(escape_json_controls(&json))
+}
+
+/// In serialized JSON, the characters of [`unsafe_on_terminal`] as `\uXXXX` escapes. They can
+/// only occur inside strings (JSON's structure is ASCII), where the escape means the same
+/// character; all are in the Basic Multilingual Plane, so one escape each.
+fn escape_json_controls(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if unsafe_on_terminal(c) && !matches!(c, '\n' | '\t' | '\r') {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Text from a message, safe on a terminal: C0 and C1 control characters (ESC, CSI, BEL, CR,
 /// backspace …), DEL, and the bidirectional overrides that reorder what a reader sees become
 /// `\u{…}` escapes; newline and tab stay when `keep_lines` (a payload's own layout).
 pub fn escape_text(text: &str, keep_lines: bool) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        let unsafe_char = c.is_control()
-            || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+        let unsafe_char = unsafe_on_terminal(c);
         if keep_lines && (c == '\n' || c == '\t') {
             out.push(c);
         } else if unsafe_char {
@@ -359,6 +398,12 @@ pub fn render_replay(report: &ReplayReport) -> String {
                     "duplicate: the ledger has the trade already; {would}recorded, nothing applied"
                 )
             }
+            Outcome::Stale => format!(
+                "stale: the books hold a newer snapshot or price; {would}recorded, nothing changed"
+            ),
+            Outcome::BeyondRetention => "beyond retention: executed before the ledger's retention \
+                 horizon (its ledger row may be retired); not applied, it could count twice"
+                .to_owned(),
             Outcome::StillInvalid { reason, error } => format!(
                 "still invalid ({}): {}",
                 escape_text(reason, false),
@@ -413,6 +458,24 @@ mod tests {
             "a\\u{1b}[31mred\\u{7}\\u{d}\\u{9b}2J\\u{202e}x\\\\y\nz\t"
         );
         assert_eq!(escape_text("line\nbreak", false), "line\\u{a}break");
+    }
+
+    #[test]
+    fn json_output_escapes_c1_controls_and_bidi_characters() {
+        let text = "a\u{1b}[2J\u{7f}\u{85}\u{9b}1m\u{61c}\u{200e}\u{200f}\u{202a}\u{202e}\u{2066}\u{2069}é\\\"z";
+        let json = json_text(&serde_json::json!({ "error": text, "n": [1, 2] })).unwrap();
+        assert!(
+            !json.chars().any(|c| unsafe_on_terminal(c) && c != '\n'),
+            "{json:?}"
+        );
+        assert!(json.contains(
+            "\\u001b[2J\\u007f\\u0085\\u009b1m\\u061c\\u200e\\u200f\\u202a\\u202e\\u2066\\u2069é"
+        ), "{json}");
+        // Still JSON, and the same value once parsed.
+        let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(parsed["error"], text);
+        assert_eq!(parsed["n"], serde_json::json!([1, 2]));
+        assert_eq!(escape_text("\u{61c}", false), "\\u{61c}");
     }
 
     #[test]

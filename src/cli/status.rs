@@ -1,7 +1,8 @@
 //! `trading-sync status`: one screen for a person. The daemon's own view (ready, queue, stream
 //! lag, indicator runs since it started) from its HTTP port; what the database knows (last
 //! commit, last reconcile, last indicator state written, dead letters by reason, schema) from
-//! the database, so it is there with the daemon down or HTTP off.
+//! the database, so it is there with the daemon down or HTTP off. The database has 5 s to
+//! answer (and its session a statement_timeout), or it is reported timed out.
 //!
 //! Exit status, after the LSB's `status` convention: 0 running and ready, 1 running but not
 //! ready, 3 not running (nothing answers at `http.listen`), 4 unknown (`http.enabled = false`).
@@ -21,6 +22,12 @@ use crate::config::Config;
 const HTTP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Enough for /readyz and /metrics; a longer answer is not our daemon's.
 const HTTP_MAX_BYTES: u64 = 4 << 20;
+/// The database view (connecting included) within this, or it is reported timed out: a table
+/// locked by a migration or a long maintenance run must not hang `status`.
+const DB_TIMEOUT: Duration = Duration::from_secs(5);
+/// The session's own limit, under DB_TIMEOUT: a statement waiting on a lock is cancelled by
+/// the server rather than left running after `status` gave up on it.
+const SET_STATEMENT_TIMEOUT: &str = "SET statement_timeout = 4000";
 
 const LAST_TRADE: &str = "SELECT max(applied_at) FROM analytics.applied_trades";
 const LAST_RECONCILE: &str = "\
@@ -99,6 +106,9 @@ pub struct LastIndicatorRun {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DatabaseView {
     pub error: Option<String>,
+    /// No answer within DB_TIMEOUT (or a statement cancelled by statement_timeout); `error`
+    /// says more.
+    pub timed_out: bool,
     pub last_trade_applied_at: Option<DateTime<Utc>>,
     pub last_reconcile: Option<LastReconcile>,
     pub last_indicator_state_at: Option<DateTime<Utc>>,
@@ -178,36 +188,54 @@ fn verdict(daemon: &DaemonView) -> (u8, Option<String>) {
     }
 }
 
-/// Where to reach the daemon: `http.listen`, a wildcard address (0.0.0.0, ::) meaning the
-/// loopback of its family, where a daemon listening on every address answers too.
-pub fn probe_address(listen: &str) -> anyhow::Result<SocketAddr> {
-    let mut addr: SocketAddr = listen
+/// Where to reach the daemon, in the order to try: `http.listen`, a wildcard address meaning
+/// the loopback, where a daemon listening on every address answers too — 0.0.0.0: 127.0.0.1;
+/// `::`: ::1, then 127.0.0.1 (a `::` socket also takes IPv4 unless IPV6_V6ONLY, and a host may
+/// have IPv6 disabled on its loopback).
+pub fn probe_addresses(listen: &str) -> anyhow::Result<Vec<SocketAddr>> {
+    let addr: SocketAddr = listen
         .parse()
         .with_context(|| format!("http.listen `{listen}` is not an address:port"))?;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(match addr {
-            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        });
+    if !addr.ip().is_unspecified() {
+        return Ok(vec![addr]);
     }
-    Ok(addr)
+    let port = addr.port();
+    let v4 = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+    Ok(match addr {
+        SocketAddr::V4(_) => vec![v4],
+        SocketAddr::V6(_) => vec![SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)), v4],
+    })
 }
 
 async fn daemon_view(config: &Config) -> anyhow::Result<DaemonView> {
     if !config.http.enabled {
         return Ok(DaemonView::HttpDisabled);
     }
-    let addr = probe_address(&config.http.listen)?;
-    let url = format!("http://{addr}/readyz");
-    let (code, body) = match http_get(addr, "/readyz").await {
-        Ok(answer) => answer,
-        Err(error) => {
-            return Ok(DaemonView::Unreachable {
-                url,
-                error: error.to_string(),
-            })
+    let mut errors = Vec::new();
+    let mut answered = None;
+    for addr in probe_addresses(&config.http.listen)? {
+        match http_get(addr, "/readyz").await {
+            Ok(answer) => {
+                answered = Some((addr, answer));
+                break;
+            }
+            Err(error) => errors.push((addr, error)),
         }
+    }
+    let Some((addr, (code, body))) = answered else {
+        let url = errors
+            .iter()
+            .map(|(addr, _)| format!("http://{addr}/readyz"))
+            .collect::<Vec<_>>()
+            .join(" or ");
+        let error = errors
+            .iter()
+            .map(|(_, e)| e.to_string())
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Ok(DaemonView::Unreachable { url, error });
     };
+    let url = format!("http://{addr}/readyz");
     let readiness = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
     let metrics = match http_get(addr, "/metrics").await {
         Ok((200, text)) => parse_metrics(&text),
@@ -305,9 +333,18 @@ fn parse_metrics(text: &str) -> DaemonMetrics {
 }
 
 async fn database_view(config: &Config) -> DatabaseView {
-    match read_database(config).await {
-        Ok(view) => view,
-        Err(e) => DatabaseView {
+    match tokio::time::timeout(DB_TIMEOUT, read_database(config)).await {
+        Ok(Ok(view)) => view,
+        Err(_) => DatabaseView {
+            error: Some(format!("no answer within {} s", DB_TIMEOUT.as_secs())),
+            timed_out: true,
+            ..DatabaseView::default()
+        },
+        Ok(Err(e)) => DatabaseView {
+            timed_out: e
+                .downcast_ref::<tokio_postgres::Error>()
+                .and_then(tokio_postgres::Error::code)
+                == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
             error: Some(crate::config::mask_secrets(&format!("{e:#}"))),
             ..DatabaseView::default()
         },
@@ -319,6 +356,7 @@ async fn read_database(config: &Config) -> anyhow::Result<DatabaseView> {
         .connect()
         .await
         .context("cannot connect (database.url)")?;
+    client.batch_execute(SET_STATEMENT_TIMEOUT).await?;
     let last_trade = client.query_one(LAST_TRADE, &[]).await?.get(0);
     let last_reconcile = client
         .query_opt(LAST_RECONCILE, &[])
@@ -353,6 +391,7 @@ async fn read_database(config: &Config) -> anyhow::Result<DatabaseView> {
     let pending_migrations = crate::db::migrate::pending(&mut client).await?;
     Ok(DatabaseView {
         error: None,
+        timed_out: false,
         last_trade_applied_at: last_trade,
         last_reconcile,
         last_indicator_state_at: last_indicator,
@@ -452,7 +491,9 @@ pub fn render(status: &Status, now: DateTime<Utc>) -> String {
         }
     }
     let db = &status.database;
-    if let Some(error) = &db.error {
+    if let (true, Some(error)) = (db.timed_out, &db.error) {
+        let _ = writeln!(out, "database      timed out: {error}");
+    } else if let Some(error) = &db.error {
         let _ = writeln!(out, "database      UNREACHABLE: {error}");
     } else {
         let when =
@@ -534,19 +575,18 @@ mod tests {
 
     #[test]
     fn a_wildcard_listen_address_is_reached_on_the_loopback() {
-        assert_eq!(
-            probe_address("0.0.0.0:9187").unwrap(),
-            "127.0.0.1:9187".parse().unwrap()
-        );
-        assert_eq!(
-            probe_address("[::]:9187").unwrap(),
-            "[::1]:9187".parse().unwrap()
-        );
-        assert_eq!(
-            probe_address("10.1.2.3:80").unwrap(),
-            "10.1.2.3:80".parse().unwrap()
-        );
-        assert!(probe_address("localhost").is_err());
+        let addrs = |listen: &str| -> Vec<String> {
+            probe_addresses(listen)
+                .unwrap()
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert_eq!(addrs("0.0.0.0:9187"), ["127.0.0.1:9187"]);
+        assert_eq!(addrs("[::]:9187"), ["[::1]:9187", "127.0.0.1:9187"]);
+        assert_eq!(addrs("10.1.2.3:80"), ["10.1.2.3:80"]);
+        assert_eq!(addrs("[::1]:80"), ["[::1]:80"]);
+        assert!(probe_addresses("localhost").is_err());
     }
 
     #[test]

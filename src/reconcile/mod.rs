@@ -25,6 +25,7 @@ use rust_decimal::Decimal;
 use tokio_postgres::Client;
 
 use crate::apply::fold::BatchPlan;
+use crate::apply::retention::{self, HORIZON};
 use crate::apply::store::{self, Statements, TradeSource};
 use crate::core::progress::Progress;
 use crate::events::trade::{Fill, FillError};
@@ -50,20 +51,6 @@ const ANALYZED_TABLES: &[&str] = &[
     "portfolio_summary",
     "trade_changes",
 ];
-
-/// The database clock, and the retention horizon on it: the later of the configured one and what
-/// retention has retired through (V21's watermark), plus a day's margin — a trade's executed_at
-/// in its row and in its event may differ a little, and retention compares the event's. NULL when
-/// nothing can have been retired. FOR SHARE: retention raises the watermark (an UPDATE of that
-/// row) before it deletes, so it waits for a chunk that read it, and the next chunk sees the new
-/// value; a retention run between two chunks cannot make a retired trade look missing.
-const HORIZON: &str = "\
-SELECT now(),
-       NULLIF(GREATEST(r.retired_through,
-                       CASE WHEN $1::int4 > 0 THEN now() - make_interval(days => $1::int4) END),
-              '-infinity') + interval '1 day'
-  FROM analytics.ledger_retention r
-   FOR SHARE";
 
 /// Whether any run started within the last $1 milliseconds (another instance's scheduled run).
 const RAN_RECENTLY: &str = "\
@@ -508,7 +495,7 @@ async fn locked_run(
             return Ok(false);
         }
     }
-    let days = i32::try_from(settings.ledger_retention_days).unwrap_or(i32::MAX);
+    let days = retention::horizon_days(settings.ledger_retention_days);
     let clock = client.query_one(&prepared.horizon, &[&days]).await?;
     let (started_at, horizon): (DateTime<Utc>, Option<DateTime<Utc>>) =
         (clock.get(0), clock.get(1));
@@ -748,7 +735,7 @@ fn usable(
             reason: "the trade_id is empty: the ledger cannot record it".into(),
         });
     }
-    if let Some(horizon) = horizon.filter(|h| fill.executed_at < *h) {
+    if let Some(horizon) = horizon.filter(|_| retention::beyond(fill.executed_at, horizon)) {
         return Err(Unusable {
             trade_id,
             kind: "beyond_retention",

@@ -456,3 +456,119 @@ async fn replay_progress_off_a_terminal_is_plain_periodic_lines() {
     stopped.unwrap();
     role.drop(&db).await;
 }
+
+/// A dead-lettered trade applied long ago by another path, its ledger row since retired
+/// (folded into the baseline, the watermark raised past it): replay refuses it as
+/// beyond_retention — the ledger can no longer say it was counted — and counts nothing again.
+#[tokio::test]
+async fn a_trade_past_the_retention_watermark_is_not_replayed() {
+    let db = common::TestDb::new().await;
+    let payload = padded_trade("R-1");
+    db.client
+        .execute(
+            "INSERT INTO analytics.dead_letters
+                 (channel, payload, error, event_type, trade_id, payload_bytes, replayable, reason)
+             VALUES ('data_sync:trades', $1, 'message is over the limit', 'trade_executed',
+                     'R-1', $2, true, 'oversized')",
+            &[&payload.as_bytes(), &(payload.len() as i64)],
+        )
+        .await
+        .unwrap();
+    // What retention leaves of the trade (executed 2026-12-01): its contribution in the
+    // baseline, no ledger row, the watermark past it.
+    db.client
+        .batch_execute(
+            "INSERT INTO analytics.ledger_baseline_portfolio
+                 (account_id, symbol, trade_count, net_quantity, total_value, realized_pnl,
+                  commission)
+             VALUES ('A', 'S', 1, 2, 21, 0, 0);
+             UPDATE analytics.ledger_retention SET retired_through = '2026-12-01T12:00:00Z'",
+        )
+        .await
+        .unwrap();
+    let ledger_and_books = || async {
+        let row = db
+            .client
+            .query_one(
+                "SELECT (SELECT count(*) FROM analytics.applied_trades),
+                        (SELECT count(*) FROM analytics.portfolio_summary)",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get::<_, i64>(0), row.get::<_, i64>(1))
+    };
+    let dry = ok(command(
+        &db.url,
+        &["dead-letters", "replay", "--all", "--dry-run"],
+        &[],
+    ));
+    assert!(dry.contains("beyond retention"), "{dry}");
+    let out = ok(command(
+        &db.url,
+        &["dead-letters", "replay", "--all", "--json"],
+        &[],
+    ));
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["rows"][0]["result"], "beyond_retention", "{out}");
+    assert_eq!(ledger_and_books().await, (0, 0), "not counted again");
+    let recorded: Vec<String> = common::first_column(
+        &db.client,
+        "SELECT replay_result FROM analytics.dead_letters",
+    )
+    .await;
+    assert_eq!(recorded, ["beyond_retention"]);
+    // Not decided for good (the configured horizon may move back), but refused again.
+    let again = ok(command(&db.url, &["dead-letters", "replay", "--all"], &[]));
+    assert!(again.contains("beyond retention: 1"), "{again}");
+    assert_eq!(ledger_and_books().await, (0, 0));
+}
+
+/// A position snapshot older than the one the books hold changes nothing: `stale`, not
+/// `applied`; a newer one is applied.
+#[tokio::test]
+async fn a_snapshot_older_than_the_books_is_stale() {
+    let db = common::TestDb::new().await;
+    let snapshot = |quantity: i64, as_of: &str| {
+        serde_json::json!({
+            "type": "position_updated",
+            "data": {"account_id": "A", "symbol": "S", "quantity": quantity, "as_of": as_of},
+            "timestamp": as_of})
+        .to_string()
+    };
+    db.client
+        .execute(
+            "INSERT INTO analytics.portfolio_summary (account_id, symbol, quantity, position_as_of)
+             VALUES ('A', 'S', 7, '2026-06-01T12:00:00Z')",
+            &[],
+        )
+        .await
+        .unwrap();
+    for payload in [
+        snapshot(3, "2026-05-01T12:00:00Z"),
+        snapshot(9, "2026-07-01T12:00:00Z"),
+    ] {
+        db.client
+            .execute(
+                "INSERT INTO analytics.dead_letters
+                     (channel, payload, error, payload_bytes, replayable, reason)
+                 VALUES ('data_sync:positions', $1, 'x', $2, true, 'database')",
+                &[&payload.as_bytes(), &(payload.len() as i64)],
+            )
+            .await
+            .unwrap();
+    }
+    let out = ok(command(&db.url, &["dead-letters", "replay", "--all"], &[]));
+    assert!(out.contains("applied: 1, duplicate: 0, stale: 1"), "{out}");
+    let recorded: Vec<String> = common::first_column(
+        &db.client,
+        "SELECT replay_result FROM analytics.dead_letters ORDER BY id",
+    )
+    .await;
+    assert_eq!(recorded, ["stale", "applied"]);
+    let again = ok(command(&db.url, &["dead-letters", "replay", "--all"], &[]));
+    assert!(
+        again.contains("applied: 0, duplicate: 0, still invalid: 0"),
+        "{again}"
+    );
+}

@@ -582,7 +582,11 @@ async fn retention_folds_retired_contributions_into_the_baseline() {
     // verify knows the horizon: the retired trades' rows are not "missing".
     let (code, out) = verify_with(
         &db,
-        &[("TRADING_SYNC__MAINTENANCE__LEDGER_RETENTION_DAYS", "5")],
+        &[
+            ("TRADING_SYNC__MAINTENANCE__LEDGER_RETENTION_DAYS", "5"),
+            // No longer than the ledger (check-config's rule).
+            ("TRADING_SYNC__MAINTENANCE__DEAD_LETTER_RETENTION_DAYS", "5"),
+        ],
     );
     assert_eq!(code, 0, "{out}");
 }

@@ -83,3 +83,32 @@ async fn status_tells_a_running_daemon_from_a_stopped_one() {
     assert_eq!(code, 3, "{out}");
     assert!(out.contains("database      UNREACHABLE"), "{out}");
 }
+
+/// A table status reads, locked by someone else (a migration, a long maintenance run): status
+/// does not hang on it; it says the database timed out.
+#[tokio::test]
+async fn status_reports_a_database_that_does_not_answer_in_time() {
+    let db = TestDb::new().await;
+    let holder = common::connect(&db.url).await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE analytics.applied_trades IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (code, out, err) = command(
+        &db.url,
+        &["status"],
+        &[("TRADING_SYNC__HTTP__ENABLED", "false")],
+    );
+    assert_eq!(code, 4, "{out}{err}");
+    assert!(out.contains("database      timed out"), "{out}");
+    assert!(started.elapsed() < Duration::from_secs(20), "{out}");
+    let (_, out, _) = command(
+        &db.url,
+        &["status", "--json"],
+        &[("TRADING_SYNC__HTTP__ENABLED", "false")],
+    );
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["database"]["timed_out"], true, "{out}");
+    holder.batch_execute("ROLLBACK").await.unwrap();
+}
