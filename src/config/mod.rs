@@ -163,28 +163,6 @@ impl Config {
                 ),
             ));
         }
-        // A dead letter kept after its trade's ledger row is retired could be replayed into a
-        // trade counted twice (replay refuses trades past the ledger's horizon; this keeps a
-        // dead letter from outliving the ledger to begin with). 0 = kept forever.
-        let (dead, ledger) = (
-            self.maintenance.dead_letter_retention_days,
-            self.maintenance.ledger_retention_days,
-        );
-        if ledger > 0 && (dead == 0 || dead > ledger) {
-            let kept = if dead == 0 {
-                "0 (forever)".to_owned()
-            } else {
-                format!("{dead} days")
-            };
-            return Err(ConfigError::invalid(
-                "maintenance.dead_letter_retention_days",
-                format!(
-                    "{kept} outlives maintenance.ledger_retention_days ({ledger}): a dead letter \
-                     replayed after its trade's ledger row is retired could count it twice; keep \
-                     dead letters no longer than the ledger"
-                ),
-            ));
-        }
         Ok(())
     }
 
@@ -651,37 +629,6 @@ mod tests {
         assert_accepted(|c| {
             c.sync.max_message_bytes = 100_000;
             c.journal.buffer_max_bytes = 100_000;
-        });
-    }
-
-    #[test]
-    fn dead_letters_do_not_outlive_the_ledger() {
-        jail(|jail| {
-            jail.set_env("TRADING_SYNC__MAINTENANCE__LEDGER_RETENTION_DAYS", "30");
-            jail.set_env(
-                "TRADING_SYNC__MAINTENANCE__DEAD_LETTER_RETENTION_DAYS",
-                "31",
-            );
-            let (key, message) = invalid_key(load_default());
-            assert_eq!(key, "maintenance.dead_letter_retention_days");
-            assert!(
-                message.contains("maintenance.ledger_retention_days (30)"),
-                "{message}"
-            );
-            jail.set_env("TRADING_SYNC__MAINTENANCE__DEAD_LETTER_RETENTION_DAYS", "0");
-            let (key, message) = invalid_key(load_default());
-            assert_eq!(key, "maintenance.dead_letter_retention_days");
-            assert!(message.contains("forever"), "{message}");
-            jail.set_env(
-                "TRADING_SYNC__MAINTENANCE__DEAD_LETTER_RETENTION_DAYS",
-                "30",
-            );
-            assert!(load_default().is_ok());
-            // A ledger kept forever: dead letters may be too.
-            jail.set_env("TRADING_SYNC__MAINTENANCE__LEDGER_RETENTION_DAYS", "0");
-            jail.set_env("TRADING_SYNC__MAINTENANCE__DEAD_LETTER_RETENTION_DAYS", "0");
-            assert!(load_default().is_ok());
-            Ok(())
         });
     }
 
