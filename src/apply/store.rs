@@ -26,6 +26,8 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $
 ON CONFLICT (trade_id) DO NOTHING
 RETURNING trade_id";
 
+/// The upserts and the mark set `updated_at` themselves: the tables' trigger (V30) then skips
+/// the row instead of calling plpgsql for it.
 const UPSERT_PORTFOLIO: &str = "\
 INSERT INTO analytics.portfolio_summary AS ps
     (account_id, symbol, trade_count, net_quantity, total_value, realized_pnl, commission, last_trade_at)
@@ -37,7 +39,8 @@ ON CONFLICT (account_id, symbol) DO UPDATE SET
     total_value   = ps.total_value + EXCLUDED.total_value,
     realized_pnl  = ps.realized_pnl + EXCLUDED.realized_pnl,
     commission    = ps.commission + EXCLUDED.commission,
-    last_trade_at = GREATEST(ps.last_trade_at, EXCLUDED.last_trade_at)";
+    last_trade_at = GREATEST(ps.last_trade_at, EXCLUDED.last_trade_at),
+    updated_at    = now()";
 
 const UPSERT_METRICS: &str = "\
 INSERT INTO analytics.performance_metrics AS pm
@@ -50,7 +53,8 @@ ON CONFLICT (strategy, date) DO UPDATE SET
     realized_pnl   = pm.realized_pnl + EXCLUDED.realized_pnl,
     volume         = pm.volume + EXCLUDED.volume,
     notional       = pm.notional + EXCLUDED.notional,
-    commission     = pm.commission + EXCLUDED.commission";
+    commission     = pm.commission + EXCLUDED.commission,
+    updated_at     = now()";
 
 /// Last writer wins by as_of; a field the snapshot leaves out keeps its previous value.
 const UPSERT_POSITIONS: &str = "\
@@ -65,13 +69,14 @@ ON CONFLICT (account_id, symbol) DO UPDATE SET
     position_realized_pnl   = COALESCE(EXCLUDED.position_realized_pnl, ps.position_realized_pnl),
     reported_market_value   = COALESCE(EXCLUDED.reported_market_value, ps.reported_market_value),
     reported_unrealized_pnl = COALESCE(EXCLUDED.reported_unrealized_pnl, ps.reported_unrealized_pnl),
-    position_as_of          = EXCLUDED.position_as_of
+    position_as_of          = EXCLUDED.position_as_of,
+    updated_at              = now()
 WHERE ps.position_as_of IS NULL OR ps.position_as_of <= EXCLUDED.position_as_of";
 
 /// market_value and unrealized_pnl are generated columns: setting the price re-marks the row.
 const MARK_TO_MARKET: &str = "\
 UPDATE analytics.portfolio_summary AS ps
-SET last_price = u.close, last_price_at = u.ts
+SET last_price = u.close, last_price_at = u.ts, updated_at = now()
 FROM unnest($1::text[], $2::timestamptz[], $3::numeric[]) AS u(symbol, ts, close)
 WHERE ps.symbol = u.symbol AND (ps.last_price_at IS NULL OR ps.last_price_at < u.ts)";
 

@@ -471,6 +471,50 @@ async fn updated_at_trigger_moves_updated_at() {
     }
 }
 
+/// V30: the aggregates' triggers skip a row whose statement set updated_at to now() (what
+/// trading-sync's upserts and marks do), and still set now() for every other UPDATE — one that
+/// leaves updated_at alone or sets another value — so every writer gets what it got before.
+#[tokio::test]
+async fn aggregate_updated_at_is_now_after_any_update() {
+    let db = TestDb::new().await;
+    let c = &db.client;
+    let past = utc(2000, 1, 1, 0, 0, 0);
+    c.execute(
+        "INSERT INTO analytics.portfolio_summary (account_id, symbol, updated_at) VALUES ('ACC1', 'AAPL', $1)",
+        &[&past],
+    )
+    .await
+    .unwrap();
+    c.execute(
+        "INSERT INTO analytics.performance_metrics (strategy, date, updated_at) VALUES ('s1', '2024-01-02', $1)",
+        &[&past],
+    )
+    .await
+    .unwrap();
+
+    let updates = [
+        "UPDATE analytics.portfolio_summary SET trade_count = trade_count + 1",
+        "UPDATE analytics.portfolio_summary SET trade_count = trade_count + 1, updated_at = now()",
+        "UPDATE analytics.portfolio_summary SET trade_count = trade_count + 1, updated_at = '2001-01-01Z'",
+        "UPDATE analytics.performance_metrics SET total_trades = total_trades + 1",
+        "UPDATE analytics.performance_metrics SET total_trades = total_trades + 1, updated_at = now()",
+        "UPDATE analytics.performance_metrics SET total_trades = total_trades + 1, updated_at = '2001-01-01Z'",
+    ];
+    for sql in updates {
+        let table = sql.split_whitespace().nth(1).unwrap();
+        let select = format!("SELECT updated_at FROM {table}");
+        let before: DateTime<Utc> = c.query_one(&select, &[]).await.unwrap().get(0);
+        // Outside a transaction block each statement is its own transaction: now() is its start.
+        let t0: DateTime<Utc> = c.query_one("SELECT now()", &[]).await.unwrap().get(0);
+        c.execute(sql, &[]).await.unwrap();
+        let updated: DateTime<Utc> = c.query_one(&select, &[]).await.unwrap().get(0);
+        assert!(
+            updated >= t0 && updated != before,
+            "{sql}: updated_at {updated} (was {before}), not the statement's now()"
+        );
+    }
+}
+
 #[tokio::test]
 async fn deleting_a_symbol_cascades() {
     let db = TestDb::new().await;
