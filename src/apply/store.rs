@@ -26,7 +26,7 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $
 ON CONFLICT (trade_id) DO NOTHING
 RETURNING trade_id";
 
-/// The upserts and the mark set `updated_at` themselves: the tables' trigger (V30) then skips
+/// The upserts and the mark set `updated_at` themselves: the tables' trigger (V31) then skips
 /// the row instead of calling plpgsql for it.
 const UPSERT_PORTFOLIO: &str = "\
 INSERT INTO analytics.portfolio_summary AS ps

@@ -471,7 +471,7 @@ async fn updated_at_trigger_moves_updated_at() {
     }
 }
 
-/// V30: the aggregates' triggers skip a row whose statement set updated_at to now() (what
+/// V31: the aggregates' triggers skip a row whose statement set updated_at to now() (what
 /// trading-sync's upserts and marks do), and still set now() for every other UPDATE — one that
 /// leaves updated_at alone or sets another value — so every writer gets what it got before.
 #[tokio::test]

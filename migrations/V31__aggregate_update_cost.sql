@@ -1,4 +1,4 @@
--- V30: cheaper updates of the two aggregates trading-sync upserts every batch.
+-- V31: cheaper updates of the two aggregates trading-sync upserts every batch.
 --
 -- 1. The updated_at triggers skip rows whose statement already set updated_at to now().
 --    shared.set_updated_at() is plpgsql: one function call per updated row (6.5% of the writer
