@@ -520,10 +520,11 @@ impl Writer {
         &mut self,
     ) -> Result<&mut (tokio_postgres::Client, store::Statements), tokio_postgres::Error> {
         if self.client.as_ref().is_none_or(|(c, _)| c.is_closed()) {
-            if self.stats.batches.load(Ordering::Relaxed) > 0 {
-                metrics::counter!("trading_sync_reconnects_total", "server" => "postgres")
-                    .increment(1);
-                tracing::warn!(server = "postgres", "reconnecting to PostgreSQL");
+            // An outage is logged once, by `database_failed`; each attempt of it only at debug,
+            // and a reconnect is counted once it succeeded (not once per retry).
+            let reconnect = self.stats.batches.load(Ordering::Relaxed) > 0;
+            if reconnect {
+                tracing::debug!(server = "postgres", "reconnecting to PostgreSQL");
             }
             let (client, connection) = self.settings.pg.connect_raw().await?;
             tokio::spawn(async move {
@@ -554,6 +555,10 @@ impl Writer {
                 server = server.as_deref().unwrap_or("?"),
                 "the writer is connected to PostgreSQL"
             );
+            if reconnect {
+                metrics::counter!("trading_sync_reconnects_total", "server" => "postgres")
+                    .increment(1);
+            }
             self.client = Some((client, statements));
         }
         Ok(self.client.as_mut().expect("just connected"))
