@@ -708,27 +708,53 @@ async fn wait_subscribed(
     prefix: &str,
     daemon: &mut tokio::process::Child,
 ) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut subscribed = 0;
-        for suffix in ["trades", "positions", "market_data"] {
+    wait_per_channel(redis, prefix, daemon, "subscribing", |redis, key| {
+        Box::pin(async move {
             let (_, n): (String, i64) = redis::cmd("PUBSUB")
                 .arg("NUMSUB")
-                .arg(format!("{prefix}:{suffix}"))
+                .arg(key)
                 .query_async(redis)
                 .await?;
-            subscribed += usize::from(n == 1);
+            Ok(n == 1)
+        })
+    })
+    .await
+}
+
+/// Whether one channel's key (`<prefix>:<suffix>`) is ready, asked on the bench's connection.
+type ChannelCheck = for<'a> fn(
+    &'a mut redis::aio::MultiplexedConnection,
+    String,
+) -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = anyhow::Result<bool>> + Send + 'a>,
+>;
+
+/// Until `ready` holds for each channel's key (`<prefix>:<suffix>`), polling every 1 ms (the
+/// stream drain is timed from the groups' creation) for at most 30 s; fails at once if the
+/// daemon exits. `waiting_for` names what is awaited.
+async fn wait_per_channel(
+    redis: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    daemon: &mut tokio::process::Child,
+    waiting_for: &str,
+    ready: ChannelCheck,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut done = 0;
+        for suffix in ["trades", "positions", "market_data"] {
+            done += usize::from(ready(redis, format!("{prefix}:{suffix}")).await?);
         }
-        if subscribed == 3 {
+        if done == 3 {
             return Ok(());
         }
         if let Some(status) = daemon.try_wait()? {
-            bail!("the daemon exited before subscribing: {status}");
+            bail!("the daemon exited before {waiting_for}: {status}");
         }
         if Instant::now() > deadline {
-            bail!("the daemon did not subscribe within 30 s");
+            bail!("the daemon was not done {waiting_for} within 30 s");
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -1381,29 +1407,24 @@ async fn wait_groups(
     prefix: &str,
     daemon: &mut tokio::process::Child,
 ) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut ready = 0;
-        for suffix in ["trades", "positions", "market_data"] {
-            // An error (no such key yet) counts as not ready.
-            let groups: redis::RedisResult<Vec<redis::Value>> = redis::cmd("XINFO")
-                .arg("GROUPS")
-                .arg(format!("{prefix}:{suffix}"))
-                .query_async(redis)
-                .await;
-            ready += usize::from(groups.is_ok_and(|g| !g.is_empty()));
-        }
-        if ready == 3 {
-            return Ok(());
-        }
-        if let Some(status) = daemon.try_wait()? {
-            bail!("the daemon exited before reading its streams: {status}");
-        }
-        if Instant::now() > deadline {
-            bail!("the daemon did not create its consumer groups within 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    wait_per_channel(
+        redis,
+        prefix,
+        daemon,
+        "creating its consumer groups",
+        |redis, key| {
+            Box::pin(async move {
+                // An error (no such key yet) counts as not ready.
+                let groups: redis::RedisResult<Vec<redis::Value>> = redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(key)
+                    .query_async(redis)
+                    .await;
+                Ok(groups.is_ok_and(|g| !g.is_empty()))
+            })
+        },
+    )
+    .await
 }
 
 /// pg_stat_statements, per bench database: reset before a run, its top statements after.

@@ -408,7 +408,7 @@ pub async fn verify(
     report.ledger_rows = count(&tx, COUNT_LEDGER, &[&account, &strategy]).await?;
 
     let grace_ms = settings.grace.as_millis() as f64;
-    let retention_days = i32::try_from(settings.ledger_retention_days).unwrap_or(i32::MAX);
+    let retention_days = crate::apply::retention::horizon_days(settings.ledger_retention_days);
     for row in tx
         .query(
             MISSING_TRADES,
