@@ -12,17 +12,17 @@
 //!    takes them; sustained rate = distinct trades / (first publish → ledger complete); loss and
 //!    duplication checked against the generator's own sums; the daemon's VmHWM right after.
 //! 2. paced: 5,000 messages/s for 20 s; publish-to-commit latency of every trade, from the
-//!    ledger's `max(trade_id)` polled every millisecond (one FIFO writer commits in publish
-//!    order, and ids sort in publish order).
+//!    ledger's `max(trade_id)` polled every millisecond (paced batches are too small to be split
+//!    across writer connections, so they commit in publish order, and ids sort in it).
 //! 3. SIGTERM, expecting exit 0.
 //! 4. ceiling: the burst's batches, decoded and planned up front, applied in-process with
-//!    `store::apply` to another fresh database: what the SQL alone allows.
+//!    `store::apply_parallel` to another fresh database: what the SQL alone allows.
 //!
 //! 5. the key-space matrix (`--key-spaces`, default 10x10, 50x200, 500x200 accounts×symbols:
 //!    ~80, ~8,000 and ~80,000 portfolio rows): for each, one seeded workload of `--case-trades`
 //!    trades, run through four transports — a pub/sub burst, a stream drain (entries XADDed
 //!    before the daemon starts), streams while publishing, and the pub/sub journal — each
-//!    followed by its ceiling (the same workload's batches through `store::apply`, on a fresh
+//!    followed by its ceiling (the same workload's batches through `store::apply_parallel`, on a fresh
 //!    database), so that a case and its ceiling see the same machine load. Every run gets its
 //!    own database, cloned from one migrated template.
 //!
@@ -88,6 +88,10 @@ struct Args {
     /// Events per batch of the ceiling loop: the daemon's default sync.batch_max_events.
     #[arg(long, default_value_t = 5_000)]
     batch: usize,
+    /// sync.writer_connections of every daemon run, and the connections of every ceiling (the
+    /// same store path at the same parallelism). Default: the daemon's default.
+    #[arg(long, default_value_t = trading_sync::config::SyncConfig::default().writer_connections)]
+    writer_connections: usize,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Write "<ms since first paced publish> <publish-to-commit ms>" per paced trade here.
@@ -361,6 +365,10 @@ fn spawn_daemon(
         .env("REDIS_URL", &args.redis_url)
         .env("TRADING_SYNC__REDIS__CHANNEL_PREFIX", prefix)
         .env("TRADING_SYNC__INDICATORS__ENABLED", "false")
+        .env(
+            "TRADING_SYNC__SYNC__WRITER_CONNECTIONS",
+            args.writer_connections.to_string(),
+        )
         .env("TRADING_SYNC__HTTP__ENABLED", "false")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -426,9 +434,9 @@ async fn bench(args: &Args, databases: &Databases, binary: &Path) -> anyhow::Res
     let cpu_before = cpu_seconds(daemon_pid);
     let watcher = {
         let client = connect(&daemon_url).await?;
-        let last = burst_expected.last_seq;
+        let ends = (burst_expected.last_seq, burst_expected.trades);
         tokio::spawn(async move {
-            watch_growth(&client, "BS", last, Duration::from_secs(3), daemon_pid).await
+            watch_growth(&client, "BS", ends, Duration::from_secs(3), daemon_pid).await
         })
     };
     let started = Instant::now();
@@ -477,6 +485,7 @@ async fn bench(args: &Args, databases: &Databases, binary: &Path) -> anyhow::Res
         &databases.url(&ceiling_db)?,
         &burst,
         args.batch,
+        args.writer_connections,
         &burst_expected,
         small,
     )
@@ -570,7 +579,7 @@ async fn bench(args: &Args, databases: &Databases, binary: &Path) -> anyhow::Res
         "",
     );
     row(
-        "ceiling: store::apply loop, no Redis/JSON",
+        "ceiling: store::apply_parallel loop, no Redis/JSON",
         format!(
             "{:.0} trades/s ({} batches, {:.2} s)",
             ceiling.trades as f64 / ceiling.secs,
@@ -767,10 +776,13 @@ struct Growth {
     cpu_at_last_growth: CpuSample,
 }
 
+/// Watches the ledger until it holds trade `last` and then `trades` trades in all: with several
+/// writer connections a batch's partitions commit in any order, so the highest id can land
+/// before the rest of its batch.
 async fn watch_growth(
     client: &tokio_postgres::Client,
     prefix: &str,
-    last: u64,
+    (last, trades): (u64, u64),
     stall: Duration,
     daemon_pid: u32,
 ) -> anyhow::Result<Growth> {
@@ -792,8 +804,8 @@ async fn watch_growth(
                 sampled = now;
             }
         }
-        if max >= Some(last) {
-            growth.completed = Some(now);
+        if max >= Some(last) && loadgen::applied_count(client, prefix).await? >= trades {
+            growth.completed = Some(Instant::now());
             return Ok(growth);
         }
         if now.duration_since(growth.last_growth) > stall {
@@ -936,20 +948,36 @@ fn plan_batches(messages: &[Message], batch: usize) -> (Vec<fold::BatchPlan>, f6
     (plans, planning.elapsed().as_secs_f64())
 }
 
-/// The ceiling's loop: `store::apply` of each plan, back to back on one connection, as the
-/// writer does with nothing else to wait for. Seconds and CPU used.
+/// The ceiling's loop: `store::apply_parallel` of each plan, back to back on `sessions` (the
+/// daemon's writer connections), as the writer does with nothing else to wait for. Seconds and
+/// CPU used.
 async fn apply_plans(
-    client: &mut tokio_postgres::Client,
-    stmts: &Statements,
+    sessions: &mut [(tokio_postgres::Client, Statements)],
     plans: &[fold::BatchPlan],
 ) -> anyhow::Result<(f64, CpuSample)> {
     let before = cpu_seconds(std::process::id());
     let started = Instant::now();
     for plan in plans {
-        store::apply(client, stmts, plan).await?;
+        store::apply_parallel(sessions, plan)
+            .await
+            .map_err(|failed| failed.error)?;
     }
     let secs = started.elapsed().as_secs_f64();
     Ok((secs, cpu_seconds(std::process::id()).since(&before)))
+}
+
+/// `count` connections with the writer's prepared statements.
+async fn sessions(
+    url: &str,
+    count: usize,
+) -> anyhow::Result<Vec<(tokio_postgres::Client, Statements)>> {
+    let mut sessions = Vec::new();
+    for _ in 0..count.max(1) {
+        let client = connect(url).await?;
+        let stmts = Statements::prepare(&client).await?;
+        sessions.push((client, stmts));
+    }
+    Ok(sessions)
 }
 
 /// The burst's batches, planned up front, applied back to back with the daemon's own SQL.
@@ -957,22 +985,23 @@ async fn ceiling(
     url: &str,
     messages: &[Message],
     batch: usize,
+    connections: usize,
     expected: &Expected,
     small: &[Message],
 ) -> anyhow::Result<Ceiling> {
     let limits = DecodeLimits::default();
     let (plans, plan_secs) = plan_batches(messages, batch);
-    let mut client = connect(url).await?;
-    let stmts = Statements::prepare(&client).await?;
-    let (secs, cpu) = apply_plans(&mut client, &stmts, &plans).await?;
-    let report = loadgen::verify(&client, expected).await?;
+    let mut sessions = sessions(url, connections).await?;
+    let (secs, cpu) = apply_plans(&mut sessions, &plans).await?;
+    let (client, stmts) = &mut sessions[0];
+    let report = loadgen::verify(client, expected).await?;
 
     let small_size = 25;
     let mut ms: Vec<f64> = Vec::new();
     for chunk in small.chunks(small_size) {
         let plan = fold::plan(&inbound(chunk), &limits);
         let at = Instant::now();
-        store::apply(&mut client, &stmts, &plan).await?;
+        store::apply(client, stmts, &plan).await?;
         ms.push(at.elapsed().as_secs_f64() * 1e3);
     }
     ms.sort_by(f64::total_cmp);
@@ -1307,9 +1336,9 @@ async fn run_case(
     let cpu_before = cpu_seconds(daemon.pid);
     let watcher = {
         let client = connect(&url).await?;
-        let (last, pid) = (expected.last_seq, daemon.pid);
+        let (ends, pid) = ((expected.last_seq, expected.trades), daemon.pid);
         tokio::spawn(
-            async move { watch_growth(&client, "KS", last, Duration::from_secs(5), pid).await },
+            async move { watch_growth(&client, "KS", ends, Duration::from_secs(5), pid).await },
         )
     };
     let started = Instant::now();
@@ -1369,7 +1398,8 @@ fn transport_variable(channel: &str) -> &'static str {
     }
 }
 
-/// The ceiling of a matrix run: its workload's plans through `store::apply` on a fresh database.
+/// The ceiling of a matrix run: its workload's plans through `store::apply_parallel` on a fresh
+/// database, with the daemon's writer connections.
 async fn run_ceiling(
     args: &Args,
     databases: &Databases,
@@ -1378,19 +1408,19 @@ async fn run_ceiling(
     expected: &Expected,
 ) -> anyhow::Result<CeilingRun> {
     let db = databases.create(&format!("ceiling{n}")).await?;
-    let mut client = connect(&databases.url(&db)?).await?;
-    let stmts = Statements::prepare(&client).await?;
+    let mut sessions = sessions(&databases.url(&db)?, args.writer_connections).await?;
     if args.pg_stat_statements {
-        pg_stat::reset(&client).await?;
+        pg_stat::reset(&sessions[0].0).await?;
     }
-    let (secs, cpu) = apply_plans(&mut client, &stmts, plans).await?;
+    let (secs, cpu) = apply_plans(&mut sessions, plans).await?;
+    let client = &sessions[0].0;
     let statements = if args.pg_stat_statements {
-        pg_stat::top(&client).await?
+        pg_stat::top(client).await?
     } else {
         Vec::new()
     };
-    let report = loadgen::verify(&client, expected).await?;
-    drop(client);
+    let report = loadgen::verify(client, expected).await?;
+    drop(sessions);
     databases.drop(&db).await?;
     Ok(CeilingRun {
         rate: expected.trades as f64 / secs,

@@ -4,7 +4,7 @@
 //! (dedupe by trade_id, last writer wins, newer price wins, sorted keys) are unit- and
 //! property-tested. Order inside a batch never matters: every fold is commutative.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
@@ -99,7 +99,6 @@ pub struct BatchPlan {
 
 pub fn plan(messages: &[Inbound], limits: &DecodeLimits) -> BatchPlan {
     let mut plan = BatchPlan::default();
-    let mut seen: HashSet<String> = HashSet::new();
     for message in messages {
         if let Some(reason) = message.ack.as_ref().and_then(|a| a.reject.as_ref()) {
             plan.dead_letters
@@ -132,13 +131,7 @@ pub fn plan(messages: &[Inbound], limits: &DecodeLimits) -> BatchPlan {
             Ok(event) => {
                 plan.valid[message.channel] += 1;
                 match event {
-                    Event::Trade(trade) => {
-                        if seen.insert(trade.trade_id.clone()) {
-                            plan.trades.push(trade);
-                        } else {
-                            plan.duplicates_in_batch += 1;
-                        }
-                    }
+                    Event::Trade(trade) => plan.trades.push(trade),
                     Event::Position(position) => {
                         let key = (position.account_id.clone(), position.symbol.clone());
                         match plan.positions.get(&key) {
@@ -164,7 +157,14 @@ pub fn plan(messages: &[Inbound], limits: &DecodeLimits) -> BatchPlan {
             }
         }
     }
+    // A stable sort keeps a repeated trade_id's occurrences in arrival order, and dedup keeps
+    // the first of each: the first one received is the one applied. (Sorting then deduping
+    // spares a set of cloned ids.)
     plan.trades.sort_by(|a, b| a.trade_id.cmp(&b.trade_id));
+    let received = plan.trades.len();
+    plan.trades
+        .dedup_by(|later, first| later.trade_id == first.trade_id);
+    plan.duplicates_in_batch = (received - plan.trades.len()) as u64;
     plan
 }
 
@@ -237,23 +237,25 @@ impl MetricsDelta {
 }
 
 /// Deltas keyed and sorted: BTreeMap order is the lock order of the upserts, identical in every
-/// instance, so concurrent writers cannot deadlock on these rows.
+/// instance, so concurrent writers cannot deadlock on these rows. The keys borrow the trades'
+/// own strings: a batch folds thousands of trades, and cloning two `String`s per trade was a
+/// tenth of the daemon's CPU (README, issue #16's profile).
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Folded {
-    pub portfolio: BTreeMap<(String, String), PortfolioDelta>,
-    pub metrics: BTreeMap<(String, NaiveDate), MetricsDelta>,
+pub struct Folded<'a> {
+    pub portfolio: BTreeMap<(&'a str, &'a str), PortfolioDelta>,
+    pub metrics: BTreeMap<(&'a str, NaiveDate), MetricsDelta>,
 }
 
-impl Folded {
-    pub(crate) fn add<'a>(&mut self, trades: impl IntoIterator<Item = &'a TradeExecuted>) {
+impl<'a> Folded<'a> {
+    pub(crate) fn add(&mut self, trades: impl IntoIterator<Item = &'a TradeExecuted>) {
         for trade in trades {
             self.portfolio
-                .entry((trade.account_id.clone(), trade.symbol.clone()))
+                .entry((trade.account_id.as_str(), trade.symbol.as_str()))
                 .or_default()
                 .add_trade(trade);
             if let Some(strategy) = &trade.strategy {
                 self.metrics
-                    .entry((strategy.clone(), trade.trade_date))
+                    .entry((strategy.as_str(), trade.trade_date))
                     .or_default()
                     .add_trade(trade);
             }
@@ -262,20 +264,90 @@ impl Folded {
 
     /// Folding in parts and merging equals folding at once (a property test checks it).
     #[cfg(test)]
-    fn merge(&mut self, other: &Folded) {
+    fn merge(&mut self, other: &Folded<'a>) {
         for (k, v) in &other.portfolio {
-            self.portfolio.entry(k.clone()).or_default().merge(v);
+            self.portfolio.entry(*k).or_default().merge(v);
         }
         for (k, v) in &other.metrics {
-            self.metrics.entry(k.clone()).or_default().merge(v);
+            self.metrics.entry(*k).or_default().merge(v);
         }
     }
 }
 
-pub fn fold<'a>(trades: impl IntoIterator<Item = &'a TradeExecuted>) -> Folded {
+pub fn fold<'a>(trades: impl IntoIterator<Item = &'a TradeExecuted>) -> Folded<'a> {
     let mut folded = Folded::default();
     folded.add(trades);
     folded
+}
+
+/// What one transaction writes: a whole plan, or one account partition of it
+/// ([`BatchPlan::split_by_account`]).
+#[derive(Debug, Default)]
+pub struct Writes<'a> {
+    /// Sorted by trade_id, as in the plan.
+    pub trades: Vec<&'a TradeExecuted>,
+    pub positions: Vec<&'a PositionUpdated>,
+    pub marks: Vec<&'a MarketDataUpdated>,
+    pub dead_letters: &'a [DeadLetter],
+}
+
+impl Writes<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.trades.is_empty()
+            && self.positions.is_empty()
+            && self.marks.is_empty()
+            && self.dead_letters.is_empty()
+    }
+}
+
+/// The partition of `account_id` among `parts`: FNV-1a of its bytes, so every instance and
+/// every run puts an account in the same partition (std's hasher is seeded per process).
+pub fn partition_of(account_id: &str, parts: usize) -> usize {
+    let hash = account_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    (hash % parts.max(1) as u64) as usize
+}
+
+impl BatchPlan {
+    /// The whole plan, for one transaction.
+    pub fn writes(&self) -> Writes<'_> {
+        Writes {
+            trades: self.trades.iter().collect(),
+            positions: self.positions.values().collect(),
+            marks: self.marks.values().collect(),
+            dead_letters: &self.dead_letters,
+        }
+    }
+
+    /// The plan cut into `parts` account partitions, and what belongs to none.
+    ///
+    /// A trade, its ledger row and its portfolio row belong to one account, so each partition
+    /// commits its trades exactly once on its own, and partitions touch disjoint ledger and
+    /// portfolio rows: they can commit in parallel. Position snapshots go with their account.
+    /// What is left — the marks, which update every account's row of a symbol, and the dead
+    /// letters, which a retry would insert again — is written after every partition committed:
+    /// a mark then also finds the rows this batch's trades created, as in one transaction.
+    pub fn split_by_account(&self, parts: usize) -> (Vec<Writes<'_>>, Writes<'_>) {
+        let parts = parts.max(1);
+        let mut shares: Vec<Writes<'_>> = (0..parts).map(|_| Writes::default()).collect();
+        for trade in &self.trades {
+            shares[partition_of(&trade.account_id, parts)]
+                .trades
+                .push(trade);
+        }
+        for position in self.positions.values() {
+            shares[partition_of(&position.account_id, parts)]
+                .positions
+                .push(position);
+        }
+        let rest = Writes {
+            marks: self.marks.values().collect(),
+            dead_letters: &self.dead_letters,
+            ..Writes::default()
+        };
+        (shares, rest)
+    }
 }
 
 #[cfg(test)]
@@ -344,6 +416,32 @@ mod tests {
             prop_assert_eq!(&merged, &whole);
             let count: i64 = whole.portfolio.values().map(|d| d.trade_count).sum();
             prop_assert_eq!(count, trades.len() as i64);
+        }
+
+        /// Every trade and snapshot lands in exactly one partition, an account's all in the
+        /// same one, each partition still sorted by trade_id; marks and dead letters in none.
+        #[test]
+        fn partitions_cover_the_plan_once_by_account(
+            trades in prop::collection::vec(trade(), 0..200),
+            parts in 1usize..6,
+        ) {
+            let mut plan = BatchPlan { trades, ..BatchPlan::default() };
+            plan.trades.sort_by(|a, b| a.trade_id.cmp(&b.trade_id));
+            plan.trades.dedup_by(|a, b| a.trade_id == b.trade_id);
+            let (shares, rest) = plan.split_by_account(parts);
+            prop_assert_eq!(shares.len(), parts);
+            prop_assert!(rest.trades.is_empty() && rest.positions.is_empty());
+            let mut seen: Vec<&str> = Vec::new();
+            for (k, share) in shares.iter().enumerate() {
+                prop_assert!(share.trades.windows(2).all(|w| w[0].trade_id < w[1].trade_id));
+                for t in &share.trades {
+                    prop_assert_eq!(partition_of(&t.account_id, parts), k);
+                    seen.push(&t.trade_id);
+                }
+            }
+            seen.sort_unstable();
+            let all: Vec<&str> = plan.trades.iter().map(|t| t.trade_id.as_str()).collect();
+            prop_assert_eq!(seen, all);
         }
 
         #[test]

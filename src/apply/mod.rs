@@ -17,6 +17,7 @@ pub mod fold;
 pub mod retention;
 pub mod store;
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,8 +47,12 @@ pub(crate) struct WriterSettings {
     pub batch_max_wait: Duration,
     pub drain_deadline: Duration,
     pub limits: DecodeLimits,
-    /// Where to connect; the writer holds one connection of its own and reconnects as needed.
+    /// Where to connect; the writer holds `connections` connections of its own and reconnects
+    /// as needed.
     pub pg: Connector,
+    /// `sync.writer_connections`: a large batch is split by account across this many
+    /// connections and committed in parallel ([`store::apply_parallel`]).
+    pub connections: usize,
     pub max_backoff: Duration,
     /// A batch commit slower than this is logged and counted as a slow query.
     pub slow_query: Duration,
@@ -75,8 +80,9 @@ pub(crate) struct Writer {
     settings: WriterSettings,
     /// Symbols with a new yahoo bar, handed to the indicator job after commit.
     indicator_symbols: Option<mpsc::UnboundedSender<String>>,
-    /// The writer's own connection with its prepared statements; None after a failure.
-    client: Option<(tokio_postgres::Client, store::Statements)>,
+    /// The writer's own connections with their prepared statements; empty after a failure
+    /// (a retry then reconnects them all: the server that failed one likely failed the rest).
+    sessions: Vec<(tokio_postgres::Client, store::Statements)>,
     /// Cancelled when the daemon stops: starts the drain.
     shutdown: CancellationToken,
     /// Set when the drain started: the instant by which the writer gives up.
@@ -118,7 +124,7 @@ impl Writer {
         Writer {
             settings,
             indicator_symbols,
-            client: None,
+            sessions: Vec::new(),
             shutdown,
             drain_deadline: None,
             stats,
@@ -270,16 +276,20 @@ impl Writer {
         // Work list of slices still to commit; a data error replaces a slice by its halves.
         let mut pending: Vec<Vec<Inbound>> = vec![batch];
         let mut backoff = Backoff::new(FIRST_RETRY, self.settings.max_backoff);
+        let mut committed_earlier = HashSet::new();
         while let Some(slice) = pending.pop() {
             let started = Instant::now();
             let limit = self.attempt_limit();
-            let attempt = tokio::time::timeout(limit, self.try_commit(&slice, planned.take()));
+            let attempt = tokio::time::timeout(
+                limit,
+                self.try_commit(&slice, planned.take(), &mut committed_earlier),
+            );
             let outcome = match attempt.await {
                 Ok(outcome) => outcome,
                 Err(_) => {
                     // A silent connection: nothing resets it, and a wait on TCP retransmits
                     // would stop the heartbeat (the watchdog) and the drain.
-                    self.client = None;
+                    self.sessions.clear();
                     if self.drain_deadline_passed() {
                         return false;
                     }
@@ -332,7 +342,7 @@ impl Writer {
                         error = %what,
                         "batch too slow for its time limit; retrying it in halves"
                     );
-                    self.client = None;
+                    self.sessions.clear();
                     let mut left = slice;
                     let right = left.split_off(left.len() / 2);
                     pending.push(right);
@@ -341,7 +351,7 @@ impl Writer {
                 Err(Failure::Slow(error)) => {
                     match &error {
                         Some(e) => self.database_failed(e, false, 1),
-                        None => self.client = None,
+                        None => self.sessions.clear(),
                     }
                     if !self.pause(self.retry_wait(&mut backoff, false)).await {
                         return false;
@@ -388,7 +398,7 @@ impl Writer {
     /// refusing server must not be asked again on the same session: a retry may find the new
     /// primary), and the change of state is logged once.
     fn database_failed(&mut self, error: &tokio_postgres::Error, blocked: bool, events: usize) {
-        self.client = None;
+        self.sessions.clear();
         metrics::counter!("trading_sync_db_retries_total").increment(1);
         self.stats.database_failing.store(true, Ordering::Release);
         self.stats.blocked.store(blocked, Ordering::Release);
@@ -469,11 +479,11 @@ impl Writer {
         loop {
             let limit = self.attempt_limit();
             let attempt = async {
-                let (client, stmts) = self.client().await?;
+                let (client, stmts) = &mut self.sessions().await?[0];
                 store::insert_dead_letters_only(client, stmts, std::slice::from_ref(&letter)).await
             };
             let Ok(result) = tokio::time::timeout(limit, attempt).await else {
-                self.client = None;
+                self.sessions.clear();
                 if !self.pause(self.retry_wait(&mut backoff, false)).await {
                     return false;
                 }
@@ -516,82 +526,125 @@ impl Writer {
         backoff.with_cap(cap).fail()
     }
 
-    async fn client(
+    /// The writer's connections, opened (again) as needed.
+    async fn sessions(
         &mut self,
-    ) -> Result<&mut (tokio_postgres::Client, store::Statements), tokio_postgres::Error> {
-        if self.client.as_ref().is_none_or(|(c, _)| c.is_closed()) {
-            // An outage is logged once, by `database_failed`; each attempt of it only at debug,
-            // and a reconnect is counted once it succeeded (not once per retry).
-            let reconnect = self.stats.batches.load(Ordering::Relaxed) > 0;
-            if reconnect {
-                tracing::debug!(server = "postgres", "reconnecting to PostgreSQL");
+    ) -> Result<&mut [(tokio_postgres::Client, store::Statements)], tokio_postgres::Error> {
+        if self.sessions.iter().any(|(c, _)| c.is_closed()) {
+            self.sessions.clear();
+        }
+        while self.sessions.len() < self.settings.connections.max(1) {
+            let session = self.connect(self.sessions.len()).await?;
+            self.sessions.push(session);
+        }
+        Ok(&mut self.sessions)
+    }
+
+    async fn connect(
+        &self,
+        index: usize,
+    ) -> Result<(tokio_postgres::Client, store::Statements), tokio_postgres::Error> {
+        // An outage is logged once, by `database_failed`; each attempt of it only at debug,
+        // and a reconnect is counted once it succeeded (not once per retry).
+        let reconnect = self.stats.batches.load(Ordering::Relaxed) > 0;
+        if reconnect {
+            tracing::debug!(server = "postgres", "reconnecting to PostgreSQL");
+        }
+        let (client, connection) = self.settings.pg.connect_raw().await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "writer connection ended");
             }
-            let (client, connection) = self.settings.pg.connect_raw().await?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "writer connection ended");
-                }
-            });
-            // One round trip: the session's limits, and where it landed.
-            let replies = client
-                .simple_query(&format!(
-                    "SET statement_timeout = {}; SET lock_timeout = {}; {SERVER_ADDRESS_SQL}",
-                    self.settings.statement_timeout.as_millis(),
-                    self.settings.lock_timeout.as_millis()
-                ))
-                .await?;
-            let server = replies.iter().find_map(|reply| match reply {
-                tokio_postgres::SimpleQueryMessage::Row(row) => Some(format!(
-                    "{}:{}",
-                    row.get(0).unwrap_or("local socket"),
-                    row.get(1).unwrap_or("?")
-                )),
-                _ => None,
-            });
-            let statements = store::Statements::prepare(&client)
-                .await?
-                .with_channel_prefix(&self.settings.channel_prefix);
+        });
+        // One round trip: the session's limits, and where it landed.
+        let replies = client
+            .simple_query(&format!(
+                "SET statement_timeout = {}; SET lock_timeout = {}; {SERVER_ADDRESS_SQL}",
+                self.settings.statement_timeout.as_millis(),
+                self.settings.lock_timeout.as_millis()
+            ))
+            .await?;
+        let server = replies.iter().find_map(|reply| match reply {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(format!(
+                "{}:{}",
+                row.get(0).unwrap_or("local socket"),
+                row.get(1).unwrap_or("?")
+            )),
+            _ => None,
+        });
+        let statements = store::Statements::prepare(&client)
+            .await?
+            .with_channel_prefix(&self.settings.channel_prefix);
+        // The first connection's line says where the writer is; the others would repeat it.
+        if index == 0 {
             tracing::info!(
                 server = server.as_deref().unwrap_or("?"),
+                connections = self.settings.connections,
                 "the writer is connected to PostgreSQL"
             );
             if reconnect {
                 metrics::counter!("trading_sync_reconnects_total", "server" => "postgres")
                     .increment(1);
             }
-            self.client = Some((client, statements));
         }
-        Ok(self.client.as_mut().expect("just connected"))
+        Ok((client, statements))
     }
 
+    /// Counts trades that reached the ledger.
+    fn count_new_trades(&self, new_trades: u64) {
+        self.stats.applied[ChannelKind::Trades].fetch_add(new_trades, Ordering::Relaxed);
+        if new_trades > 0 {
+            metrics::counter!("trading_sync_events_applied_total", "channel" => ChannelKind::Trades.suffix())
+                .increment(new_trades);
+        }
+    }
+
+    /// One attempt at a slice. `committed_earlier` holds the trade ids that earlier attempts
+    /// of this batch committed before failing (another partition failed): counted as applied
+    /// then, they are not counted again as duplicates when this attempt finds them.
     async fn try_commit(
         &mut self,
         slice: &[Inbound],
         planned: Option<fold::BatchPlan>,
+        committed_earlier: &mut HashSet<String>,
     ) -> Result<(), Failure> {
         let plan = planned.unwrap_or_else(|| plan(slice, &self.settings.limits));
-        let (client, stmts) = self.client().await.map_err(classify)?;
-        let applied = store::apply(client, stmts, &plan).await.map_err(classify)?;
+        let sessions = self.sessions().await.map_err(classify)?;
+        let applied = match store::apply_parallel(sessions, &plan).await {
+            Ok(applied) => applied,
+            Err(store::PartialFailure { error, committed }) => {
+                self.count_new_trades(committed.new_trades);
+                committed_earlier.extend(committed.fresh);
+                return Err(classify(error));
+            }
+        };
+        let again = match committed_earlier.is_empty() {
+            true => 0,
+            false => plan
+                .trades
+                .iter()
+                .filter(|t| committed_earlier.contains(&t.trade_id))
+                .count() as u64,
+        };
 
         record_dead_letters(&plan.dead_letters);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats
             .dead_lettered
             .fetch_add(applied.dead_letters, Ordering::Relaxed);
-        for channel in ChannelKind::ALL {
+        self.count_new_trades(applied.new_trades);
+        for channel in ChannelKind::ALL
+            .into_iter()
+            .filter(|c| *c != ChannelKind::Trades)
+        {
             let valid = plan.valid[channel];
-            let applied_here = if channel == ChannelKind::Trades {
-                applied.new_trades
-            } else {
-                valid
-            };
-            self.stats.applied[channel].fetch_add(applied_here, Ordering::Relaxed);
-            if applied_here > 0 {
+            self.stats.applied[channel].fetch_add(valid, Ordering::Relaxed);
+            if valid > 0 {
                 metrics::counter!("trading_sync_events_applied_total", "channel" => channel.suffix())
-                    .increment(applied_here);
+                    .increment(valid);
             }
         }
-        let duplicates = plan.duplicates_in_batch + applied.ledger_duplicates;
+        let duplicates = plan.duplicates_in_batch + applied.ledger_duplicates.saturating_sub(again);
         self.stats
             .duplicates
             .fetch_add(duplicates, Ordering::Relaxed);

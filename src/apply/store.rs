@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 
-use super::fold::{fold, BatchPlan, DeadLetter};
+use super::fold::{BatchPlan, DeadLetter, Folded, Writes};
 use crate::core::{ChannelKind, PerChannel};
 
 /// Records trade ids with each trade's contribution to the aggregates (what `verify` recomputes
@@ -157,6 +157,20 @@ pub struct Applied {
     pub dead_letters: u64,
 }
 
+impl Applied {
+    /// Adds what another transaction of the same batch applied.
+    pub fn merge(&mut self, other: Applied) {
+        self.new_trades += other.new_trades;
+        self.fresh.extend(other.fresh);
+        self.ledger_duplicates += other.ledger_duplicates;
+        self.positions += other.positions;
+        self.marks += other.marks;
+        self.positions_changed += other.positions_changed;
+        self.marks_changed += other.marks_changed;
+        self.dead_letters += other.dead_letters;
+    }
+}
+
 /// Applies a plan of events in one transaction. Any error rolls everything back, so a retry is
 /// safe.
 pub async fn apply(
@@ -164,8 +178,93 @@ pub async fn apply(
     stmts: &Statements,
     plan: &BatchPlan,
 ) -> Result<Applied, tokio_postgres::Error> {
+    write(client, stmts, &plan.writes()).await
+}
+
+/// Trades per partition below which a batch is not split: each partition is one more
+/// transaction (a commit, an fsync, five round trips), worth it only for a large batch.
+pub const MIN_PARTITION_TRADES: usize = 1_000;
+
+/// How many of `sessions` a batch of `trades` is split across.
+pub fn partitions_for(trades: usize, sessions: usize) -> usize {
+    (trades / MIN_PARTITION_TRADES).clamp(1, sessions.max(1))
+}
+
+/// A batch that failed after some of its partitions committed.
+#[derive(Debug)]
+pub struct PartialFailure {
+    pub error: tokio_postgres::Error,
+    /// What the partitions that did commit applied: their trades are in the ledger now, and a
+    /// retry of the batch finds them there.
+    pub committed: Applied,
+}
+
+/// Applies a plan on several connections at once: its trades and snapshots split by account
+/// ([`BatchPlan::split_by_account`]), one transaction per partition, all in flight together;
+/// then, once every partition committed, the marks and dead letters in a transaction of their
+/// own. A batch too small to be worth splitting ([`partitions_for`]) is one transaction, as in
+/// [`apply`].
+///
+/// Exactly-once holds per partition (each commits its trades' ledger rows with their effects),
+/// and a retry of the whole batch after a partial failure is safe: the committed partitions'
+/// trades are duplicates then, their snapshots older than or equal to what is stored, and the
+/// marks and dead letters were not written yet. Partitions lock disjoint ledger and portfolio
+/// rows; the few hot `performance_metrics` rows (strategy × day) are upserted last in each
+/// transaction, in key order, so a partition waits for another's row lock only through that
+/// one's commit, and never in a cycle.
+pub async fn apply_parallel(
+    sessions: &mut [(tokio_postgres::Client, Statements)],
+    plan: &BatchPlan,
+) -> Result<Applied, PartialFailure> {
+    let parts = partitions_for(plan.trades.len(), sessions.len());
+    let failed = |committed: Applied| move |error| PartialFailure { error, committed };
+    let Some(((first, first_stmts), others)) = sessions.split_first_mut() else {
+        panic!("apply_parallel needs at least one session");
+    };
+    if parts == 1 {
+        return write(first, first_stmts, &plan.writes())
+            .await
+            .map_err(failed(Applied::default()));
+    }
+    let (shares, rest) = plan.split_by_account(parts);
+    let all =
+        std::iter::once((first, &*first_stmts)).chain(others.iter_mut().map(|(c, s)| (c, &*s)));
+    let results = futures::future::join_all(
+        all.zip(&shares)
+            .map(|((client, stmts), share)| write(client, stmts, share)),
+    )
+    .await;
+    let mut committed = Applied::default();
+    let mut error = None;
+    for result in results {
+        match result {
+            Ok(applied) => committed.merge(applied),
+            Err(e) => {
+                error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(error) = error {
+        return Err(PartialFailure { error, committed });
+    }
+    if !rest.is_empty() {
+        let (client, stmts) = &mut sessions[0];
+        match write(client, stmts, &rest).await {
+            Ok(applied) => committed.merge(applied),
+            Err(error) => return Err(PartialFailure { error, committed }),
+        }
+    }
+    Ok(committed)
+}
+
+/// One transaction of [`Writes`].
+async fn write(
+    client: &mut tokio_postgres::Client,
+    stmts: &Statements,
+    writes: &Writes<'_>,
+) -> Result<Applied, tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    let applied = apply_in(&tx, stmts, plan, TradeSource::Event).await?;
+    let applied = write_in(&tx, stmts, writes, TradeSource::Event).await?;
     tx.commit().await?;
     Ok(applied)
 }
@@ -178,15 +277,27 @@ pub(crate) async fn apply_in(
     plan: &BatchPlan,
     source: TradeSource,
 ) -> Result<Applied, tokio_postgres::Error> {
+    write_in(tx, stmts, &plan.writes(), source).await
+}
+
+/// The statements of one transaction, `performance_metrics` last: its rows are the ones every
+/// partition and every instance shares, so their locks are taken as late as possible.
+async fn write_in(
+    tx: &tokio_postgres::Transaction<'_>,
+    stmts: &Statements,
+    writes: &Writes<'_>,
+    source: TradeSource,
+) -> Result<Applied, tokio_postgres::Error> {
     let mut applied = Applied::default();
 
-    if !plan.dead_letters.is_empty() {
-        insert_dead_letters(tx, stmts, &plan.dead_letters).await?;
-        applied.dead_letters = plan.dead_letters.len() as u64;
+    if !writes.dead_letters.is_empty() {
+        insert_dead_letters(tx, stmts, writes.dead_letters).await?;
+        applied.dead_letters = writes.dead_letters.len() as u64;
     }
 
-    if !plan.trades.is_empty() {
-        let t = &plan.trades;
+    let mut folded = Folded::default();
+    if !writes.trades.is_empty() {
+        let t = &writes.trades;
         let ids: Vec<&str> = t.iter().map(|t| t.trade_id.as_str()).collect();
         let accounts: Vec<&str> = t.iter().map(|t| t.account_id.as_str()).collect();
         let symbols: Vec<&str> = t.iter().map(|t| t.symbol.as_str()).collect();
@@ -226,7 +337,7 @@ pub(crate) async fn apply_in(
         applied.new_trades = fresh.len() as u64;
         applied.ledger_duplicates = (t.len() - fresh.len()) as u64;
 
-        let folded = fold(t.iter().filter(|t| fresh.contains(&t.trade_id)));
+        folded.add(t.iter().copied().filter(|t| fresh.contains(&t.trade_id)));
         applied.fresh = fresh;
         if !folded.portfolio.is_empty() {
             let p = &folded.portfolio;
@@ -234,8 +345,8 @@ pub(crate) async fn apply_in(
             tx.execute(
                 stmt,
                 &[
-                    &p.keys().map(|k| k.0.as_str()).collect::<Vec<_>>(),
-                    &p.keys().map(|k| k.1.as_str()).collect::<Vec<_>>(),
+                    &p.keys().map(|k| k.0).collect::<Vec<_>>(),
+                    &p.keys().map(|k| k.1).collect::<Vec<_>>(),
                     &p.values().map(|d| d.trade_count).collect::<Vec<_>>(),
                     &p.values().map(|d| d.net_quantity).collect::<Vec<_>>(),
                     &p.values().map(|d| d.total_value).collect::<Vec<_>>(),
@@ -246,28 +357,10 @@ pub(crate) async fn apply_in(
             )
             .await?;
         }
-        if !folded.metrics.is_empty() {
-            let m = &folded.metrics;
-            let stmt = &stmts.metrics;
-            tx.execute(
-                stmt,
-                &[
-                    &m.keys().map(|k| k.0.as_str()).collect::<Vec<_>>(),
-                    &m.keys().map(|k| k.1).collect::<Vec<NaiveDate>>(),
-                    &m.values().map(|d| d.total_trades).collect::<Vec<_>>(),
-                    &m.values().map(|d| d.winning_trades).collect::<Vec<_>>(),
-                    &m.values().map(|d| d.realized_pnl).collect::<Vec<_>>(),
-                    &m.values().map(|d| d.volume).collect::<Vec<_>>(),
-                    &m.values().map(|d| d.notional).collect::<Vec<_>>(),
-                    &m.values().map(|d| d.commission).collect::<Vec<_>>(),
-                ],
-            )
-            .await?;
-        }
     }
 
-    if !plan.positions.is_empty() {
-        let p: Vec<_> = plan.positions.values().collect();
+    if !writes.positions.is_empty() {
+        let p = &writes.positions;
         let stmt = &stmts.positions;
         applied.positions_changed = tx
             .execute(
@@ -289,8 +382,8 @@ pub(crate) async fn apply_in(
         applied.positions = p.len() as u64;
     }
 
-    if !plan.marks.is_empty() {
-        let bars: Vec<_> = plan.marks.values().collect();
+    if !writes.marks.is_empty() {
+        let bars = &writes.marks;
         let stmt = &stmts.mark;
         applied.marks_changed = tx
             .execute(
@@ -303,6 +396,25 @@ pub(crate) async fn apply_in(
             )
             .await?;
         applied.marks = bars.len() as u64;
+    }
+
+    if !folded.metrics.is_empty() {
+        let m = &folded.metrics;
+        let stmt = &stmts.metrics;
+        tx.execute(
+            stmt,
+            &[
+                &m.keys().map(|k| k.0).collect::<Vec<_>>(),
+                &m.keys().map(|k| k.1).collect::<Vec<NaiveDate>>(),
+                &m.values().map(|d| d.total_trades).collect::<Vec<_>>(),
+                &m.values().map(|d| d.winning_trades).collect::<Vec<_>>(),
+                &m.values().map(|d| d.realized_pnl).collect::<Vec<_>>(),
+                &m.values().map(|d| d.volume).collect::<Vec<_>>(),
+                &m.values().map(|d| d.notional).collect::<Vec<_>>(),
+                &m.values().map(|d| d.commission).collect::<Vec<_>>(),
+            ],
+        )
+        .await?;
     }
     Ok(applied)
 }

@@ -24,6 +24,10 @@ pub struct SyncConfig {
     pub exchange_timezone: String,
     /// On SIGTERM, how long the queue may take to drain before the rest is logged and left.
     pub drain_deadline_ms: u64,
+    /// The writer's PostgreSQL connections. A batch of at least 1,000 trades per connection is
+    /// split by account and its partitions committed in parallel: one backend is CPU-bound at
+    /// ~80k trades/s on a large book (README, issue #16). Smaller batches use one connection.
+    pub writer_connections: usize,
 }
 
 impl Default for SyncConfig {
@@ -36,6 +40,7 @@ impl Default for SyncConfig {
             dead_letter_max_bytes: 1024 * 1024,
             exchange_timezone: "America/New_York".into(),
             drain_deadline_ms: 10_000,
+            writer_connections: 2,
         }
     }
 }
@@ -46,6 +51,7 @@ impl SyncConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         range("sync.batch_max_events", self.batch_max_events, 1, 100_000)?;
         range("sync.batch_max_wait_ms", self.batch_max_wait_ms, 1, 60_000)?;
+        range("sync.writer_connections", self.writer_connections, 1, 64)?;
         range(
             "sync.max_message_bytes",
             self.max_message_bytes,
@@ -90,6 +96,13 @@ mod tests {
     fn batch_max_events_bounds() {
         assert_range("sync.batch_max_events", 1, 100_000, |c, v| {
             c.sync.batch_max_events = v as usize
+        });
+    }
+
+    #[test]
+    fn writer_connections_bounds() {
+        assert_range("sync.writer_connections", 1, 64, |c, v| {
+            c.sync.writer_connections = v as usize
         });
     }
 

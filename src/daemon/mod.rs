@@ -280,6 +280,7 @@ impl Daemon {
                     exchange_tz: config.exchange_tz()?,
                 },
                 pg: pg.clone(),
+                connections: config.sync.writer_connections,
                 max_backoff,
                 slow_query: Duration::from_millis(config.database.slow_query_ms),
                 statement_timeout: Duration::from_millis(config.database.statement_timeout_ms),

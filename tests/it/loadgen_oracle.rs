@@ -109,8 +109,8 @@ fn expected_agrees_with_decode_and_fold() {
         .portfolio
         .iter()
         .map(|((a, s), d)| PortfolioRow {
-            account_id: a.clone(),
-            symbol: s.clone(),
+            account_id: a.to_string(),
+            symbol: s.to_string(),
             trade_count: d.trade_count,
             net_quantity: d.net_quantity,
             total_value: d.total_value,
@@ -124,7 +124,7 @@ fn expected_agrees_with_decode_and_fold() {
         .metrics
         .iter()
         .map(|((s, date), d)| MetricsRow {
-            strategy: s.clone(),
+            strategy: s.to_string(),
             date: *date,
             total_trades: d.total_trades,
             winning_trades: d.winning_trades,

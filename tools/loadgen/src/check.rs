@@ -62,6 +62,22 @@ pub async fn max_applied_seq(
     }))
 }
 
+/// Ledger rows whose trade id has `id_prefix`.
+pub async fn applied_count(
+    client: &tokio_postgres::Client,
+    id_prefix: &str,
+) -> Result<u64, tokio_postgres::Error> {
+    let (from, to) = id_range(id_prefix);
+    let n: i64 = client
+        .query_one(
+            "SELECT count(*) FROM analytics.applied_trades WHERE trade_id BETWEEN $1 AND $2",
+            &[&from, &to],
+        )
+        .await?
+        .get(0);
+    Ok(n as u64)
+}
+
 /// Reads the ledger count and the aggregates and compares them with `expected`.
 pub async fn verify(
     client: &tokio_postgres::Client,

@@ -22,7 +22,7 @@ pub mod generate;
 pub mod publish;
 pub mod pyjson;
 
-pub use check::{ledger_count, max_applied_seq, verify, wait_for_ledger};
+pub use check::{applied_count, ledger_count, max_applied_seq, verify, wait_for_ledger};
 pub use expected::{
     compare, published, Expected, MarkRow, MetricsRow, PortfolioRow, PositionRow, Published,
     Report, Stored, StoredPortfolio,
