@@ -449,3 +449,120 @@ async fn killing_the_writer_connection_mid_stream_loses_and_doubles_nothing() {
     assert_eq!(actual(&app).await, expected(&trades));
     app.stop().await.unwrap();
 }
+
+/// A batch split across the writer's connections whose one partition cannot commit (another
+/// session holds a lock on one of its rows): the other partition's trades commit meanwhile, the
+/// batch is retried until the lock goes, and every trade counts once — in the books and in the
+/// writer's own counts (applied, never duplicates).
+#[tokio::test]
+async fn a_partition_that_fails_after_another_committed_counts_every_trade_once() {
+    use std::sync::atomic::Ordering;
+    use trading_sync::apply::fold::partition_of;
+    use trading_sync::events::ChannelKind;
+
+    let mut app = spawn_app(|c| {
+        c.sync.writer_connections = 2;
+        c.sync.batch_max_events = 5_000;
+        // One batch: everything published below arrives well within the window.
+        c.sync.batch_max_wait_ms = 3_000;
+        c.database.lock_timeout_ms = 200;
+    })
+    .await;
+    let mut rng = StdRng::seed_from_u64(16);
+    let mut all = trades(&mut rng, 3_000, "P");
+    let blocked = all
+        .iter()
+        .find(|t| partition_of(&t.account, 2) == 1)
+        .expect("an account in the second partition")
+        .account
+        .clone();
+    let free: Vec<String> = all
+        .iter()
+        .filter(|t| partition_of(&t.account, 2) == 0)
+        .map(|t| t.account.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert!(!free.is_empty(), "an account in the first partition");
+
+    // The row the lock will hold, created by a trade of its own first.
+    let mut seed = all[0].clone();
+    (seed.id, seed.account, seed.symbol) = ("P-seed".into(), blocked.clone(), "LOCK".into());
+    app.publish("trades", seed.payload(false)).await;
+    wait_for_ledger(&app, 1).await;
+    let mut locker = common::connect(&common::database_url(&app.db.name)).await;
+    let lock = locker.transaction().await.unwrap();
+    lock.execute(
+        "SELECT 1 FROM analytics.portfolio_summary WHERE account_id = $1 AND symbol = 'LOCK' FOR UPDATE",
+        &[&blocked],
+    )
+    .await
+    .unwrap();
+
+    let mut held = seed.clone();
+    held.id = "P-held".into();
+    all.push(held);
+    let mut redis = app.redis.clone();
+    let mut pipe = redis::pipe();
+    for t in &all {
+        pipe.cmd("PUBLISH")
+            .arg(app.channel("trades"))
+            .arg(t.payload(false))
+            .ignore();
+    }
+    let () = pipe.query_async(&mut redis).await.unwrap();
+
+    // The free partition commits while the other one waits on the lock.
+    let free_trades = all.iter().filter(|t| free.contains(&t.account)).count() as i64;
+    eventually(
+        "the free partition's trades in the ledger",
+        Duration::from_secs(30),
+        || async {
+            let n: i64 = app
+                .db
+                .client
+                .query_one(
+                    "SELECT count(*) FROM analytics.applied_trades WHERE account_id = ANY($1)",
+                    &[&free],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            (n == free_trades).then_some(())
+        },
+    )
+    .await;
+    let blocked_now = app
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM analytics.applied_trades WHERE account_id = '{blocked}'"
+        ))
+        .await;
+    assert_eq!(
+        blocked_now, 1,
+        "only the seed of the locked partition is in"
+    );
+    eventually(
+        "the writer retrying the locked partition",
+        Duration::from_secs(10),
+        || async {
+            app.state
+                .writer
+                .database_failing
+                .load(Ordering::Acquire)
+                .then_some(())
+        },
+    )
+    .await;
+
+    lock.rollback().await.unwrap();
+    all.push(seed);
+    wait_for_ledger(&app, all.len() as i64).await;
+    assert_eq!(actual(&app).await, expected(&all));
+    let writer = &app.state.writer;
+    assert_eq!(
+        writer.applied[ChannelKind::Trades].load(Ordering::Relaxed),
+        all.len() as u64
+    );
+    assert_eq!(writer.duplicates.load(Ordering::Relaxed), 0);
+    app.stop().await.unwrap();
+}
