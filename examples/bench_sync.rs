@@ -958,9 +958,8 @@ async fn apply_plans(
     let before = cpu_seconds(std::process::id());
     let started = Instant::now();
     for plan in plans {
-        store::apply_parallel(sessions, plan)
-            .await
-            .map_err(|failed| failed.error)?;
+        let committed = std::sync::Mutex::new(store::Applied::default());
+        store::apply_parallel(sessions, plan, &committed).await?;
     }
     let secs = started.elapsed().as_secs_f64();
     Ok((secs, cpu_seconds(std::process::id()).since(&before)))

@@ -5,11 +5,6 @@ use clap::Parser;
 use trading_sync::cli::{self, Cli, Command};
 use trading_sync::config::Config;
 
-/// mimalloc instead of glibc's malloc: the sync path allocates per message (JSON values, keys,
-/// decimals) and glibc malloc/free were 30% of the daemon's CPU samples (README, issue #16).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -19,7 +19,7 @@ pub mod store;
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -280,11 +280,23 @@ impl Writer {
         while let Some(slice) = pending.pop() {
             let started = Instant::now();
             let limit = self.attempt_limit();
+            let committed = Mutex::new(store::Applied::default());
             let attempt = tokio::time::timeout(
                 limit,
-                self.try_commit(&slice, planned.take(), &mut committed_earlier),
-            );
-            let outcome = match attempt.await {
+                self.try_commit(&slice, planned.take(), &committed, &mut committed_earlier),
+            )
+            .await;
+            // What reached the ledger counts as applied, whatever became of the rest of the
+            // attempt (another partition failed, or the time limit dropped it mid-way): a retry
+            // finds those trades in the ledger and must not count them again.
+            let committed = committed
+                .into_inner()
+                .unwrap_or_else(PoisonError::into_inner);
+            self.count_new_trades(committed.new_trades);
+            if !matches!(attempt, Ok(Ok(()))) {
+                committed_earlier.extend(committed.fresh);
+            }
+            let outcome = match attempt {
                 Ok(outcome) => outcome,
                 Err(_) => {
                     // A silent connection: nothing resets it, and a wait on TCP retransmits
@@ -479,7 +491,7 @@ impl Writer {
         loop {
             let limit = self.attempt_limit();
             let attempt = async {
-                let (client, stmts) = &mut self.sessions().await?[0];
+                let (client, stmts) = &mut self.sessions(1).await?[0];
                 store::insert_dead_letters_only(client, stmts, std::slice::from_ref(&letter)).await
             };
             let Ok(result) = tokio::time::timeout(limit, attempt).await else {
@@ -526,16 +538,38 @@ impl Writer {
         backoff.with_cap(cap).fail()
     }
 
-    /// The writer's connections, opened (again) as needed.
+    /// At least `needed` of the writer's connections (one at the least), opened (again) as
+    /// needed and all at once: a batch that is not split and a dead letter need only the first.
+    /// If only some of the missing ones open, the batch is split across fewer; an error only
+    /// when none is open.
     async fn sessions(
         &mut self,
+        needed: usize,
     ) -> Result<&mut [(tokio_postgres::Client, store::Statements)], tokio_postgres::Error> {
-        if self.sessions.iter().any(|(c, _)| c.is_closed()) {
-            self.sessions.clear();
-        }
-        while self.sessions.len() < self.settings.connections.max(1) {
-            let session = self.connect(self.sessions.len()).await?;
-            self.sessions.push(session);
+        self.sessions.retain(|(client, _)| !client.is_closed());
+        let have = self.sessions.len();
+        let missing = needed
+            .clamp(1, self.settings.connections.max(1))
+            .saturating_sub(have);
+        if missing > 0 {
+            let opened =
+                futures::future::join_all((have..have + missing).map(|i| self.connect(i))).await;
+            let mut first_error = None;
+            for result in opened {
+                match result {
+                    Ok(session) => self.sessions.push(session),
+                    Err(e) => {
+                        tracing::debug!(
+                            error = %crate::db::tls::describe(&e),
+                            "a writer connection could not be opened"
+                        );
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            if let (true, Some(e)) = (self.sessions.is_empty(), first_error) {
+                return Err(e);
+            }
         }
         Ok(&mut self.sessions)
     }
@@ -599,40 +633,49 @@ impl Writer {
         }
     }
 
-    /// One attempt at a slice. `committed_earlier` holds the trade ids that earlier attempts
-    /// of this batch committed before failing (another partition failed): counted as applied
-    /// then, they are not counted again as duplicates when this attempt finds them.
+    /// One attempt at a slice. What each of its transactions commits is added to `committed`
+    /// as it happens (the caller counts it, whatever becomes of the rest). `committed_earlier`
+    /// holds the trade ids that earlier attempts of this batch committed before failing: counted
+    /// as applied then, each excuses one ledger duplicate of this attempt, once.
     async fn try_commit(
         &mut self,
         slice: &[Inbound],
         planned: Option<fold::BatchPlan>,
+        committed: &Mutex<store::Applied>,
         committed_earlier: &mut HashSet<String>,
     ) -> Result<(), Failure> {
         let plan = planned.unwrap_or_else(|| plan(slice, &self.settings.limits));
-        let sessions = self.sessions().await.map_err(classify)?;
-        let applied = match store::apply_parallel(sessions, &plan).await {
-            Ok(applied) => applied,
-            Err(store::PartialFailure { error, committed }) => {
-                self.count_new_trades(committed.new_trades);
-                committed_earlier.extend(committed.fresh);
-                return Err(classify(error));
-            }
+        let needed = store::partitions_for(plan.trades.len(), self.settings.connections);
+        let sessions = self.sessions(needed).await.map_err(classify)?;
+        store::apply_parallel(sessions, &plan, committed)
+            .await
+            .map_err(classify)?;
+        // Read, not taken: the caller counts the new trades, after a success as after a failure.
+        let (new_trades, ledger_duplicates, positions, marks, dead_letters) = {
+            let a = committed.lock().unwrap_or_else(PoisonError::into_inner);
+            (
+                a.new_trades,
+                a.ledger_duplicates,
+                a.positions,
+                a.marks,
+                a.dead_letters,
+            )
         };
         let again = match committed_earlier.is_empty() {
             true => 0,
             false => plan
                 .trades
                 .iter()
-                .filter(|t| committed_earlier.contains(&t.trade_id))
+                .filter(|t| committed_earlier.remove(&t.trade_id))
                 .count() as u64,
         };
+        debug_assert!(again <= ledger_duplicates);
 
         record_dead_letters(&plan.dead_letters);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats
             .dead_lettered
-            .fetch_add(applied.dead_letters, Ordering::Relaxed);
-        self.count_new_trades(applied.new_trades);
+            .fetch_add(dead_letters, Ordering::Relaxed);
         for channel in ChannelKind::ALL
             .into_iter()
             .filter(|c| *c != ChannelKind::Trades)
@@ -644,7 +687,7 @@ impl Writer {
                     .increment(valid);
             }
         }
-        let duplicates = plan.duplicates_in_batch + applied.ledger_duplicates.saturating_sub(again);
+        let duplicates = plan.duplicates_in_batch + ledger_duplicates.saturating_sub(again);
         self.stats
             .duplicates
             .fetch_add(duplicates, Ordering::Relaxed);
@@ -659,11 +702,11 @@ impl Writer {
         }
         tracing::debug!(
             events = slice.len(),
-            new_trades = applied.new_trades,
+            new_trades,
             duplicates,
-            positions = applied.positions,
-            marks = applied.marks,
-            dead_letters = applied.dead_letters,
+            positions,
+            marks,
+            dead_letters,
             "batch committed"
         );
         if let Some(tx) = &self.indicator_symbols {

@@ -6,12 +6,14 @@
 //! order. A trade's effect and its ledger row commit together: that is the exactly-once.
 
 use std::collections::HashSet;
+use std::sync::Mutex;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 
 use super::fold::{BatchPlan, DeadLetter, Folded, Writes};
 use crate::core::{ChannelKind, PerChannel};
+use crate::db::ErrorClass;
 
 /// Records trade ids with each trade's contribution to the aggregates (what `verify` recomputes
 /// them from); returns the ids not seen before (conflicts are duplicates).
@@ -190,71 +192,69 @@ pub fn partitions_for(trades: usize, sessions: usize) -> usize {
     (trades / MIN_PARTITION_TRADES).clamp(1, sessions.max(1))
 }
 
-/// A batch that failed after some of its partitions committed.
-#[derive(Debug)]
-pub struct PartialFailure {
-    pub error: tokio_postgres::Error,
-    /// What the partitions that did commit applied: their trades are in the ledger now, and a
-    /// retry of the batch finds them there.
-    pub committed: Applied,
-}
-
 /// Applies a plan on several connections at once: its trades and snapshots split by account
-/// ([`BatchPlan::split_by_account`]), one transaction per partition, all in flight together;
-/// then, once every partition committed, the marks and dead letters in a transaction of their
-/// own. A batch too small to be worth splitting ([`partitions_for`]) is one transaction, as in
-/// [`apply`].
+/// ([`BatchPlan::split_by_account`]) into at most `sessions.len()` partitions, one transaction
+/// each, all in flight together; then, once every partition committed, the marks and dead
+/// letters in a transaction of their own. A batch too small to be worth splitting
+/// ([`partitions_for`]) is one transaction, as in [`apply`].
+///
+/// Each transaction's [`Applied`] is added to `committed` as soon as it commits — also when
+/// another fails, or the caller gives up on this future (a time limit): the caller counts what
+/// reached the ledger either way. The first error is returned, one that is not the events'
+/// fault preferred (a connection lost beside a data error must be retried as such).
 ///
 /// Exactly-once holds per partition (each commits its trades' ledger rows with their effects),
 /// and a retry of the whole batch after a partial failure is safe: the committed partitions'
-/// trades are duplicates then, their snapshots older than or equal to what is stored, and the
-/// marks and dead letters were not written yet. Partitions lock disjoint ledger and portfolio
-/// rows; the few hot `performance_metrics` rows (strategy × day) are upserted last in each
-/// transaction, in key order, so a partition waits for another's row lock only through that
-/// one's commit, and never in a cycle.
+/// trades are duplicates then, their snapshots no newer than what is stored, and the marks and
+/// dead letters were not written yet. Partitions lock disjoint ledger and portfolio rows; the
+/// few hot `performance_metrics` rows (strategy × day) are upserted last in each transaction,
+/// in key order, so a partition waits for another's row lock only through that one's commit,
+/// and never in a cycle.
 pub async fn apply_parallel(
     sessions: &mut [(tokio_postgres::Client, Statements)],
     plan: &BatchPlan,
-) -> Result<Applied, PartialFailure> {
+    committed: &Mutex<Applied>,
+) -> Result<(), tokio_postgres::Error> {
+    let record = |applied: Applied| {
+        committed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .merge(applied)
+    };
     let parts = partitions_for(plan.trades.len(), sessions.len());
-    let failed = |committed: Applied| move |error| PartialFailure { error, committed };
     let Some(((first, first_stmts), others)) = sessions.split_first_mut() else {
         panic!("apply_parallel needs at least one session");
     };
     if parts == 1 {
-        return write(first, first_stmts, &plan.writes())
-            .await
-            .map_err(failed(Applied::default()));
+        record(write(first, first_stmts, &plan.writes()).await?);
+        return Ok(());
     }
     let (shares, rest) = plan.split_by_account(parts);
     let all =
         std::iter::once((first, &*first_stmts)).chain(others.iter_mut().map(|(c, s)| (c, &*s)));
-    let results = futures::future::join_all(
-        all.zip(&shares)
-            .map(|((client, stmts), share)| write(client, stmts, share)),
-    )
-    .await;
-    let mut committed = Applied::default();
-    let mut error = None;
-    for result in results {
-        match result {
-            Ok(applied) => committed.merge(applied),
-            Err(e) => {
-                error.get_or_insert(e);
-            }
+    let results = futures::future::join_all(all.zip(&shares).map(|((client, stmts), share)| {
+        let record = &record;
+        async move {
+            let applied = write(client, stmts, share).await?;
+            record(applied);
+            Ok::<_, tokio_postgres::Error>(())
         }
-    }
-    if let Some(error) = error {
-        return Err(PartialFailure { error, committed });
+    }))
+    .await;
+    let mut errors: Vec<tokio_postgres::Error> =
+        results.into_iter().filter_map(Result::err).collect();
+    if !errors.is_empty() {
+        let worst = errors
+            .iter()
+            .position(|e| ErrorClass::of(e) != ErrorClass::Data)
+            .unwrap_or(0);
+        return Err(errors.swap_remove(worst));
     }
     if !rest.is_empty() {
         let (client, stmts) = &mut sessions[0];
-        match write(client, stmts, &rest).await {
-            Ok(applied) => committed.merge(applied),
-            Err(error) => return Err(PartialFailure { error, committed }),
-        }
+        record(write(client, stmts, &rest).await?);
     }
-    Ok(committed)
+    Ok(())
 }
 
 /// One transaction of [`Writes`].

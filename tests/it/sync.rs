@@ -463,7 +463,9 @@ async fn a_partition_that_fails_after_another_committed_counts_every_trade_once(
     let mut app = spawn_app(|c| {
         c.sync.writer_connections = 2;
         c.sync.batch_max_events = 5_000;
-        // One batch: everything published below arrives well within the window.
+        // One batch (3,001 trades, so split in two): everything published below arrives well
+        // within the window. Were it cut into smaller batches, the free partition's trades
+        // would wait behind the locked one and the first wait below would time out.
         c.sync.batch_max_wait_ms = 3_000;
         c.database.lock_timeout_ms = 200;
     })
@@ -558,11 +560,16 @@ async fn a_partition_that_fails_after_another_committed_counts_every_trade_once(
     all.push(seed);
     wait_for_ledger(&app, all.len() as i64).await;
     assert_eq!(actual(&app).await, expected(&all));
+    // The writer counts a batch once its whole attempt returned, a moment after the last
+    // commit is visible: wait for the count, then read the duplicates it recorded first.
     let writer = &app.state.writer;
-    assert_eq!(
-        writer.applied[ChannelKind::Trades].load(Ordering::Relaxed),
-        all.len() as u64
-    );
+    let trades_total = all.len() as u64;
+    eventually("every trade counted", Duration::from_secs(10), || async {
+        let n = writer.applied[ChannelKind::Trades].load(Ordering::Relaxed);
+        assert!(n <= trades_total, "{n} trades counted as applied");
+        (n == trades_total).then_some(())
+    })
+    .await;
     assert_eq!(writer.duplicates.load(Ordering::Relaxed), 0);
     app.stop().await.unwrap();
 }
