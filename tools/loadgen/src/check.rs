@@ -25,10 +25,17 @@ pub async fn ledger_count(
     client: &tokio_postgres::Client,
     expected: &Expected,
 ) -> Result<u64, tokio_postgres::Error> {
-    let (from, to) = (
-        expected.trade_id(expected.first_seq),
-        expected.trade_id(expected.last_seq),
-    );
+    let from = expected.trade_id(expected.first_seq);
+    let to = expected.trade_id(expected.last_seq);
+    count_between(client, &from, &to).await
+}
+
+/// Ledger rows with trade ids in `from..=to`.
+async fn count_between(
+    client: &tokio_postgres::Client,
+    from: &str,
+    to: &str,
+) -> Result<u64, tokio_postgres::Error> {
     let n: i64 = client
         .query_one(
             "SELECT count(*) FROM analytics.applied_trades WHERE trade_id BETWEEN $1 AND $2",
@@ -39,8 +46,8 @@ pub async fn ledger_count(
     Ok(n as u64)
 }
 
-/// The highest trade seq of `id_prefix` in the ledger: with one FIFO writer, every trade
-/// published before it is committed too. A backward scan of the primary key: cheap enough to
+/// The highest trade seq of `id_prefix` in the ledger: with one FIFO writer (batches too small
+/// to be split across writer connections), every trade published before it is committed too. A backward scan of the primary key: cheap enough to
 /// poll every millisecond.
 pub async fn max_applied_seq(
     client: &tokio_postgres::Client,
@@ -68,14 +75,7 @@ pub async fn applied_count(
     id_prefix: &str,
 ) -> Result<u64, tokio_postgres::Error> {
     let (from, to) = id_range(id_prefix);
-    let n: i64 = client
-        .query_one(
-            "SELECT count(*) FROM analytics.applied_trades WHERE trade_id BETWEEN $1 AND $2",
-            &[&from, &to],
-        )
-        .await?
-        .get(0);
-    Ok(n as u64)
+    count_between(client, &from, &to).await
 }
 
 /// Reads the ledger count and the aggregates and compares them with `expected`.
