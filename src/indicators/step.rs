@@ -176,7 +176,7 @@ impl IndicatorState {
     }
 }
 
-/// One daily bar as read from `market_data` (`close::float8`).
+/// One daily bar as read from `market_data` (the close as `close::float8` gives it).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Bar {
     pub date: NaiveDate,
