@@ -389,7 +389,7 @@ async fn run_inner(
 }
 
 /// Symbols computed from scratch first (the long chunks), then the incremental ones; sorted,
-/// so chunks follow the (symbol, date) key (see [`encode_rows`]).
+/// so chunks follow the (symbol, date) key (see [`WritePlan::add`]).
 fn make_chunks(known: Vec<ListedSymbol>, mode: Mode, settings: &JobSettings) -> Vec<Vec<String>> {
     let (cont, scratch): (Vec<ListedSymbol>, Vec<ListedSymbol>) = known
         .into_iter()
