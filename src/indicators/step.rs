@@ -176,7 +176,7 @@ impl IndicatorState {
     }
 }
 
-/// One daily bar as read from `market_data` (`close::float8`).
+/// One daily bar as read from `market_data` (the close as `close::float8` gives it).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Bar {
     pub date: NaiveDate,
@@ -216,31 +216,63 @@ pub struct IndicatorRow {
 }
 
 impl IndicatorRow {
+    /// The INDICATORS.md names of [`IndicatorRow::values`], in table order.
+    pub const VALUE_NAMES: [&'static str; 20] = [
+        "sma_20",
+        "sma_50",
+        "sma_200",
+        "ema_12",
+        "ema_26",
+        "ema_50",
+        "rsi_14",
+        "macd_line",
+        "macd_signal",
+        "macd_histogram",
+        "bb_upper",
+        "bb_middle",
+        "bb_lower",
+        "bb_position",
+        "bb_width",
+        "volatility_20",
+        "price_change_1d",
+        "price_change_5d",
+        "price_change_30d",
+        "avg_volume_20",
+    ];
+
+    /// The f64 columns in table order (named by [`IndicatorRow::VALUE_NAMES`]): what the
+    /// writer encodes, row after row, without the names.
+    #[inline]
+    pub fn values(&self) -> [Option<f64>; 20] {
+        [
+            self.sma_20,
+            self.sma_50,
+            self.sma_200,
+            self.ema_12,
+            self.ema_26,
+            self.ema_50,
+            self.rsi_14,
+            self.macd_line,
+            self.macd_signal,
+            self.macd_histogram,
+            self.bb_upper,
+            self.bb_middle,
+            self.bb_lower,
+            self.bb_position,
+            self.bb_width,
+            self.volatility_20,
+            self.price_change_1d,
+            self.price_change_5d,
+            self.price_change_30d,
+            self.avg_volume_20,
+        ]
+    }
+
     /// The f64 columns with their INDICATORS.md names, in table order, so writers and tests
     /// need not list the fields again.
     pub fn named_values(&self) -> [(&'static str, Option<f64>); 20] {
-        [
-            ("sma_20", self.sma_20),
-            ("sma_50", self.sma_50),
-            ("sma_200", self.sma_200),
-            ("ema_12", self.ema_12),
-            ("ema_26", self.ema_26),
-            ("ema_50", self.ema_50),
-            ("rsi_14", self.rsi_14),
-            ("macd_line", self.macd_line),
-            ("macd_signal", self.macd_signal),
-            ("macd_histogram", self.macd_histogram),
-            ("bb_upper", self.bb_upper),
-            ("bb_middle", self.bb_middle),
-            ("bb_lower", self.bb_lower),
-            ("bb_position", self.bb_position),
-            ("bb_width", self.bb_width),
-            ("volatility_20", self.volatility_20),
-            ("price_change_1d", self.price_change_1d),
-            ("price_change_5d", self.price_change_5d),
-            ("price_change_30d", self.price_change_30d),
-            ("avg_volume_20", self.avg_volume_20),
-        ]
+        let values = self.values();
+        std::array::from_fn(|i| (Self::VALUE_NAMES[i], values[i]))
     }
 }
 
