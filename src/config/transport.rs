@@ -89,9 +89,6 @@ pub struct StreamsConfig {
     pub read_count: usize,
     /// Entries read but not yet committed, at most. Redis keeps the rest; reading far ahead
     /// would only make a crash re-deliver (and count against max_deliveries) more entries.
-    /// Default 20,000: the writer holds a batch committing and the next one planned (two
-    /// `sync.batch_max_events` of 5,000), and the reader needs room beyond them for the batch
-    /// after; at 10,000 a backlog was drained in a third more, partial, transactions (#16).
     pub read_ahead: usize,
     /// Entries pending this long with another (dead) consumer are taken over (XAUTOCLAIM).
     pub claim_idle_ms: u64,
@@ -108,7 +105,7 @@ impl Default for StreamsConfig {
             start_id: "0".into(),
             block_ms: 2_000,
             read_count: 1_000,
-            read_ahead: 20_000,
+            read_ahead: 10_000,
             claim_idle_ms: 30_000,
             max_deliveries: 16,
         }

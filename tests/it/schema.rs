@@ -471,6 +471,25 @@ async fn updated_at_trigger_moves_updated_at() {
     }
 }
 
+/// V32: the date BRIN keeps one page per range but no longer files a summarization request per
+/// filled page (a backfill overflowed autovacuum's 256-request queue and logged every refusal
+/// with its COPY statement); VACUUM summarizes instead.
+#[tokio::test]
+async fn indicator_date_brin_is_not_autosummarized() {
+    let db = TestDb::new().await;
+    let options: Vec<String> = db
+        .client
+        .query_one(
+            "SELECT reloptions FROM pg_class WHERE oid = 'analytics.idx_technical_indicators_date'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(options.contains(&"autosummarize=off".to_owned()), "{options:?}");
+    assert!(options.contains(&"pages_per_range=1".to_owned()), "{options:?}");
+}
+
 /// V31: the aggregates' triggers skip a row whose statement set updated_at to now() (what
 /// trading-sync's upserts and marks do), and still set now() for every other UPDATE — one that
 /// leaves updated_at alone or sets another value — so every writer gets what it got before.
