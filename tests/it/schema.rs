@@ -486,8 +486,14 @@ async fn indicator_date_brin_is_not_autosummarized() {
         .await
         .unwrap()
         .get(0);
-    assert!(options.contains(&"autosummarize=off".to_owned()), "{options:?}");
-    assert!(options.contains(&"pages_per_range=1".to_owned()), "{options:?}");
+    assert!(
+        options.contains(&"autosummarize=off".to_owned()),
+        "{options:?}"
+    );
+    assert!(
+        options.contains(&"pages_per_range=1".to_owned()),
+        "{options:?}"
+    );
 }
 
 /// V31: the aggregates' triggers skip a row whose statement set updated_at to now() (what
